@@ -1,0 +1,27 @@
+"""Project-wide error types: one clear message naming the input and what was expected."""
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad user input (file, array, name or config value); message names the input and the expectation."""
+
+    def __init__(self, where: str, problem: str, expected: str | None = None) -> None:
+        msg = f"{where}: {problem}"
+        if expected:
+            msg += f" (expected {expected})"
+        super().__init__(msg)
+        self.where = where
+        self.problem = problem
+        self.expected = expected
+
+
+class DataError(InputError):
+    """A data file or array is missing, truncated, malformed or out of range."""
+
+
+class ConfigError(InputError):
+    """A configuration key or value is unknown, of the wrong type or out of range."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint is missing, corrupt, or was written by another model or config."""

@@ -1,0 +1,47 @@
+"""The interface every relation predictor implements, so HML is one strategy over many SGG models.
+
+A batch holds several images flattened: objects carry `obj_to_img`, candidate pairs carry global
+object indices. Candidate pairs (foreground + sampled background) are chosen ONCE per step by the
+caller (`components.models.pairs`) and the same batch is fed to the frozen previous-stage model and
+the new model, so CR compares the two models on identical pairs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+
+@dataclass
+class SGBatch:
+    """Objects and candidate pairs of a set of images (PredCls: GT boxes and labels given)."""
+
+    obj_features: torch.Tensor  # (N, D) float
+    boxes: torch.Tensor  # (N, 4) xyxy in image pixels
+    labels: torch.Tensor  # (N,) long, 1..C_obj
+    obj_to_img: torch.Tensor  # (N,) long, image index in the batch
+    image_sizes: torch.Tensor  # (B, 2) float (width, height)
+    pairs: torch.Tensor  # (R, 2) long, global object indices (subject, object)
+    pair_to_img: torch.Tensor  # (R,) long
+    pair_labels: torch.Tensor  # (R,) long, predicate 0..C_pred (0 = background), -1 = ignore
+
+    def to(self, device: torch.device | str) -> "SGBatch":
+        return SGBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    @property
+    def num_images(self) -> int:
+        return int(self.image_sizes.shape[0])
+
+
+class RelationPredictor(nn.Module):
+    """Maps an SGBatch to predicate logits of shape (R, num_predicates + 1); column 0 = background."""
+
+    num_predicates: int
+
+    def forward(self, batch: SGBatch) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def relation_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """Named parameters regularised by MR (the relation predictor; all trainable ones by default)."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
