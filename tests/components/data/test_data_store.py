@@ -1,0 +1,105 @@
+"""Feature store: round trip, manifest, and one clear error per kind of bad shard."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from components.data.store import FeatureStore, StoreWriter, relation_arrays, scene_graphs
+from components.errors import DataError
+
+OBJ, PRED = ["man", "horse", "hat"], ["on", "has"]
+
+
+def sg_row(i, n=3, d=4, rels=((0, 1, 1),)):
+    rng = np.random.default_rng(i)
+    return dict(image_id=str(i), split="train", width=100, height=80,
+                boxes=rng.uniform(0, 50, (n, 4)).astype(np.float32), labels=np.arange(1, n + 1),
+                obj_features=rng.normal(size=(n, d)), rels=np.array(rels), rel_fine=np.array([r[2] for r in rels]))
+
+
+def rel_row(i, d=4):
+    rng = np.random.default_rng(i)
+    return dict(sample_id=i, image_id=f"im{i}", split="test", subject=0, object=2, predicate=1,
+                subject_box=[0, 0, 1, 1], object_box=[1, 1, 2, 2], subject_feature=rng.normal(size=d),
+                object_feature=rng.normal(size=d), union_feature=rng.normal(size=d))
+
+
+def make_store(tmp_path, rows=None, dtype="float32"):
+    w = StoreWriter(tmp_path / "s", "scene_graph", 4, OBJ, PRED, dtype=dtype)
+    w.write("train", rows or [sg_row(0), sg_row(1)])
+    w.write("train", [sg_row(2)])
+    w.close()
+    return tmp_path / "s"
+
+
+def test_scene_graph_round_trip(tmp_path):
+    root = make_store(tmp_path)
+    store = FeatureStore(root)
+    assert store.manifest.rows("train") == 3 and store.validate() == {"train": 3}
+    got = list(scene_graphs(store.read("train")))
+    want = sg_row(1)
+    np.testing.assert_allclose(got[1]["obj_features"], want["obj_features"], rtol=1e-6)
+    np.testing.assert_array_equal(got[1]["rels"], [[0, 1, 1]])
+    assert got[1]["boxes"].shape == (3, 4) and got[2]["image_id"] == "2"
+    assert len(store.paths("train")) == 2
+
+
+def test_relation_round_trip_float16(tmp_path):
+    w = StoreWriter(tmp_path / "r", "relation_sample", 4, OBJ, PRED, dtype="float16")
+    w.write("test", [rel_row(i) for i in range(5)])
+    w.close()
+    arr = relation_arrays(FeatureStore(tmp_path / "r").read("test"))
+    assert arr["union_feature"].shape == (5, 4) and arr["union_feature"].dtype == np.float32
+    np.testing.assert_allclose(arr["union_feature"][3], rel_row(3)["union_feature"], atol=1e-2)
+    np.testing.assert_array_equal(arr["sample_id"], np.arange(5))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r.update(obj_features=np.full((3, 4), np.nan)), "NaN or inf"),
+    (lambda r: r.update(labels=np.array([1, 2, 9])), "label 9 out of range"),
+    (lambda r: r.update(rels=np.array([[0, 7, 1]])), "outside its image"),
+    (lambda r: r.update(rels=np.array([[0, 1, 5]]), rel_fine=np.array([5])), "out of range"),
+])
+def test_bad_rows_are_refused(tmp_path, mutate, message):
+    row = sg_row(0)
+    mutate(row)
+    w = StoreWriter(tmp_path / "s", "scene_graph", 4, OBJ, PRED)
+    with pytest.raises(DataError, match=message):
+        w.write("train", [row])
+    assert not list((tmp_path / "s").rglob("*.parquet"))
+
+
+def test_wrong_dim_is_refused(tmp_path):
+    w = StoreWriter(tmp_path / "s", "scene_graph", 8, OBJ, PRED)
+    with pytest.raises((DataError, pa.ArrowInvalid)):
+        w.write("train", [sg_row(0, d=4)])
+
+
+def test_missing_manifest_truncated_and_modified_shards(tmp_path):
+    root = make_store(tmp_path)
+    shard = root / "train" / "part-00000.parquet"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="part-00000.parquet.*checksum"):
+        FeatureStore(root).read("train")
+    with pytest.raises(DataError, match="unreadable parquet"):
+        FeatureStore(root).read("train", check_sum=False)
+    (root / "manifest.json").unlink()
+    with pytest.raises(DataError, match="manifest missing"):
+        FeatureStore(root)
+
+
+def test_missing_column_and_unknown_split(tmp_path):
+    root = make_store(tmp_path)
+    shard = root / "train" / "part-00001.parquet"
+    pq.write_table(pq.read_table(shard).drop_columns(["rel_fine"]), shard)
+    m = json.loads((root / "manifest.json").read_text())
+    from components.data.store import sha256_file
+    m["splits"]["train"]["files"][1]["sha256"] = sha256_file(shard)
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match=r"missing columns \['rel_fine'\]"):
+        FeatureStore(root).read("train")
+    with pytest.raises(DataError, match="split 'test' not in store"):
+        FeatureStore(root).paths("test")

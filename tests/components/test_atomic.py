@@ -1,0 +1,46 @@
+"""Atomic writes leave either the old complete file or the new one, never a partial file."""
+import os
+
+import pytest
+
+from components.atomic import atomic_dir, atomic_path, ensure_writable_dir, write_json
+from components.errors import InputError
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "out.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("crash")
+    assert target.read_text().strip().startswith("{") and '"v": 1' in target.read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_dir_replaces_whole(tmp_path):
+    target = tmp_path / "d"
+    with atomic_dir(target) as t:
+        (t / "a").write_text("1")
+    with pytest.raises(ValueError):
+        with atomic_dir(target) as t:
+            (t / "b").write_text("2")
+            raise ValueError
+    assert sorted(p.name for p in target.iterdir()) == ["a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_dir_is_clear_error(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    with pytest.raises(InputError, match="not writable"):
+        ensure_writable_dir(ro)
+
+
+def test_output_path_under_a_file_is_clear_error(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(InputError, match="cannot create output directory"):
+        write_json(f / "sub" / "x.json", {})
