@@ -1,0 +1,39 @@
+"""Facts about the machine a benchmark ran on, measured in the same run (cores, matmul ceilings)."""
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import torch
+
+
+def matmul_ceiling(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """Best achieved FLOP/s of an n x n matmul in `dtype` on this CPU, all threads (the machine's ceiling)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+def facts() -> dict:
+    """Cores, threads, CPU flags of interest and the fp32/bf16 matmul ceilings."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln for ln in fh if ln.startswith("flags")), "")
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "matmul_fp32_gflops": matmul_ceiling(torch.float32) / 1e9,
+        "matmul_bf16_gflops": matmul_ceiling(torch.bfloat16) / 1e9,
+    }
