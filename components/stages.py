@@ -1,0 +1,54 @@
+"""Content-addressed pipeline stages: a stage's directory is named by the hash of its config and of
+its upstream stages' keys, and is complete only once its `_DONE.json` marker (written atomically,
+holding the stage's result) exists. A rerun skips complete stages; an interrupted stage reuses its
+directory so that checkpoint-based resumption (Ray Train) can continue where it stopped; a changed
+config gets a new key, so only what depends on it is recomputed."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from components.atomic import ensure_writable_dir, write_json
+from components.config import config_hash
+
+MARKER = "_DONE.json"
+
+
+@dataclass
+class StageResult:
+    """Outcome of one stage: its key, directory, result mapping, whether it was cached, and wall time."""
+
+    name: str
+    key: str
+    path: Path
+    result: dict
+    cached: bool
+    seconds: float
+
+
+class StageCache:
+    """Runs named stages under `root`, each in `<root>/<name>-<key>/`, skipping complete ones."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = ensure_writable_dir(root)
+
+    def key(self, name: str, config: Any, upstream: list[StageResult] | None = None) -> str:
+        return config_hash({"stage": name, "config": config, "upstream": [u.key for u in upstream or []]})
+
+    def run(self, name: str, config: Any, fn: Callable[[Path], dict],
+            upstream: list[StageResult] | None = None) -> StageResult:
+        """Run `fn(stage_dir) -> result` unless the stage with this key is already complete."""
+        key = self.key(name, config, upstream)
+        path = ensure_writable_dir(self.root / f"{name}-{key}")
+        marker = path / MARKER
+        if marker.is_file():
+            done = json.loads(marker.read_text())
+            return StageResult(name, key, path, done["result"], True, float(done.get("seconds", 0.0)))
+        t0 = time.perf_counter()
+        result = fn(path)
+        seconds = time.perf_counter() - t0
+        write_json(marker, {"stage": name, "key": key, "seconds": seconds, "result": result})
+        return StageResult(name, key, path, result, False, seconds)

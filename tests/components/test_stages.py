@@ -1,0 +1,47 @@
+"""Content-addressed stages: complete ones are skipped, a failed one is not marked, config changes rerun."""
+import pytest
+
+from components.stages import MARKER, StageCache
+
+
+def test_skip_resume_and_invalidate(tmp_path):
+    calls = []
+
+    def work(tag):
+        def fn(path):
+            calls.append(tag)
+            (path / "out.txt").write_text(tag)
+            return {"tag": tag}
+        return fn
+
+    cache = StageCache(tmp_path)
+    a = cache.run("data", {"n": 1}, work("a"))
+    b = cache.run("train", {"lr": 0.1}, work("b"), upstream=[a])
+    assert not a.cached and not b.cached and calls == ["a", "b"]
+    a2 = cache.run("data", {"n": 1}, work("a"))
+    b2 = cache.run("train", {"lr": 0.1}, work("b"), upstream=[a2])
+    assert a2.cached and b2.cached and b2.result == {"tag": "b"} and calls == ["a", "b"]
+    a3 = cache.run("data", {"n": 2}, work("a3"))
+    b3 = cache.run("train", {"lr": 0.1}, work("b3"), upstream=[a3])
+    assert not b3.cached and b3.key != b.key and calls[-2:] == ["a3", "b3"]
+
+
+def test_failed_stage_is_not_marked_and_reuses_its_dir(tmp_path):
+    cache = StageCache(tmp_path)
+
+    def boom(path):
+        (path / "partial").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        cache.run("s", {}, boom)
+    (stage_dir,) = list(tmp_path.iterdir())
+    assert not (stage_dir / MARKER).exists()
+    seen = {}
+
+    def resume(path):
+        seen["partial"] = (path / "partial").exists()
+        return {}
+
+    res = cache.run("s", {}, resume)
+    assert seen["partial"] and res.path == stage_dir and (stage_dir / MARKER).exists()
