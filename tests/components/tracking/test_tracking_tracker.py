@@ -1,0 +1,188 @@
+"""Tracker against a real sqlite backend and a real `mlflow server` that is stopped mid-run and restarted."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from components.tracking import Tracker, config_params, get_or_create_experiment, is_secret_key, tracking_uri
+from components.tracking import replay
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
+    """A real MLflow tracking server on 127.0.0.1:port (own process group, so we stop exactly it)."""
+    proc = subprocess.Popen([MLFLOW, "server", "--backend-store-uri", f"sqlite:///{db}",
+                             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+    stop_server(proc)
+    raise RuntimeError("mlflow server did not come up within 60 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass
+class Opt:
+    lr: float = 0.1
+    api_key: str = "abc"
+
+
+@dataclass
+class Cfg:
+    name: str = "x"
+    opt: Opt = field(default_factory=Opt)
+    hf_token: str = "hf_123"
+    layers: tuple[int, ...] = (2, 3)
+
+
+def test_secret_keys_are_recognised_by_word():
+    assert is_secret_key("opt.api_key") and is_secret_key("hf_token") and is_secret_key("db.password")
+    assert is_secret_key("awsSecretAccessKey") and is_secret_key("key")
+    assert not is_secret_key("monkey") and not is_secret_key("tokenizer.name") and not is_secret_key("opt.lr")
+
+
+def test_config_params_flatten_and_redact():
+    p = config_params(Cfg())
+    assert p == {"name": "x", "opt.lr": "0.1", "opt.api_key": "***", "hf_token": "***", "layers": "[2, 3]"}
+
+
+def test_tracking_uri_default_and_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(tmp_path / "r") == f"sqlite:///{(tmp_path / 'r').resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking_uri(tmp_path / "r") == "http://127.0.0.1:1"
+
+
+def test_sqlite_runs_params_metrics_artifacts(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # artifacts must not land in cwd
+    run_dir = tmp_path / "run"
+    tr = Tracker.for_run_dir(run_dir, "exp")
+    plot = run_dir / "plot.png"
+    plot.write_bytes(b"\x89PNG fake")
+    with tr.run("parent") as parent:
+        tr.log_config(parent, Cfg())
+        with tr.run("child", parent_run_id=parent) as child:
+            with tr.run("grandchild", parent_run_id=child) as grand:
+                for step in range(3):
+                    tr.log_metrics(grand, {"loss": 1.0 / (step + 1), "note": "skip-me"}, step=step)
+                tr.log_artifact(grand, plot, "plots")
+    st = tr.close()
+    assert not st.fallback_used and st.pending == 0 and "all records delivered" in st.summary()
+    c = MlflowClient(tracking_uri(run_dir))
+    assert c.get_run(child).data.tags["mlflow.parentRunId"] == parent
+    assert c.get_run(grand).data.tags["mlflow.parentRunId"] == child
+    assert c.get_run(parent).data.params["opt.api_key"] == "***"
+    hist = sorted((m.step, m.value) for m in c.get_metric_history(grand, "loss"))
+    assert hist == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
+    assert "note" not in c.get_run(grand).data.metrics
+    assert c.get_run(grand).info.status == "FINISHED"
+    art = Path(c.get_run(grand).info.artifact_uri.removeprefix("file://")) / "plots" / "plot.png"
+    assert art.read_bytes() == plot.read_bytes()
+    assert art.is_relative_to((run_dir / "mlartifacts").resolve())
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()
+    # the experiment keeps its explicit artifact location when fetched again
+    assert get_or_create_experiment("exp", None, tracking_uri(run_dir)) == \
+        c.get_experiment_by_name("exp").experiment_id
+
+
+def test_failed_block_marks_run_failed(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tr = Tracker.for_run_dir(tmp_path, "exp")
+    with pytest.raises(ZeroDivisionError):
+        with tr.run("boom") as rid:
+            1 / 0
+    assert MlflowClient(tracking_uri(tmp_path)).get_run(rid).info.status == "FAILED"
+
+
+def test_server_down_mid_run_buffers_once_and_replays(tmp_path, caplog):
+    port = free_port()
+    db, arts = tmp_path / "srv.db", tmp_path / "srv-artifacts"
+    uri = f"http://127.0.0.1:{port}"
+    server = start_server(db, arts, port)
+    try:
+        tr = Tracker(uri, "resilient", tmp_path / "run" / "fallback.jsonl", retry_seconds=0.0)
+        parent = tr.start_run("sweep")
+        tr.log_params(parent, {"lam": 0.5})
+        for step in range(3):
+            tr.log_metrics(parent, {"loss": float(step)}, step=step)
+        stop_server(server)
+        caplog.set_level(logging.WARNING, logger="components.tracking.tracker")
+        t0 = time.monotonic()
+        for step in range(3, 6):
+            tr.log_metrics(parent, {"loss": float(step)}, step=step)
+        child = tr.start_run("trial-offline", parent_run_id=parent)  # created while the server is down
+        tr.log_metrics(child, {"acc": 0.75}, step=0)
+        tr.end_run(child)
+        assert time.monotonic() - t0 < 30, "an unreachable server must not stall training"
+        warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
+        assert len(warnings) == 1
+        st = tr.status()
+        assert st.fallback_used and not st.online and st.pending == 6 and child.startswith("offline-")
+        assert len(Path(st.fallback_path).read_text().splitlines()) == 6
+        server = start_server(db, arts, port)
+        st = tr.flush()
+        assert st.pending == 0 and st.replayed == 6 and st.online and st.fallback_used
+        assert not Path(st.fallback_path).exists()
+        assert "6 buffered records replayed" in st.summary()
+        tr.end_run(parent)
+        c = MlflowClient(uri)
+        assert sorted((m.step, m.value) for m in c.get_metric_history(parent, "loss")) == \
+            [(s, float(s)) for s in range(6)]
+        real_child = tr.resolve(child)
+        assert c.get_run(real_child).data.tags["mlflow.parentRunId"] == parent
+        assert c.get_run(real_child).data.metrics["acc"] == 0.75
+        assert c.get_run(real_child).info.status == "FINISHED"
+        assert c.get_run(parent).data.params["lam"] == "0.5"
+    finally:
+        stop_server(server)
+
+
+def test_left_over_fallback_is_delivered_by_replay_cli(tmp_path, capsys):
+    dead = f"http://127.0.0.1:{free_port()}"
+    tr = Tracker(dead, "later", tmp_path / "fb.jsonl", retry_seconds=3600)
+    rid = tr.start_run("offline-run")
+    tr.log_metrics(rid, {"m": 2.0}, step=4)
+    tr.end_run(rid)
+    st = tr.close()
+    assert st.pending == 3 and "still in" in st.summary()
+    target = f"sqlite:///{tmp_path / 'late.db'}"
+    assert replay.main([str(tmp_path / "fb.jsonl"), "--tracking-uri", target]) == 0
+    assert "3 buffered records replayed" in capsys.readouterr().out
+    c = MlflowClient(target)
+    runs = c.search_runs([c.get_experiment_by_name("later").experiment_id])
+    assert len(runs) == 1 and runs[0].data.metrics["m"] == 2.0 and runs[0].info.status == "FINISHED"
+    assert replay.main([str(tmp_path / "fb.jsonl"), "--tracking-uri", target]) == 2
