@@ -1,0 +1,108 @@
+"""Parts shared by the relation predictors: object encoder, pair heads, per-image grouping, skeleton."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from components.errors import InputError
+from components.models.base import RelationPredictor, SGBatch
+from components.models.frequency import FrequencyBias
+from components.models.geometry import OBJECT_GEOMETRY_DIM, PAIR_GEOMETRY_DIM, object_geometry, pair_geometry
+
+
+class ObjectEncoder(nn.Module):
+    """(N, hidden) object representation from visual feature, label embedding and box geometry (PredCls)."""
+
+    def __init__(self, num_objects: int, feature_dim: int, hidden_dim: int, embed_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.label_embed = nn.Embedding(num_objects + 1, embed_dim)
+        self.net = nn.Sequential(
+            nn.Linear(feature_dim + embed_dim + OBJECT_GEOMETRY_DIM, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+
+    def forward(self, batch: SGBatch) -> torch.Tensor:
+        if batch.obj_features.shape[-1] != self.feature_dim:
+            raise InputError("SGBatch.obj_features", f"feature dim {batch.obj_features.shape[-1]}",
+                             f"dim {self.feature_dim} as the predictor was built with")
+        geo = object_geometry(batch.boxes, batch.obj_to_img, batch.image_sizes)
+        return self.net(torch.cat([batch.obj_features.float(), self.label_embed(batch.labels), geo], 1))
+
+
+def image_groups(obj_to_img: torch.Tensor, num_images: int) -> list[torch.Tensor]:
+    """Indices of the objects of each image (possibly empty), in batch order."""
+    order = torch.argsort(obj_to_img, stable=True)
+    counts = torch.bincount(obj_to_img, minlength=num_images).tolist()
+    return list(torch.split(order, counts))
+
+
+def pad_by_image(x: torch.Tensor, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L, H) padded per-image sequences of rows of `x` and a (B, L) bool mask, True = padding."""
+    longest = max((len(g) for g in groups), default=0)
+    out = x.new_zeros(len(groups), max(longest, 1), x.shape[1])
+    pad = torch.ones(len(groups), max(longest, 1), dtype=torch.bool, device=x.device)
+    for b, g in enumerate(groups):
+        out[b, :len(g)] = x[g]
+        pad[b, :len(g)] = False
+    return out, pad
+
+
+def unpad_by_image(y: torch.Tensor, groups: list[torch.Tensor], num_objects: int) -> torch.Tensor:
+    """Inverse of `pad_by_image`: (N, H) rows back in the batch's object order."""
+    out = y.new_zeros(num_objects, y.shape[-1])
+    for b, g in enumerate(groups):
+        out[g] = y[b, :len(g)]
+    return out
+
+
+class ProductPairHead(nn.Module):
+    """MOTIFS-style pair representation: subject projection * object projection, fused with geometry."""
+
+    def __init__(self, context_dim: int, hidden_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.head = nn.Linear(context_dim, hidden_dim)
+        self.tail = nn.Linear(context_dim, hidden_dim)
+        self.fuse = nn.Sequential(nn.Linear(2 * hidden_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+
+    def forward(self, ctx: torch.Tensor, pairs: torch.Tensor, geo: torch.Tensor) -> torch.Tensor:
+        prod = self.head(ctx)[pairs[:, 0]] * self.tail(ctx)[pairs[:, 1]]
+        return self.fuse(torch.cat([prod, geo], 1))
+
+
+class PairPredictor(RelationPredictor):
+    """Skeleton: encode objects -> object context (subclass) -> pair head -> logits + frequency bias."""
+
+    def __init__(self, num_objects: int, num_predicates: int, feature_dim: int, hidden_dim: int,
+                 freq_bias: np.ndarray | None, embed_dim: int, dropout: float) -> None:
+        super().__init__()
+        for name, v in (("num_objects", num_objects), ("num_predicates", num_predicates),
+                        ("feature_dim", feature_dim), ("hidden_dim", hidden_dim)):
+            if int(v) < 1:
+                raise InputError(name, f"{v}", "a positive integer")
+        self.num_objects = num_objects
+        self.num_predicates = num_predicates
+        self.encoder = ObjectEncoder(num_objects, feature_dim, hidden_dim, embed_dim, dropout)
+        self.geometry = nn.Sequential(nn.Linear(PAIR_GEOMETRY_DIM, hidden_dim), nn.ReLU())
+        self.classifier = nn.Linear(hidden_dim, num_predicates + 1)
+        self.freq_bias: FrequencyBias | None = None
+        if freq_bias is not None:
+            want = (num_objects + 1, num_objects + 1, num_predicates + 1)
+            if tuple(np.shape(freq_bias)) != want:
+                raise InputError("freq_bias", f"shape {tuple(np.shape(freq_bias))}", f"shape {want}")
+            self.freq_bias = FrequencyBias(freq_bias)
+
+    def context(self, batch: SGBatch, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """(N, H') contextualised object representations."""
+        raise NotImplementedError
+
+    def pair_representation(self, ctx: torch.Tensor, pairs: torch.Tensor, geo: torch.Tensor) -> torch.Tensor:
+        """(R, hidden) representation of each candidate pair."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def forward(self, batch: SGBatch) -> torch.Tensor:
+        ctx = self.context(batch, self.encoder(batch))
+        geo = self.geometry(pair_geometry(batch.boxes, batch.obj_to_img, batch.image_sizes, batch.pairs))
+        logits = self.classifier(self.pair_representation(ctx, batch.pairs, geo))
+        if self.freq_bias is not None:
+            logits = logits + self.freq_bias(batch.labels[batch.pairs[:, 0]], batch.labels[batch.pairs[:, 1]])
+        return logits

@@ -1,0 +1,31 @@
+"""Build relation predictors by name; each model records its build spec for checkpoints."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from components.errors import ConfigError
+from components.models.base import RelationPredictor
+from components.models.mlp import MLPPredictor
+
+_BUILDERS: dict[str, Callable[..., RelationPredictor]] = {
+    "mlp": MLPPredictor,
+}
+PREDICTORS: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def build_predictor(name: str, num_objects: int, num_predicates: int, feature_dim: int,
+                    freq_bias: np.ndarray | None = None, hidden_dim: int = 128, **kw: Any) -> RelationPredictor:
+    """A fresh predictor `name` (one of PREDICTORS); `model.build_spec` holds what rebuilds it."""
+    if name not in _BUILDERS:
+        raise ConfigError("predictor name", f"unknown predictor {name!r}", f"one of {PREDICTORS}")
+    try:
+        model = _BUILDERS[name](num_objects=num_objects, num_predicates=num_predicates, feature_dim=feature_dim,
+                                hidden_dim=hidden_dim, freq_bias=freq_bias, **kw)
+    except TypeError as e:
+        raise ConfigError(f"predictor {name!r} options", str(e), "options the predictor accepts") from e
+    model.build_spec = {"name": name, "num_objects": int(num_objects), "num_predicates": int(num_predicates),
+                        "feature_dim": int(feature_dim), "hidden_dim": int(hidden_dim),
+                        "freq_bias": freq_bias is not None, **kw}
+    return model

@@ -1,0 +1,93 @@
+"""Every registered predictor: output shape, gradient flow, frequency bias use, and a tiny overfit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.errors import ConfigError, InputError
+from components.models.frequency import frequency_bias
+from components.models.pairs import all_pairs, sample_pairs
+from components.models.registry import PREDICTORS, build_predictor
+
+N_OBJ, N_PRED, DIM = 6, 5, 8
+
+
+def make_image(n: int, n_rels: int, seed: int) -> dict:
+    r = np.random.default_rng(seed)
+    xy = r.uniform(0, 60, (n, 2))
+    boxes = np.concatenate([xy, xy + r.uniform(5, 40, (n, 2))], 1).astype(np.float32)
+    labels = r.integers(1, N_OBJ + 1, n)
+    pairs = r.permutation([(i, j) for i in range(n) for j in range(n) if i != j])[:n_rels]
+    # Predicate is a function of the subject label, so it is learnable from the inputs.
+    rels = np.array([(i, j, 1 + labels[i] % N_PRED) for i, j in pairs], dtype=np.int64).reshape(-1, 3)
+    return {"image_id": str(seed), "split": "train", "width": 120, "height": 100, "boxes": boxes,
+            "labels": labels, "obj_features": r.normal(size=(n, DIM)).astype(np.float32),
+            "rels": rels, "rel_fine": rels[:, 2].copy()}
+
+
+IMAGES = [make_image(4, 3, 0), make_image(7, 5, 1), make_image(2, 1, 2)]
+
+
+def build(name: str, with_freq: bool = True):
+    torch.manual_seed(0)
+    fb = frequency_bias(IMAGES, N_OBJ, N_PRED) if with_freq else None
+    return build_predictor(name, N_OBJ, N_PRED, DIM, freq_bias=fb, hidden_dim=16)
+
+
+@pytest.mark.parametrize("name", PREDICTORS)
+def test_shape_and_gradients(name):
+    model = build(name)
+    batch = sample_pairs(IMAGES, np.random.default_rng(0), max_bg_per_image=6)
+    logits = model(batch)
+    assert logits.shape == (len(batch.pairs), N_PRED + 1) and torch.isfinite(logits).all()
+    assert model(all_pairs(IMAGES)).shape == (4 * 3 + 7 * 6 + 2, N_PRED + 1)
+    torch.nn.functional.cross_entropy(logits, batch.pair_labels, ignore_index=-1).backward()
+    names = [n for n, p in model.relation_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert names == [] or all("label_embed" in n or "freq_bias" in n for n in names), names
+
+
+@pytest.mark.parametrize("name", PREDICTORS)
+def test_output_does_not_depend_on_other_images(name):
+    model = build(name).eval()
+    alone = model(all_pairs(IMAGES[1:2]))
+    together = model(all_pairs(IMAGES))
+    assert torch.allclose(alone, together[12:12 + 42], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", PREDICTORS)
+def test_tiny_overfit(name):
+    model = build(name, with_freq=False)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(60):
+        batch = sample_pairs(IMAGES, rng, max_bg_per_image=4)
+        loss = torch.nn.functional.cross_entropy(model(batch), batch.pair_labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5]), losses[::10]
+
+
+def test_frequency_bias_is_added():
+    model = build("mlp")
+    batch = all_pairs(IMAGES)
+    with torch.no_grad():
+        model.freq_bias.table.weight.add_(5.0)
+        shifted = model.eval()(batch)
+        model.freq_bias.table.weight.sub_(5.0)
+        assert torch.allclose(shifted - model(batch), torch.full_like(shifted, 5.0), atol=1e-4)
+
+
+def test_registry_errors():
+    with pytest.raises(ConfigError, match="unknown predictor"):
+        build_predictor("nope", N_OBJ, N_PRED, DIM)
+    with pytest.raises(ConfigError, match="options"):
+        build_predictor("mlp", N_OBJ, N_PRED, DIM, bogus=1)
+    with pytest.raises(InputError, match="freq_bias"):
+        build_predictor("mlp", N_OBJ, N_PRED, DIM, freq_bias=np.zeros((2, 2, 2)))
+    model = build_predictor("mlp", N_OBJ, N_PRED, DIM + 1)
+    with pytest.raises(InputError, match="feature dim"):
+        model(all_pairs(IMAGES))
