@@ -1,0 +1,209 @@
+"""Avalanche-style plugins of the HML stage trainer: each adds loss terms before backward and/or does
+bookkeeping after backward / after the optimiser step. Small, self-contained, composable.
+
+Conventions: predicate ids are 1-based model columns, column 0 is background. A stage's CE softmax
+spans background + all classes seen so far (stages 1..k): classes of earlier stages stay competitors
+of the new ones (their knowledge is carried by CR), classes of later stages are not yet in play.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components.errors import DataError, InputError
+from components.hml.importance import (EPS, fisher_running_mean, importance_increment, mr_loss,
+                                       normalize_importance)
+from components.models.base import SGBatch
+
+
+@dataclass
+class StepContext:
+    """What plugins see at one step: the batch, the new model's logits, the (unwrapped) model, 1-based step."""
+
+    batch: SGBatch
+    logits: torch.Tensor
+    model: nn.Module
+    step: int
+
+
+@dataclass
+class LossTerm:
+    """A named loss term: `value` (unweighted, logged) times `weight` enters the total loss."""
+
+    name: str
+    value: torch.Tensor
+    weight: float
+
+
+class Plugin:
+    """Hooks of the stage trainer (all optional)."""
+
+    def loss_terms(self, ctx: StepContext) -> list[LossTerm]:
+        return []
+
+    def after_backward(self, ctx: StepContext) -> None:
+        return None
+
+    def after_step(self, ctx: StepContext) -> None:
+        return None
+
+
+def class_balanced_weights(counts: Mapping[int, int], gamma: float) -> dict[int, float]:
+    """Cui et al. 2019: w_c = (1-gamma)/(1-gamma^n_c), normalised to mean 1 over the given classes.
+    gamma = 0 gives all ones (plain CE)."""
+    if not 0.0 <= gamma < 1.0:
+        raise InputError("gamma", f"{gamma}", "a value in [0, 1)")
+    bad = {c: n for c, n in counts.items() if n < 1}
+    if bad:
+        raise InputError("class counts", f"classes without training samples {bad}", "counts >= 1")
+    raw = {c: (1.0 - gamma) / (1.0 - gamma ** int(n)) for c, n in counts.items()}
+    mean = sum(raw.values()) / max(len(raw), 1)
+    return {c: w / mean for c, w in raw.items()}
+
+
+class ClassBalancedCE(Plugin):
+    """Class-balanced CE on the CURRENT stage's classes over the softmax span background + `seen`.
+
+    Weights follow `class_balanced_weights` on the current stage's counts (mean 1). Background and
+    seen-but-not-current classes get weight 1 (the mean of the current weights): background is not a
+    long-tail class, and old classes never appear as targets in this stage (their pairs are labelled -1).
+    Batch labels: 0 background, a seen predicate id, or -1 ignore (excluded from CE)."""
+
+    name = "ce"
+
+    def __init__(self, counts: Mapping[int, int], gamma: float, seen: Sequence[int] | None = None,
+                 num_predicates: int | None = None) -> None:
+        self.current = sorted(int(c) for c in counts)
+        self.seen = sorted(set(int(c) for c in (seen if seen is not None else self.current)))
+        missing = [c for c in self.current if c not in self.seen]
+        if missing:
+            raise InputError("ClassBalancedCE.seen", f"misses current classes {missing}", "a superset of counts")
+        if min(self.seen, default=1) < 1 or (num_predicates is not None and max(self.seen) > num_predicates):
+            raise InputError("ClassBalancedCE classes", f"{self.seen}", f"ids in 1..{num_predicates}")
+        self.span = [0] + self.seen
+        w = class_balanced_weights({int(c): int(n) for c, n in counts.items()}, gamma)
+        self.weight = torch.tensor([w.get(c, 1.0) for c in self.span], dtype=torch.float32)
+        self._to_span = {c: i for i, c in enumerate(self.span)}
+
+    def span_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """Map batch labels (0, seen ids, -1) to positions in the span (-1 stays ignored)."""
+        lut = torch.full((int(labels.max().clamp(min=0)) + 1,), -2, dtype=torch.long, device=labels.device)
+        for c, i in self._to_span.items():
+            if c < lut.numel():
+                lut[c] = i
+        out = torch.where(labels >= 0, lut[labels.clamp(min=0)], labels)
+        if (out == -2).any():
+            bad = sorted(set(labels[out == -2].tolist()))
+            raise DataError("batch pair_labels", f"labels {bad} outside this stage's span",
+                            f"0, -1 or one of {self.seen}")
+        return out
+
+    def loss_terms(self, ctx: StepContext) -> list[LossTerm]:
+        targets = self.span_targets(ctx.batch.pair_labels)
+        logits = ctx.logits[:, self.span]
+        if not (targets >= 0).any():
+            return [LossTerm(self.name, logits.sum() * 0.0, 1.0)]
+        loss = F.cross_entropy(logits, targets, weight=self.weight.to(logits.device), ignore_index=-1)
+        return [LossTerm(self.name, loss, 1.0)]
+
+
+class ConceptReconstruction(Plugin):
+    """CR = sum_{i, j in old classes} (softmax(x_old)_ij - softmax(z_new)_ij)^2 / N on the SAME pairs.
+
+    Both softmaxes span the previous stage's CE span (background + `old_classes`): that is the output
+    space the old model was trained on, and the new model's not-yet-seen columns would otherwise leak
+    into the comparison. The squared differences are summed over the old (non-background) classes,
+    N = number of pairs in the batch (all pairs: fine-annotated, other-stage (-1) and background)."""
+
+    name = "cr"
+
+    def __init__(self, old_model: nn.Module, old_classes: Sequence[int], weight: float) -> None:
+        if not old_classes:
+            raise InputError("ConceptReconstruction.old_classes", "empty", "the previous stages' classes")
+        self.old_model = old_model.eval()
+        for p in self.old_model.parameters():
+            p.requires_grad_(False)
+        self.span = [0] + sorted(int(c) for c in old_classes)
+        self.weight = float(weight)
+
+    def loss_terms(self, ctx: StepContext) -> list[LossTerm]:
+        with torch.no_grad():
+            old = torch.softmax(self.old_model(ctx.batch)[:, self.span], dim=1)
+        new = torch.softmax(ctx.logits[:, self.span], dim=1)
+        n = max(ctx.logits.shape[0], 1)
+        value = (old[:, 1:] - new[:, 1:]).pow(2).sum() / n
+        return [LossTerm(self.name, value, self.weight)]
+
+
+class ModelReconstruction(Plugin):
+    """MR = sum_p (F_p + Omega_p) (theta_p - theta*_p)^2 / P towards the previous stage's parameters."""
+
+    name = "mr"
+
+    def __init__(self, anchors: Mapping[str, torch.Tensor], fisher: Mapping[str, torch.Tensor],
+                 importance: Mapping[str, torch.Tensor], lam: float) -> None:
+        self.anchors, self.fisher, self.importance = dict(anchors), dict(fisher), dict(importance)
+        self.lam = float(lam)
+
+    def loss_terms(self, ctx: StepContext) -> list[LossTerm]:
+        params = dict(relation_parameters(ctx.model))
+        dev = ctx.logits.device
+        to = lambda d: {k: v.to(dev) for k, v in d.items()}  # noqa: E731
+        if next(iter(self.anchors.values())).device != dev:
+            self.anchors, self.fisher, self.importance = to(self.anchors), to(self.fisher), to(self.importance)
+        return [LossTerm(self.name, mr_loss(params, self.anchors, self.fisher, self.importance), self.lam)]
+
+
+def relation_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """MR-regularised named params (RelationPredictor.relation_parameters, else all trainable ones)."""
+    fn = getattr(model, "relation_parameters", None)
+    if callable(fn):
+        return list(fn())
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+class ImportanceTracker(Plugin):
+    """Accumulates the Fisher running mean and RWalk importance from each step's gradient (read after
+    backward, i.e. after DDP's all-reduce) and parameter move; `result()` gives F and normalised Omega."""
+
+    def __init__(self, model: nn.Module, eps: float = EPS) -> None:
+        self.names = [n for n, _ in relation_parameters(model)]
+        self.t = 0
+        self.eps = eps
+        self.fisher = {n: torch.zeros_like(p.detach()) for n, p in relation_parameters(model)}
+        self.omega = {n: torch.zeros_like(p.detach()) for n, p in relation_parameters(model)}
+        self._grad: dict[str, torch.Tensor] = {}
+        self._before: dict[str, torch.Tensor] = {}
+
+    def after_backward(self, ctx: StepContext) -> None:
+        for n, p in relation_parameters(ctx.model):
+            g = p.grad
+            self._grad[n] = torch.zeros_like(p.detach()) if g is None else g.detach().clone()
+            self._before[n] = p.detach().clone()
+
+    def after_step(self, ctx: StepContext) -> None:
+        self.t += 1
+        for n, p in relation_parameters(ctx.model):
+            g, delta = self._grad[n], p.detach() - self._before[n]
+            self.fisher[n] = fisher_running_mean(self.fisher[n], g.pow(2), self.t)
+            self.omega[n] += importance_increment(g, delta, self.fisher[n], self.eps)
+        self._grad, self._before = {}, {}
+
+    def result(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(F, normalised Omega) of the stage so far."""
+        return dict(self.fisher), normalize_importance(self.omega)
+
+    def state_dict(self) -> dict:
+        cpu = lambda d: {k: v.cpu() for k, v in d.items()}  # noqa: E731
+        return {"t": self.t, "fisher": cpu(self.fisher), "omega": cpu(self.omega)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if set(state["fisher"]) != set(self.names):
+            raise InputError("ImportanceTracker state", "parameter names differ", f"{self.names[:3]}...")
+        self.t = int(state["t"])
+        self.fisher = {k: v.to(self.fisher[k].device, copy=True) for k, v in state["fisher"].items()}
+        self.omega = {k: v.to(self.omega[k].device, copy=True) for k, v in state["omega"].items()}
