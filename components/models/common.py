@@ -30,17 +30,17 @@ class ObjectEncoder(nn.Module):
 
 
 def image_groups(obj_to_img: torch.Tensor, num_images: int) -> list[torch.Tensor]:
-    """Indices of the objects of each image (possibly empty), in batch order."""
+    """Indices of the objects of each image that has objects, in batch order (empty images skipped)."""
     order = torch.argsort(obj_to_img, stable=True)
     counts = torch.bincount(obj_to_img, minlength=num_images).tolist()
-    return list(torch.split(order, counts))
+    return [g for g in torch.split(order, counts) if len(g)]
 
 
 def pad_by_image(x: torch.Tensor, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, L, H) padded per-image sequences of rows of `x` and a (B, L) bool mask, True = padding."""
     longest = max((len(g) for g in groups), default=0)
-    out = x.new_zeros(len(groups), max(longest, 1), x.shape[1])
-    pad = torch.ones(len(groups), max(longest, 1), dtype=torch.bool, device=x.device)
+    out = x.new_zeros(len(groups), longest, x.shape[1])
+    pad = torch.ones(len(groups), longest, dtype=torch.bool, device=x.device)
     for b, g in enumerate(groups):
         out[b, :len(g)] = x[g]
         pad[b, :len(g)] = False

@@ -7,10 +7,16 @@ import numpy as np
 
 from components.errors import ConfigError
 from components.models.base import RelationPredictor
+from components.models.gnn import GNNPredictor
 from components.models.mlp import MLPPredictor
+from components.models.motifs import MotifsPredictor
+from components.models.transformer import TransformerPredictor
 
 _BUILDERS: dict[str, Callable[..., RelationPredictor]] = {
     "mlp": MLPPredictor,
+    "motifs": MotifsPredictor,
+    "transformer": TransformerPredictor,
+    "gnn": GNNPredictor,
 }
 PREDICTORS: tuple[str, ...] = tuple(_BUILDERS)
 

@@ -91,3 +91,32 @@ def test_registry_errors():
     model = build_predictor("mlp", N_OBJ, N_PRED, DIM + 1)
     with pytest.raises(InputError, match="feature dim"):
         model(all_pairs(IMAGES))
+
+
+@pytest.mark.parametrize("name", PREDICTORS)
+def test_invariant_to_object_order(name):
+    # Objects are sets: permuting an image's objects (and remapping its relations) permutes nothing else.
+    model = build(name).eval()
+    img = IMAGES[1]
+    perm = np.random.default_rng(3).permutation(len(img["labels"]))
+    inv = np.argsort(perm)
+    shuffled = dict(img, boxes=img["boxes"][perm], labels=img["labels"][perm],
+                    obj_features=img["obj_features"][perm],
+                    rels=np.stack([inv[img["rels"][:, 0]], inv[img["rels"][:, 1]], img["rels"][:, 2]], 1))
+    a, b = all_pairs([img]), all_pairs([shuffled])
+    la, lb = model(a), model(b)
+    index_b = {tuple(p): k for k, p in enumerate(b.pairs.tolist())}
+    rows = [index_b[(int(inv[s]), int(inv[o]))] for s, o in a.pairs.tolist()]
+    assert torch.allclose(la, lb[rows], atol=1e-5)
+    assert torch.equal(a.pair_labels, b.pair_labels[rows])
+
+
+@pytest.mark.parametrize("name", PREDICTORS)
+def test_images_with_zero_or_one_object(name):
+    model = build(name)
+    empty = dict(IMAGES[0], boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64),
+                 obj_features=np.zeros((0, DIM), np.float32), rels=np.zeros((0, 3), np.int64))
+    single = dict(empty, boxes=IMAGES[0]["boxes"][:1], labels=IMAGES[0]["labels"][:1],
+                  obj_features=IMAGES[0]["obj_features"][:1])
+    assert model(all_pairs([empty, single])).shape == (0, N_PRED + 1)
+    assert model(all_pairs([empty, single, IMAGES[2]])).shape == (2, N_PRED + 1)
