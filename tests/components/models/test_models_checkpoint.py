@@ -1,0 +1,63 @@
+"""Checkpoint round trip (every predictor), mismatch errors naming the difference, corrupt files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.errors import CheckpointError
+from components.models.checkpoint import checkpoint_info, load_predictor, save_predictor
+from components.models.pairs import all_pairs
+from components.models.registry import PREDICTORS, build_predictor
+
+N_OBJ, N_PRED, DIM = 4, 3, 5
+
+
+def images():
+    r = np.random.default_rng(0)
+    out = []
+    for n in (3, 5):
+        xy = r.uniform(0, 50, (n, 2))
+        out.append({"width": 80, "height": 60, "labels": r.integers(1, N_OBJ + 1, n),
+                    "boxes": np.concatenate([xy, xy + 10], 1).astype(np.float32),
+                    "obj_features": r.normal(size=(n, DIM)).astype(np.float32), "rels": np.array([[0, 1, 2]])})
+    return out
+
+
+@pytest.mark.parametrize("name", PREDICTORS)
+def test_round_trip(tmp_path, name):
+    torch.manual_seed(1)
+    fb = np.random.default_rng(0).normal(size=(N_OBJ + 1, N_OBJ + 1, N_PRED + 1)).astype(np.float32)
+    model = build_predictor(name, N_OBJ, N_PRED, DIM, freq_bias=fb, hidden_dim=8).eval()
+    path = save_predictor(model, tmp_path / "m.safetensors", extra={"stage": 2})
+    loaded = load_predictor(path, expected=model.build_spec).eval()
+    batch = all_pairs(images())
+    assert torch.equal(model(batch), loaded(batch))
+    info = checkpoint_info(path)
+    assert info["extra"] == {"stage": 2} and info["build_spec"] == model.build_spec
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp files left
+
+
+def test_mismatch_names_the_difference(tmp_path):
+    model = build_predictor("mlp", N_OBJ, N_PRED, DIM, hidden_dim=8)
+    path = save_predictor(model, tmp_path / "m.safetensors")
+    other = build_predictor("motifs", N_OBJ, N_PRED, DIM, hidden_dim=8).build_spec
+    with pytest.raises(CheckpointError, match="name: checkpoint 'mlp' vs expected 'motifs'"):
+        load_predictor(path, expected=other)
+    wider = build_predictor("mlp", N_OBJ, N_PRED, DIM, hidden_dim=16).build_spec
+    with pytest.raises(CheckpointError, match="hidden_dim: checkpoint 8 vs expected 16"):
+        load_predictor(path, expected=wider)
+
+
+def test_missing_and_corrupt_files(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_predictor(tmp_path / "absent.safetensors")
+    model = build_predictor("mlp", N_OBJ, N_PRED, DIM, hidden_dim=8)
+    path = save_predictor(model, tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        load_predictor(path)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_predictor(tmp_path / "junk.safetensors")
