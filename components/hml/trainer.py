@@ -42,8 +42,8 @@ class StageTrainer:
         if not terms:
             raise InputError("StageTrainer.plugins", "no plugin adds a loss term", "e.g. ClassBalancedCE")
         total = sum(t.weight * t.value for t in terms)
-        if not torch.isfinite(total):
-            raise DataError(f"step {ctx.step}", f"non-finite loss {float(total)}",
+        if not torch.isfinite(total.detach()):
+            raise DataError(f"step {ctx.step}", f"non-finite loss {float(total.detach())}",
                             "finite loss terms (lower the learning rate or check the features)")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -53,11 +53,12 @@ class StageTrainer:
         for p in self.plugins:
             p.after_step(ctx)
         self.step += 1
-        metrics = {"step": self.step, "loss": float(total), "pairs": int(logits.shape[0]),
+        metrics = {"step": self.step, "loss": float(total.detach()), "pairs": int(logits.shape[0]),
                    "fg_pairs": int((batch.pair_labels > 0).sum()), "seconds": time.perf_counter() - t0}
         for t in terms:
-            metrics[f"loss_{t.name}"] = float(t.value)
-            metrics[f"weighted_{t.name}"] = float(t.weight * t.value)
+            value = float(t.value.detach())
+            metrics[f"loss_{t.name}"] = value
+            metrics[f"weighted_{t.name}"] = t.weight * value
         self.history.append(metrics)
         return metrics
 
