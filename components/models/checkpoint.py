@@ -73,7 +73,7 @@ def load_predictor(path: str | Path, expected: dict[str, Any] | None = None) -> 
     fb = np.zeros((n_obj + 1, n_obj + 1, n_pred + 1), np.float32) if has_freq else None
     model = build_predictor(name, freq_bias=fb, **spec)
     with safe_open(str(path), framework="pt") as fh:
-        state = {k: fh.get_tensor(k) for k in fh.keys()}
+        state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not iterable
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -25,6 +25,9 @@ class ObjectEncoder(nn.Module):
         if batch.obj_features.shape[-1] != self.feature_dim:
             raise InputError("SGBatch.obj_features", f"feature dim {batch.obj_features.shape[-1]}",
                              f"dim {self.feature_dim} as the predictor was built with")
+        top = self.label_embed.num_embeddings - 1
+        if len(batch.labels) and (int(batch.labels.min()) < 1 or int(batch.labels.max()) > top):
+            raise InputError("SGBatch.labels", "object label out of range", f"labels in [1, {top}]")
         geo = object_geometry(batch.boxes, batch.obj_to_img, batch.image_sizes)
         return self.net(torch.cat([batch.obj_features.float(), self.label_embed(batch.labels), geo], 1))
 
@@ -69,8 +72,22 @@ class ProductPairHead(nn.Module):
         return self.fuse(torch.cat([prod, geo], 1))
 
 
+class ConcatPairHead(nn.Module):
+    """Pairwise MLP over [subject representation, object representation, geometry]."""
+
+    def __init__(self, context_dim: int, hidden_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * context_dim + hidden_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+
+    def forward(self, ctx: torch.Tensor, pairs: torch.Tensor, geo: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([ctx[pairs[:, 0]], ctx[pairs[:, 1]], geo], 1))
+
+
 class PairPredictor(RelationPredictor):
-    """Skeleton: encode objects -> object context (subclass) -> pair head -> logits + frequency bias."""
+    """Skeleton: encode objects -> object context (subclass) -> pair head (subclass sets `pair_head`:
+    (ctx, pairs, geometry) -> (R, hidden)) -> logits + frequency bias."""
+
+    pair_head: nn.Module
 
     def __init__(self, num_objects: int, num_predicates: int, feature_dim: int, hidden_dim: int,
                  freq_bias: np.ndarray | None, embed_dim: int, dropout: float) -> None:
@@ -95,14 +112,10 @@ class PairPredictor(RelationPredictor):
         """(N, H') contextualised object representations."""
         raise NotImplementedError
 
-    def pair_representation(self, ctx: torch.Tensor, pairs: torch.Tensor, geo: torch.Tensor) -> torch.Tensor:
-        """(R, hidden) representation of each candidate pair."""
-        raise NotImplementedError  # pragma: no cover - interface
-
     def forward(self, batch: SGBatch) -> torch.Tensor:
         ctx = self.context(batch, self.encoder(batch))
         geo = self.geometry(pair_geometry(batch.boxes, batch.obj_to_img, batch.image_sizes, batch.pairs))
-        logits = self.classifier(self.pair_representation(ctx, batch.pairs, geo))
+        logits = self.classifier(self.pair_head(ctx, batch.pairs, geo))
         if self.freq_bias is not None:
             logits = logits + self.freq_bias(batch.labels[batch.pairs[:, 0]], batch.labels[batch.pairs[:, 1]])
         return logits

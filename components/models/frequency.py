@@ -5,7 +5,8 @@ as MOTIFS does for PredCls. Counts are streamed image by image and smoothed addi
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch

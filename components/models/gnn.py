@@ -42,6 +42,3 @@ class GNNPredictor(PairPredictor):
             alpha = segment_softmax(score, e[:, 0], x.shape[0])
             msg = msg.index_add(0, e[:, 0], alpha[:, None] * self.message(x)[e[:, 1]])
         return self.norm(x + self.update(torch.cat([x, msg], 1)))
-
-    def pair_representation(self, ctx: torch.Tensor, pairs: torch.Tensor, geo: torch.Tensor) -> torch.Tensor:
-        return self.pair_head(ctx, pairs, geo)

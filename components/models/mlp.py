@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from components.models.base import SGBatch
-from components.models.common import PairPredictor
+from components.models.common import ConcatPairHead, PairPredictor
 
 
 class MLPPredictor(PairPredictor):
@@ -15,10 +14,7 @@ class MLPPredictor(PairPredictor):
     def __init__(self, num_objects: int, num_predicates: int, feature_dim: int, hidden_dim: int = 128,
                  freq_bias: np.ndarray | None = None, embed_dim: int = 32, dropout: float = 0.1) -> None:
         super().__init__(num_objects, num_predicates, feature_dim, hidden_dim, freq_bias, embed_dim, dropout)
-        self.pair_mlp = nn.Sequential(nn.Linear(3 * hidden_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.pair_head = ConcatPairHead(hidden_dim, hidden_dim, dropout)
 
     def context(self, batch: SGBatch, x: torch.Tensor) -> torch.Tensor:
         return x
-
-    def pair_representation(self, ctx: torch.Tensor, pairs: torch.Tensor, geo: torch.Tensor) -> torch.Tensor:
-        return self.pair_mlp(torch.cat([ctx[pairs[:, 0]], ctx[pairs[:, 1]], geo], 1))

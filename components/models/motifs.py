@@ -39,6 +39,3 @@ class MotifsPredictor(PairPredictor):
         orders = [g[torch.argsort(xc[g], stable=True)] for g in image_groups(batch.obj_to_img, batch.num_images)]
         obj_ctx = self._run(self.obj_rnn, x, orders)
         return self._run(self.edge_rnn, torch.cat([obj_ctx, self.edge_embed(batch.labels)], 1), orders)
-
-    def pair_representation(self, ctx: torch.Tensor, pairs: torch.Tensor, geo: torch.Tensor) -> torch.Tensor:
-        return self.pair_head(ctx, pairs, geo)

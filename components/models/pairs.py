@@ -9,7 +9,8 @@ the loss, still seen by CR); a pair with several GT predicates draws among those
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

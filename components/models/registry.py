@@ -1,7 +1,8 @@
 """Build relation predictors by name; each model records its build spec for checkpoints."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

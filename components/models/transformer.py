@@ -8,7 +8,13 @@ from torch import nn
 
 from components.errors import ConfigError
 from components.models.base import SGBatch
-from components.models.common import PairPredictor, ProductPairHead, image_groups, pad_by_image, unpad_by_image
+from components.models.common import (
+    PairPredictor,
+    ProductPairHead,
+    image_groups,
+    pad_by_image,
+    unpad_by_image,
+)
 
 
 class TransformerPredictor(PairPredictor):
@@ -32,6 +38,3 @@ class TransformerPredictor(PairPredictor):
             return x
         padded, pad = pad_by_image(x, groups)
         return unpad_by_image(self.encoder_ctx(padded, src_key_padding_mask=pad), groups, x.shape[0])
-
-    def pair_representation(self, ctx: torch.Tensor, pairs: torch.Tensor, geo: torch.Tensor) -> torch.Tensor:
-        return self.pair_head(ctx, pairs, geo)

@@ -91,6 +91,9 @@ def test_registry_errors():
     model = build_predictor("mlp", N_OBJ, N_PRED, DIM + 1)
     with pytest.raises(InputError, match="feature dim"):
         model(all_pairs(IMAGES))
+    model = build_predictor("mlp", N_OBJ - 1, N_PRED, DIM)
+    with pytest.raises(InputError, match="label out of range"):
+        model(all_pairs([dict(IMAGES[0], labels=np.array([1, 2, 3, N_OBJ]))]))
 
 
 @pytest.mark.parametrize("name", PREDICTORS)
