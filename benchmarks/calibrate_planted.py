@@ -80,14 +80,16 @@ class PairMLP(nn.Module):
         return self.net(torch.cat([x, self.emb(labels).flatten(1)], 1))
 
 
-def train_ce(images: list[dict], num_objects: int, num_predicates: int, epochs: int, seed: int,
-             bg_per_fg: int = 3) -> PairMLP:
-    """Train the plain CE pair model on annotated labels with background pairs."""
+def train_ce(images: list[dict], val: list[dict], num_objects: int, num_predicates: int, epochs: int, seed: int,
+             bg_per_fg: int = 3) -> tuple[PairMLP, int]:
+    """Train the plain CE pair model on annotated labels; keep the epoch of best val R@100 (as SGG codebases do)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = PairMLP(images[0]["obj_features"].shape[1] * 2 + 13, num_objects, num_predicates)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
-    for _ in tqdm(range(epochs), desc="train CE", leave=False):
+    best, best_epoch, best_state = -1.0, 0, None
+    for epoch in tqdm(range(epochs), desc="train CE", leave=False):
+        model.train()
         xs, ls, ys = [], [], []
         for img in images:
             pairs, y = image_pairs(img, rng, bg_per_fg)
@@ -101,7 +103,12 @@ def train_ce(images: list[dict], num_objects: int, num_predicates: int, epochs: 
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return model
+        score = predcls_recall(model, val, num_predicates, (100,))["R@100"]
+        if score > best:
+            best, best_epoch = score, epoch + 1
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return model, best_epoch
 
 
 @torch.no_grad()
@@ -134,20 +141,21 @@ def predcls_recall(model: PairMLP, images: list[dict], num_predicates: int,
     return out
 
 
-def calibrate(cfg: PlantedSGGConfig, epochs: int = 6) -> dict[str, float]:
-    """Generate train/test, train plain CE, return R@K, mR@K and the R@100 / mR@100 ratio."""
+def calibrate(cfg: PlantedSGGConfig, epochs: int = 20) -> dict[str, float]:
+    """Generate train/val/test, train plain CE (val-selected epoch), return R@K, mR@K and R@100 / mR@100."""
     world = build_world(cfg)
-    train = [img for shard in generate_split(cfg, "train", world) for img in shard]
-    test = [img for shard in generate_split(cfg, "test", world) for img in shard]
-    model = train_ce(train, len(world.objects), len(world.predicates), epochs, cfg.seed)
+    train, val, test = ([img for shard in generate_split(cfg, s, world) for img in shard]
+                        for s in ("train", "val", "test"))
+    model, best_epoch = train_ce(train, val, len(world.objects), len(world.predicates), epochs, cfg.seed)
     res = predcls_recall(model, test, len(world.predicates))
+    res["best_epoch"] = best_epoch
     res["ratio@100"] = res["R@100"] / max(res["mR@100"], 1e-9)
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=20, help="max epochs; the best val R@100 epoch is kept")
     ap.add_argument("overrides", nargs="*", help="PlantedSGGConfig overrides key=value")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

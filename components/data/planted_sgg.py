@@ -253,11 +253,13 @@ def build_world(cfg: PlantedSGGConfig) -> World:
                  role_probs, prototypes, comp, layout, class_size)
 
 
-def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
+def sigmoid(x: np.ndarray | float) -> np.ndarray | float:
+    """Logistic function (maps layout parameters to (0, 1))."""
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _box(cx: float, cy: float, w: float, h: float) -> np.ndarray:
+def box_from_center(cx: float, cy: float, w: float, h: float) -> np.ndarray:
+    """xyxy box from centre and size."""
     return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
 
 
@@ -268,27 +270,27 @@ def place_subject(arch: str, obj: np.ndarray, size: float, params: np.ndarray) -
     a, b = params
     if arch in (INSIDE,):  # subject inside object
         w, h = min(size, 0.9 * ow), min(size, 0.9 * oh)
-        return _box(obj[0] + w / 2 + a * (ow - w), obj[1] + h / 2 + b * (oh - h), w, h)
+        return box_from_center(obj[0] + w / 2 + a * (ow - w), obj[1] + h / 2 + b * (oh - h), w, h)
     if arch == CONTAINS:  # subject contains object
         w, h = max(size, 1.2 * ow), max(size, 1.2 * oh)
-        return _box(obj[2] - w / 2 + a * (w - ow), obj[3] - h / 2 + b * (h - oh), w, h)
+        return box_from_center(obj[2] - w / 2 + a * (w - ow), obj[3] - h / 2 + b * (h - oh), w, h)
     if arch == ON_TOP:  # subject bottom within the upper part of the object, x-ranges overlap
         w, h = size, size
         cx = obj[0] + a * ow
         bottom = obj[1] + b * 0.5 * oh
         cy = min(bottom - h / 2, ocy - 1e-3 * oh)
-        return _box(cx, cy, w, h)
+        return box_from_center(cx, cy, w, h)
     if arch == ABOVE:
-        return _box(ocx + (a - 0.5) * ow, obj[1] - b * 0.5 * oh - size / 2, size, size)
+        return box_from_center(ocx + (a - 0.5) * ow, obj[1] - b * 0.5 * oh - size / 2, size, size)
     if arch == BELOW:
-        return _box(ocx + (a - 0.5) * ow, obj[3] + b * 0.5 * oh + size / 2, size, size)
+        return box_from_center(ocx + (a - 0.5) * ow, obj[3] + b * 0.5 * oh + size / 2, size, size)
     if arch == NEAR:
         side = 1.0 if a >= 0.5 else -1.0
         dx = side * (0.5 * (ow + size) + 0.3 * b * ow)
         dy = (b - 0.5) * min(abs(dx), 0.5 * oh)
-        return _box(ocx + dx, ocy + dy, size, size)
+        return box_from_center(ocx + dx, ocy + dy, size, size)
     if arch == OVERLAP:  # centres within the object box: intersection is non-empty
-        return _box(obj[0] + a * ow, obj[1] + b * oh, size, size)
+        return box_from_center(obj[0] + a * ow, obj[1] + b * oh, size, size)
     raise ValueError(f"unknown archetype {arch!r}")
 
 
@@ -301,7 +303,7 @@ def place_object(arch: str, subj: np.ndarray, size: float, params: np.ndarray) -
         w, h = max(size, 0.6 * sw), max(size, 0.6 * sh)
         top = subj[3] - b * 0.5 * sh
         cx = subj[0] + a * sw
-        return _box(cx, top + h / 2, w, h)
+        return box_from_center(cx, top + h / 2, w, h)
     return place_subject(mirror[arch], subj, size, params)
 
 
@@ -346,10 +348,10 @@ def generate_image(world: World, cfg: PlantedSGGConfig, split: str, index: int) 
         anchor_role = int(rng.integers(2))  # 0: anchor is the subject, 1: the object
         if not labels or rng.random() < cfg.new_anchor_prob:
             labels.append(int(rng.choice(len(world.objects), p=world.role_probs[p, anchor_role])))
-            boxes.append(_box(rng.normal() * 3, rng.normal() * 3, new_size(labels[-1]), new_size(labels[-1])))
+            boxes.append(box_from_center(rng.normal() * 3, rng.normal() * 3, new_size(labels[-1]), new_size(labels[-1])))
         anchor = int(rng.integers(len(labels)))
         dep_label = int(rng.choice(len(world.objects), p=world.role_probs[p, 1 - anchor_role]))
-        params = _sigmoid(world.layout[p, 1:] + cfg.layout_jitter * rng.normal(size=2))
+        params = sigmoid(world.layout[p, 1:] + cfg.layout_jitter * rng.normal(size=2))
         size = float(np.exp(world.class_size[dep_label] + 0.3 * world.layout[p, 0] + 0.3 * rng.normal()))
         arch = world.archetype[p]
         if anchor_role == 0:
@@ -369,7 +371,7 @@ def generate_image(world: World, cfg: PlantedSGGConfig, split: str, index: int) 
         lab = int(rng.choice(len(world.objects), p=world.obj_freq))
         s = new_size(lab)
         labels.append(lab)
-        boxes.append(_box(*(lo + rng.random(2) * (hi - lo)), s, s))
+        boxes.append(box_from_center(*(lo + rng.random(2) * (hi - lo)), s, s))
     arr = np.stack(boxes)
     lo, hi = arr[:, :2].min(0), arr[:, 2:].max(0)
     long_side = rng.uniform(*cfg.image_long_side)
