@@ -1,0 +1,1 @@
+"""Ray Tune sweeps: Optuna search + ASHA stopping, resumable, with every trial an MLflow run."""

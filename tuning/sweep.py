@@ -1,0 +1,160 @@
+"""Method-independent Ray Tune sweeps: Optuna search + ASHA early stopping over a driver-function
+trainable, resumable with `Tuner.restore` (finished trials are never rerun), every trial an MLflow run
+nested under the sweep's parent run.
+
+A trainable is a plain function `fn(config)` that reports with `ray.tune.report(metrics)` (Ray 2.60:
+inside Tune, use ray.tune.report / ray.tune.get_checkpoint, not ray.train.*). It may itself launch a
+Ray Train run (TorchTrainer(...).fit()); its workers then ask for their own resources, so keep the
+trial's own share small (`resources_per_trial`, default half a CPU) so trials run side by side.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from components.atomic import ensure_writable_dir, write_json
+from components.config import flatten
+from components.errors import InputError
+from components.tracking import Tracker, TrackerStatus
+from tuning.mlflow_callback import MlflowTrialCallback
+
+
+@dataclass
+class SweepResult:
+    """Outcome of a sweep: where it lives, its MLflow parent run, the best trial and every trial."""
+
+    path: Path
+    parent_run_id: str | None
+    metric: str
+    mode: str
+    best_config: dict | None
+    best_metrics: dict | None
+    trials: list[dict]
+    num_errors: int
+    tracking: TrackerStatus | None
+
+
+def _meta_path(storage_path: Path, name: str) -> Path:
+    return storage_path / f"{name}.sweep.json"
+
+
+def _ensure_ray() -> None:
+    if not ray.is_initialized():
+        from pipelines.ray_runtime import init_ray
+
+        init_ray()
+
+
+def _scheduler(max_t: int, grace_period: int) -> ASHAScheduler:
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace_period,
+                         reduction_factor=2)
+
+
+def _summarise(grid: tune.ResultGrid, metric: str, mode: str, path: Path, parent: str | None,
+               tracking: TrackerStatus | None) -> SweepResult:
+    trials = []
+    for r in grid:
+        trials.append({"trial_id": r.metrics.get("trial_id") if r.metrics else None, "config": r.config,
+                       "metrics": {k: v for k, v in (r.metrics or {}).items() if k != "config"},
+                       "error": str(r.error).splitlines()[0] if r.error else None, "path": r.path})
+    best = None
+    try:
+        best = grid.get_best_result(metric=metric, mode=mode, scope="last", filter_nan_and_inf=True)
+    except RuntimeError:
+        best = None  # no trial reported the metric
+    return SweepResult(path, parent, metric, mode, best.config if best else None,
+                       ({k: v for k, v in best.metrics.items() if k != "config"} if best else None),
+                       trials, grid.num_errors, tracking)
+
+
+def _finish_parent(tracker: Tracker | None, parent: str | None, owned: bool, res: SweepResult) -> None:
+    if tracker is None or parent is None:
+        return
+    if res.best_metrics and res.metric in res.best_metrics:
+        tracker.log_metrics(parent, {f"best_{res.metric}": res.best_metrics[res.metric]})
+        tracker.log_params(parent, {f"best.{k}": v for k, v in flatten(res.best_config or {}).items()})
+    tracker.set_tags(parent, {"sweep.trials": len(res.trials), "sweep.errors": res.num_errors})
+    if owned:
+        tracker.end_run(parent, "FINISHED" if res.num_errors == 0 else "FAILED")
+
+
+def run_sweep(trainable_fn: Callable[[dict], Any], param_space: dict, metric: str, mode: str,
+              num_samples: int, storage_path: str | Path, name: str, max_concurrent: int = 2,
+              resources_per_trial: dict | None = None, tracker: Tracker | None = None,
+              mlflow_parent: str | None = None, max_t: int = 100, grace_period: int = 1,
+              seed: int | None = 0) -> SweepResult:
+    """Run an Optuna + ASHA sweep of `num_samples` trials under `<storage_path>/<name>`.
+
+    Ctrl-C (or SIGUSR1) stops the sweep with its state saved; resume_sweep() continues it.
+    With a `tracker`, trials are MLflow runs nested under `mlflow_parent` (a run id), or under a parent
+    run this function opens (and closes) when `mlflow_parent` is None.
+    """
+    if mode not in ("min", "max"):
+        raise InputError("mode", f"got {mode!r}", "'min' or 'max'")
+    if num_samples < 1 or max_concurrent < 1:
+        raise InputError("num_samples/max_concurrent", f"got {num_samples}/{max_concurrent}", "positive integers")
+    storage = ensure_writable_dir(storage_path).resolve()
+    if (storage / name / "tuner.pkl").exists():
+        raise InputError(str(storage / name), "a sweep with this name already exists",
+                         "a new name, or resume_sweep() to continue it")
+    _ensure_ray()
+    owned = tracker is not None and mlflow_parent is None
+    parent = mlflow_parent
+    callbacks = []
+    if tracker is not None:
+        if owned:
+            parent = tracker.start_run(name, tags={"ray.sweep": name, "kind": "sweep"})
+            tracker.log_params(parent, {"sweep.metric": metric, "sweep.mode": mode,
+                                        "sweep.num_samples": num_samples, "sweep.max_concurrent": max_concurrent,
+                                        **{f"space.{k}": v for k, v in flatten(param_space).items()}})
+        callbacks.append(MlflowTrialCallback(tracker.uri, tracker.experiment, tracker.resolve(parent),
+                                             tracker.fallback_path.with_name(f"mlflow_fallback.{name}.jsonl"),
+                                             tracker.artifact_root, sweep_name=name))
+    write_json(_meta_path(storage, name), {"name": name, "metric": metric, "mode": mode,
+                                           "parent_run_id": parent, "owned_parent": owned})
+    tuner = tune.Tuner(
+        tune.with_resources(trainable_fn, resources_per_trial or {"cpu": 0.5}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
+                                    search_alg=OptunaSearch(seed=seed), scheduler=_scheduler(max_t, grace_period),
+                                    max_concurrent_trials=max_concurrent),
+        # No fail_fast: it is pickled with the run config and would stop a restored sweep at once.
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks, verbose=1),
+    )
+    grid = tuner.fit()
+    status = callbacks[0].status() if callbacks else None
+    res = _summarise(grid, metric, mode, storage / name, parent, status)
+    _finish_parent(tracker, parent, owned, res)
+    return res
+
+
+def resume_sweep(trainable_fn: Callable[[dict], Any], storage_path: str | Path, name: str,
+                 tracker: Tracker | None = None, restart_errored: bool = True) -> SweepResult:
+    """Continue an interrupted sweep: finished trials are kept as they are, unfinished ones resume from
+    their last checkpoint, errored ones restart from scratch (or stay errored with restart_errored=False).
+    `trainable_fn` must be the function the sweep was started with."""
+    storage = Path(storage_path).resolve()
+    path = storage / name
+    if not tune.Tuner.can_restore(str(path)):
+        raise InputError(str(path), "is not a restorable Tune experiment", "the storage_path/name of a sweep")
+    meta_file = _meta_path(storage, name)
+    if not meta_file.is_file():
+        raise InputError(str(meta_file), "sweep description is missing", "a sweep started by run_sweep()")
+    meta = json.loads(meta_file.read_text())
+    _ensure_ray()
+    tuner = tune.Tuner.restore(str(path), trainable_fn, resume_unfinished=True,
+                               restart_errored=restart_errored)
+    grid = tuner.fit()
+    # The restored callback (unpickled from tuner.pkl) is the one that ran: ask it for its status.
+    cbs = [c for c in (tuner._local_tuner.get_run_config().callbacks or []) if isinstance(c, MlflowTrialCallback)]
+    status = cbs[0].status() if cbs else None
+    res = _summarise(grid, meta["metric"], meta["mode"], path, meta.get("parent_run_id"), status)
+    _finish_parent(tracker, meta.get("parent_run_id"), bool(meta.get("owned_parent")), res)
+    return res
