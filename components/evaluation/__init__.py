@@ -1,0 +1,1 @@
+"""Evaluation: SGG recall (R/mR/ng/hierarchy), LTVRR per-class band accuracy, saved predictions, plots."""
