@@ -1,0 +1,466 @@
+"""HML on Ray Train: build the predicate tree, train stage after stage (each a TorchTrainer run that
+streams the feature store through Ray Data, checkpoints, and resumes after worker failures), run the
+one-stage CE and class-balanced CE baselines through the same code, then predict and evaluate.
+
+    python pipelines/hml.py --config cfg.yaml key=value ...
+
+Layout under `output_dir`: tree.json/tree.png, freq_bias.npy, stages/<method>-stage<k>-<key>/ (final.pt,
+metrics.jsonl, _DONE.json written last: a rerun skips complete stages), ray/ (Ray Train storage: an
+interrupted stage resumes from its last checkpoint), <method>/ (model.safetensors, predictions, metrics),
+results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from components.atomic import atomic_path, ensure_writable_dir, write_bytes, write_json, write_text
+from components.config import config_hash, load_config
+from components.data.store import FeatureStore, scene_graphs
+from components.errors import ConfigError, InputError
+from components.hml.checkpoint import load_checkpoint, save_checkpoint
+from components.hml.trainer import PreviousStage, stage_plugins, summarize, train_stage, unwrap
+from components.models.registry import PREDICTORS, build_predictor
+from components.stages import StageCache, StageResult
+from components.taxonomy.tree import PredicateTree, build_predicate_tree
+
+METHODS = ("hml", "ce", "cb")
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class HMLConfig:
+    """HML and its baselines on one scene-graph feature store (PredCls)."""
+
+    store: str = ""
+    output_dir: str = "runs/hml"
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    predictor: str = field(default="mlp", metadata={"choices": PREDICTORS})
+    hidden_dim: int = field(default=128, metadata={"range": (1, 8192)})
+    freq_bias: bool = True
+    # Predicate tree
+    vectors: str = "glove-6b-50d"
+    threshold: float = field(default=0.7, metadata={"range": (-1.0, 1.0)})
+    stages: int = field(default=2, metadata={"range": (1, 50)})
+    overrides: dict[str, str] = field(default_factory=dict)
+    tree: str | None = None  # a saved tree JSON instead of building one
+    # Losses (see README: scale of CR and MR relative to CE)
+    gamma: float = field(default=0.999, metadata={"range": (0.0, 0.999999)})
+    lam: float = field(default=0.5, metadata={"range": (0.0, None)})
+    cr_weight: float = field(default=1.0, metadata={"range": (0.0, None)})
+    # Optimisation
+    steps_per_stage: int = field(default=300, metadata={"range": (1, None)})
+    batch_size: int = field(default=8, metadata={"range": (1, None)})  # images per worker per step
+    max_fg_per_image: int = field(default=64, metadata={"range": (0, None)})
+    max_bg_per_image: int = field(default=64, metadata={"range": (0, None)})
+    lr: float = field(default=1e-3, metadata={"range": (0.0, 10.0)})
+    checkpoint_every: int = field(default=100, metadata={"range": (1, None)})
+    seed: int = 0
+    # Ray
+    num_workers: int = field(default=1, metadata={"range": (1, 1024)})
+    use_gpu: bool = False
+    cpus_per_worker: float = field(default=0.5, metadata={"range": (0.01, 1024.0)})
+    max_failures: int = field(default=2, metadata={"range": (-1, 1000)})
+    ray_address: str | None = None
+    num_cpus: int | None = None
+    threads_per_worker: int = field(default=1, metadata={"range": (1, 256)})
+    # Evaluation and tracking
+    eval_split: str = "test"
+    eval_images: int | None = None  # cap on evaluated images (None = all)
+    ks: list[int] = field(default_factory=lambda: [20, 50, 100])
+    track: bool = True
+    experiment: str = "hml"
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not self.store:
+            raise ConfigError("store", "is empty", "the path of a scene-graph feature store")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ConfigError("methods", f"unknown or empty {bad or self.methods}", f"a subset of {list(METHODS)}")
+
+
+@dataclass
+class StageSpec:
+    """One training stage of a method: its positive classes, CE span, losses and step budget."""
+
+    method: str
+    stage: int
+    positives: list[int]
+    seen: list[int]
+    gamma: float
+    steps: int
+    cr_weight: float = 0.0
+    lam: float = 0.0
+
+
+def stage_plan(method: str, tree: PredicateTree, cfg: HMLConfig) -> list[StageSpec]:
+    """HML: one stage per tree layer (CB-CE, then + CR + lambda MR). Baselines: one stage over all
+    predicates with the same total step budget (ce: gamma = 0, i.e. all weights 1; cb: gamma)."""
+    all_ids = list(range(1, len(tree.predicates) + 1))
+    budget = tree.num_stages * cfg.steps_per_stage
+    if method == "ce":
+        return [StageSpec("ce", 1, all_ids, all_ids, 0.0, budget)]
+    if method == "cb":
+        return [StageSpec("cb", 1, all_ids, all_ids, cfg.gamma, budget)]
+    return [StageSpec("hml", s, tree.stage_predicates(s), tree.seen_predicates(s), cfg.gamma, cfg.steps_per_stage,
+                      cfg.cr_weight if s > 1 else 0.0, cfg.lam if s > 1 else 0.0)
+            for s in range(1, tree.num_stages + 1)]
+
+
+def label_map(spec: StageSpec, num_predicates: int) -> list[int]:
+    """Predicate id -> training label: itself for the stage's positives, -1 (ignored by CE, seen by CR)
+    for other annotated predicates; 0 stays background."""
+    lm = [-1] * (num_predicates + 1)
+    lm[0] = 0
+    for p in spec.positives:
+        lm[p] = p
+    return lm
+
+
+def train_statistics(store: FeatureStore, use_freq_bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Annotated predicate counts (index = 1-based id) over the train split, and the frequency bias."""
+    from components.models.frequency import frequency_bias
+
+    n_pred, n_obj = len(store.manifest.predicates), len(store.manifest.objects)
+    counts = np.zeros(n_pred + 1, dtype=np.int64)
+
+    def images():
+        for table in store.iter_tables("train"):
+            for img in scene_graphs(table):
+                np.add.at(counts, img["rels"][:, 2], 1)
+                yield img
+
+    if use_freq_bias:
+        fb = frequency_bias(images(), n_obj, n_pred)
+    else:
+        fb = None
+        for _ in images():
+            pass
+    return counts, fb
+
+
+# ----------------------------------------------------------------------------------------- worker side
+def _model_spec(cfg: dict) -> dict:
+    return {"name": cfg["predictor"], "num_objects": cfg["num_objects"], "num_predicates": cfg["num_predicates"],
+            "feature_dim": cfg["feature_dim"], "hidden_dim": cfg["hidden_dim"]}
+
+
+def _build(cfg: dict):
+    fb = np.load(cfg["freq_bias_path"]) if cfg["freq_bias_path"] else None
+    return build_predictor(freq_bias=fb, **_model_spec(cfg))
+
+
+def _previous_stage(cfg: dict, device) -> PreviousStage | None:
+    """Frozen stage k-1 model and its anchors/F/Omega, refused if written for another model/config."""
+    if not cfg["prev_checkpoint"]:
+        return None
+    meta, state = load_checkpoint(cfg["prev_checkpoint"], expect={"model_hash": cfg["model_hash"],
+                                                                  "method": cfg["method"],
+                                                                  "stage": cfg["stage"] - 1})
+    old = _build(cfg)
+    old.load_state_dict(state["model"])
+    old.to(device)
+    return PreviousStage(old, list(meta["seen"]), state["anchors"], state["fisher"], state["importance"])
+
+
+def train_loop_per_worker(cfg: dict) -> None:
+    """Ray Train loop of one stage: DDP model, streamed batches, CE/CR/MR plugins, checkpoints, resume."""
+    import ray.train
+    import torch
+    from ray.train import Checkpoint
+    from ray.train.torch import get_device, prepare_model
+
+    from components.models.pairs import sample_pairs
+    from pipelines.streaming import iter_scene_graph_batches
+
+    torch.set_num_threads(cfg["threads"])
+    rank = ray.train.get_context().get_world_rank()
+    device = get_device()
+    torch.manual_seed(cfg["seed"] * 1000 + cfg["stage"])  # a NEW random model per stage (same on all ranks)
+    model = prepare_model(_build(cfg))
+    base = unwrap(model)
+    previous = _previous_stage(cfg, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    counts = {int(k): int(v) for k, v in cfg["counts"].items()}
+    plugins, tracker = stage_plugins(base, counts, cfg["seen"], cfg["gamma"], previous, cfg["cr_weight"], cfg["lam"])
+    expect = {"model_hash": cfg["model_hash"], "stage_key": cfg["stage_key"]}
+    start, history = 0, []
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            meta, state = load_checkpoint(Path(d) / STATE_FILE, expect=expect)
+        base.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        tracker.load_state_dict(state["tracker"])
+        start, history = int(meta["step"]), list(state["history"])
+
+    def report(metrics: dict) -> None:
+        fisher, importance = tracker.result()
+        meta = {**expect, "method": cfg["method"], "stage": cfg["stage"], "step": metrics["step"],
+                "steps": cfg["steps"], "seen": list(cfg["seen"]), "positives": list(cfg["positives"])}
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        state = {"model": {k: v.detach().cpu() for k, v in base.state_dict().items()},
+                 "optimizer": optimizer.state_dict(), "tracker": tracker.state_dict(), "history": history,
+                 "anchors": {n: p.detach().cpu().clone() for n, p in base.relation_parameters()},
+                 "fisher": fisher, "importance": importance}
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(Path(d) / STATE_FILE, meta, state)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+
+    def on_step(m: dict) -> None:
+        m["resumed_from"] = start  # 0 on a fresh start, else the checkpoint step training resumed at
+        history.append(m)
+        fault = cfg.get("fault_injection")  # test hook: fail once (guarded by a marker file) at a step
+        if fault and m["step"] == fault["at_step"] and not os.path.exists(fault["marker"]):
+            Path(fault["marker"]).write_text("failed once\n")
+            raise RuntimeError(f"injected worker failure at step {m['step']}")
+        if m["step"] % cfg["checkpoint_every"] == 0 or m["step"] == cfg["steps"]:
+            report({**summarize(history, cfg["checkpoint_every"]), "step": m["step"], "stage": cfg["stage"]})
+
+    shard = ray.train.get_dataset_shard("train")
+    rng = np.random.default_rng([cfg["seed"], cfg["stage"], rank, start])
+    lm = np.asarray(cfg["label_map"], dtype=np.int64)
+
+    def batches():
+        while True:
+            n = 0
+            for images in iter_scene_graph_batches(shard, cfg["batch_size"]):
+                n += 1
+                yield sample_pairs(images, rng, cfg["max_fg"], cfg["max_bg"], lm).to(device)
+            if n == 0:
+                raise InputError("train split", "no images reached this worker", "at least one image per worker")
+
+    if start >= cfg["steps"]:  # finished before a driver crash: hand the final checkpoint back again
+        report({"step": start, "stage": cfg["stage"]})
+        return
+    train_stage(model, batches(), plugins, optimizer, cfg["steps"], start_step=start, on_step=on_step,
+                progress=cfg["progress"] and rank == 0)
+
+
+# ----------------------------------------------------------------------------------------- driver side
+def _fit_stage(stage_dir: Path, cfg: HMLConfig, loop_cfg: dict, train_ds) -> dict:
+    """One TorchTrainer run; copies its final checkpoint and metrics into `stage_dir`."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    storage = ensure_writable_dir(Path(cfg.output_dir) / "ray").resolve()
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_cfg, datasets={"train": train_ds},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(storage_path=str(storage), name=stage_dir.name,
+                             failure_config=FailureConfig(max_failures=cfg.max_failures)))
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise InputError(f"stage {stage_dir.name}", "finished without a checkpoint", "a reported final checkpoint")
+    with result.checkpoint.as_directory() as d:
+        blob = (Path(d) / STATE_FILE).read_bytes()
+    final = write_bytes(stage_dir / "final.pt", blob)
+    meta, state = load_checkpoint(final, expect={"stage_key": loop_cfg["stage_key"]})
+    if meta["step"] != loop_cfg["steps"]:
+        raise InputError(str(final), f"stopped at step {meta['step']}", f"{loop_cfg['steps']} steps")
+    write_text(stage_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in state["history"]))
+    return {"checkpoint": str(final), "steps": int(meta["step"]), "summary": summarize(state["history"])}
+
+
+def build_tree(cfg: HMLConfig, predicates: list[str], counts: np.ndarray, out: Path) -> PredicateTree:
+    """The predicate tree (from `cfg.tree` or built from word vectors), saved as JSON and PNG."""
+    if cfg.tree:
+        tree = PredicateTree.load(cfg.tree)
+        if tree.predicates != predicates:
+            raise InputError(cfg.tree, "predicate list differs from the feature store's", "a tree of this store")
+    else:
+        from components.taxonomy.vectors import load_word_vectors
+
+        tree = build_predicate_tree(predicates, [int(c) for c in counts[1:]], load_word_vectors(cfg.vectors),
+                                    cfg.threshold, cfg.stages, cfg.overrides)
+    tree.save(out / "tree.json")
+    tree.draw(out / "tree.png")
+    return tree
+
+
+def train_method(method: str, cfg: HMLConfig, tree: PredicateTree, counts: np.ndarray, base_cfg: dict,
+                 cache: StageCache, train_ds, loop_extra: dict | None = None) -> StageResult:
+    """All stages of `method` (complete ones skipped); returns the last stage's result."""
+    prev: StageResult | None = None
+    for spec in stage_plan(method, tree, cfg):
+        key_cfg = {**base_cfg, **spec.__dict__, "counts": {p: int(max(counts[p], 1)) for p in spec.positives}}
+        name = f"{method}-stage{spec.stage}"
+        key = cache.key(name, key_cfg, [prev] if prev else None)
+        loop_cfg = {**key_cfg, "stage_key": key, "label_map": label_map(spec, len(tree.predicates)),
+                    "prev_checkpoint": prev.result["checkpoint"] if prev else None, "progress": cfg.progress,
+                    "max_fg": cfg.max_fg_per_image, "max_bg": cfg.max_bg_per_image}
+        loop_cfg.update(loop_extra or {})
+        print(f"[hml] {name}: {len(spec.positives)} positive predicates, {len(spec.seen)} in the CE span, "
+              f"{spec.steps} steps", flush=True)
+        prev = cache.run(name, key_cfg, lambda d, lc=loop_cfg: _fit_stage(d, cfg, lc, train_ds),
+                         [prev] if prev else None)
+        print(f"[hml] {name}: {'cached' if prev.cached else 'trained'} -> {prev.result['checkpoint']}", flush=True)
+    assert prev is not None
+    return prev
+
+
+def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
+    """Tree, training of every method, predictions and evaluation; returns and writes results.json."""
+    import ray
+
+    from pipelines.ray_runtime import init_ray
+    from pipelines.streaming import dataset_from_store
+
+    out = ensure_writable_dir(cfg.output_dir)
+    store = FeatureStore(cfg.store)
+    man = store.manifest
+    counts, fb = train_statistics(store, cfg.freq_bias)
+    fb_path = None
+    if fb is not None:
+        fb_path = out / "freq_bias.npy"
+        with atomic_path(fb_path) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, fb)
+    tree = build_tree(cfg, man.predicates, counts, out)
+    model_cfg = {"predictor": cfg.predictor, "num_objects": len(man.objects), "num_predicates": len(man.predicates),
+                 "feature_dim": man.feature_dim, "hidden_dim": cfg.hidden_dim}
+    base_cfg = {**model_cfg, "model_hash": config_hash({**model_cfg, "freq_bias": cfg.freq_bias}),
+                "freq_bias_path": str(fb_path.resolve()) if fb_path else None,
+                "data": [f["sha256"] for f in man.splits["train"]], "batch_size": cfg.batch_size,
+                "max_fg_per_image": cfg.max_fg_per_image, "max_bg_per_image": cfg.max_bg_per_image,
+                "lr": cfg.lr, "seed": cfg.seed, "num_workers": cfg.num_workers,
+                "checkpoint_every": cfg.checkpoint_every, "threads": cfg.threads_per_worker}
+    init_ray(cfg.ray_address, cfg.num_cpus)
+    ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
+    train_ds = dataset_from_store(cfg.store, "train")
+    cache = StageCache(out / "stages")
+    results: dict[str, Any] = {"tree": tree.to_json(), "methods": {}}
+    for method in cfg.methods:
+        final = train_method(method, cfg, tree, counts, base_cfg, cache, train_ds, loop_extra)
+        results["methods"][method] = {"checkpoint": final.result["checkpoint"], "stage_dir": str(final.path),
+                                      "train_summary": final.result["summary"]}
+        results["methods"][method].update(evaluate_method(method, final.result["checkpoint"], cfg, store, tree,
+                                                          model_cfg, fb_path, out))
+    write_json(out / "results.json", results)
+    log_results(cfg, results, out)
+    return results
+
+
+def load_stage_model(path: str | Path, model_cfg: dict, fb_path: Path | None):
+    """The predictor stored in a stage checkpoint (final model of a method), in eval mode."""
+    meta, state = load_checkpoint(path, expect={"model_hash": config_hash({**model_cfg, "freq_bias": fb_path is not None})})
+    model = _build({**model_cfg, "freq_bias_path": str(fb_path) if fb_path else None})
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def predict_images(model, images: list[dict], batch_images: int = 8) -> list[dict]:
+    """PredCls predictions per image: all ordered pairs with their softmax scores over 0..C (0 = background)."""
+    import torch
+
+    from components.models.pairs import all_pairs
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_images):
+            chunk = images[i:i + batch_images]
+            batch = all_pairs(chunk)
+            scores = torch.softmax(model(batch), dim=1).numpy()
+            owner = batch.pair_to_img.numpy()
+            offsets = np.cumsum([0] + [len(im["labels"]) for im in chunk])
+            for k, img in enumerate(chunk):
+                sel = owner == k
+                out.append({"image_id": img["image_id"], "pairs": batch.pairs.numpy()[sel] - offsets[k],
+                            "rel_scores": scores[sel]})
+    return out
+
+
+def evaluation_images(store: FeatureStore, split: str, limit: int | None) -> list[dict]:
+    """GT scene graphs of the evaluation split (first `limit` images if set)."""
+    images: list[dict] = []
+    for table in store.iter_tables(split):
+        images.extend(scene_graphs(table))
+        if limit is not None and len(images) >= limit:
+            return images[:limit]
+    return images
+
+
+def evaluate_method(method: str, checkpoint: str, cfg: HMLConfig, store: FeatureStore, tree: PredicateTree,
+                    model_cfg: dict, fb_path: Path | None, out: Path) -> dict:
+    """Predict on the evaluation split, save the predictions, and compute R@K/mR@K/Mean@K (+ hierarchy)."""
+    from components.models.checkpoint import save_predictor
+
+    model = load_stage_model(checkpoint, model_cfg, fb_path)
+    mdir = ensure_writable_dir(out / method)
+    model.build_spec = {"name": model_cfg["predictor"], "num_objects": model_cfg["num_objects"],
+                        "num_predicates": model_cfg["num_predicates"], "feature_dim": model_cfg["feature_dim"],
+                        "hidden_dim": model_cfg["hidden_dim"], "freq_bias": fb_path is not None}
+    save_predictor(model, mdir / "model.safetensors", extra={"method": method})
+    images = evaluation_images(store, cfg.eval_split, cfg.eval_images)
+    preds = predict_images(model, images)
+    return evaluate_predictions(method, images, preds, tree, cfg, mdir)
+
+
+def evaluate_predictions(method: str, images: list[dict], preds: list[dict], tree: PredicateTree,
+                         cfg: HMLConfig, mdir: Path) -> dict:
+    """HOOK: saves predictions and scores them with components.evaluation (written by another helper)."""
+    try:
+        from components.evaluation.predictions import save_predictions
+        from components.evaluation.sgg import evaluate_sgg
+    except ImportError:
+        return {"evaluation": "skipped: components.evaluation is not available"}
+    save_predictions(mdir / "predictions", images, preds)
+    metrics = evaluate_sgg([{**img, **p} for img, p in zip(images, preds)], len(tree.predicates), cfg.ks)
+    write_json(mdir / "metrics.json", metrics)
+    return {"metrics": metrics}
+
+
+def log_results(cfg: HMLConfig, results: dict, out: Path) -> None:
+    """MLflow: a parent run with the config and tree, one child run per method (train curves, metrics)."""
+    if not cfg.track:
+        return
+    from components.tracking import Tracker
+
+    tracker = Tracker.for_run_dir(out, cfg.experiment)
+    with tracker.run(f"hml-{Path(cfg.output_dir).name}") as parent:
+        tracker.log_config(parent, cfg)
+        tracker.log_artifact(parent, out / "tree.png")
+        tracker.log_artifact(parent, out / "tree.json")
+        for method, res in results["methods"].items():
+            with tracker.run(method, parent_run_id=parent) as child:
+                tracker.log_params(child, {"method": method})
+                offset = 0
+                for stage_file in sorted(Path(out / "stages").glob(f"{method}-stage*/metrics.jsonl")):
+                    rows = [json.loads(line) for line in stage_file.read_text().splitlines() if line]
+                    for m in rows:
+                        tracker.log_metrics(child, m, step=offset + int(m["step"]))
+                    offset += len(rows)
+                flat = {k: v for k, v in res.get("metrics", {}).items() if isinstance(v, (int, float))}
+                tracker.log_metrics(child, flat)
+    tracker.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: `python pipelines/hml.py --config cfg.yaml key=value ...`; errors print one line, exit 2."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="YAML config (HMLConfig fields)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lam=1.0 stages=2")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(HMLConfig, args.config, args.overrides)
+        results = run(cfg)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({m: r.get("metrics", r.get("evaluation")) for m, r in results["methods"].items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
