@@ -1,0 +1,112 @@
+"""Evaluate saved predictions and print a table (or JSON): SGG recall or LTVRR band accuracy, in percent.
+
+  python pipelines/evaluate.py sgg runs/preds_sgg [--tree tree.json] [--ks 20 50 100] [--iou 0.5] [--json]
+  python pipelines/evaluate.py ltvrr runs/preds_ltvrr.npz [--json]
+
+SGG PATH is a directory written by components.evaluation.predictions.SGGPredictionWriter; LTVRR PATH an
+.npz written by save_ltvrr_predictions. --tree takes a JSON object with a key "parent" mapping 1-based
+predicate ids (strings) to their coarse parent id (the format of PredicateTree.save); it adds the
+hierarchy-aware hR@K / hmR@K. Bad input prints one error line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from components.errors import InputError
+from components.evaluation.ltvrr import BANDS, ltvrr_report
+from components.evaluation.predictions import iter_sgg_predictions, load_ltvrr_predictions, read_sgg_manifest
+from components.evaluation.sgg import evaluate_sgg
+
+
+def load_tree(path: Path) -> dict[int, int]:
+    """{predicate id: parent id} from a JSON file with a "parent" object."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise InputError(f"--tree {path}", f"cannot read: {e.strerror}", "a JSON file") from e
+    except ValueError as e:
+        raise InputError(f"--tree {path}", f"invalid JSON: {e}", "a JSON file") from e
+    parent = data.get("parent") if isinstance(data, dict) else None
+    if not isinstance(parent, dict):
+        raise InputError(f"--tree {path}", 'has no "parent" object', '{"parent": {"<predicate id>": <parent id>}}')
+    return parent
+
+
+def _fmt(v: float) -> str:
+    return "   n/a" if math.isnan(v) else f"{v:6.2f}"
+
+
+def sgg_table(r: dict, ks: list[int]) -> str:
+    """Markdown table: one row per K, one column per metric."""
+    cols = [c for c in ("R", "mR", "ngR", "ngmR", "Mean", "hR", "hmR") if f"{c}@{ks[0]}" in r]
+    lines = ["| K | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {k} | " + " | ".join(_fmt(r[f"{c}@{k}"]) for c in cols) + " |" for k in ks]
+    lines.append(f"\n{r['num_images']} images evaluated; skipped {r['skipped_no_gt']} without GT relations and "
+                 f"{r['skipped_no_pred']} without predicted pairs. Values in percent.")
+    return "\n".join(lines)
+
+
+def ltvrr_table(r: dict) -> str:
+    """Markdown table: rows S/O, subject, object, relation; columns the bands and all."""
+    cols = list(BANDS) + ["all"]
+    lines = ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for key, name in (("sbj_obj", "S/O"), ("sbj", "subject"), ("obj", "object"), ("rel", "relation")):
+        lines.append(f"| {name} | " + " | ".join(_fmt(r[key][c]) for c in cols) + " |")
+    lines.append(f"\ncombined (S/O all + relation all) / 2 = {r['combined']:.2f}  "
+                 f"({r['num_examples']} test triplets; mean per-class top-1 accuracy, percent)")
+    return "\n".join(lines)
+
+
+def _json_safe(x):
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def run(argv: list[str] | None = None) -> str:
+    """Parse arguments, evaluate, and return the text to print."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("task", choices=("sgg", "ltvrr"))
+    ap.add_argument("path", type=Path)
+    ap.add_argument("--tree", type=Path, default=None, help='JSON with "parent": {predicate id: parent id} (sgg)')
+    ap.add_argument("--ks", type=int, nargs="+", default=[20, 50, 100], help="recall cut-offs (sgg)")
+    ap.add_argument("--iou", type=float, default=0.5, help="IoU threshold (sgg)")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = ap.parse_args(argv)
+    if args.task == "sgg":
+        manifest = read_sgg_manifest(args.path)
+        if manifest["num_predicates"] is None:
+            raise InputError(str(args.path), "holds no predicted pairs, so the number of predicates is unknown",
+                             "at least one image with rel_scores")
+        tree = load_tree(args.tree) if args.tree else None
+        images = tqdm(iter_sgg_predictions(args.path), total=manifest["num_images"], desc="evaluate", unit="img",
+                      disable=None)
+        res = evaluate_sgg(images, manifest["num_predicates"], ks=args.ks, iou_threshold=args.iou, tree=tree)
+        return json.dumps(_json_safe(res), indent=2) if args.json else sgg_table(res, args.ks)
+    if args.tree:
+        raise InputError("--tree", "only applies to sgg", "no --tree with ltvrr")
+    res = ltvrr_report(**load_ltvrr_predictions(args.path))
+    return json.dumps(_json_safe(res), indent=2) if args.json else ltvrr_table(res)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        print(run(argv))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""pipelines/evaluate.py on saved predictions: tables, JSON equal to the library call, tree, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.bench_eval import synthetic_image
+from components.evaluation.ltvrr import ltvrr_report
+from components.evaluation.predictions import SGGPredictionWriter, save_ltvrr_predictions
+from components.evaluation.sgg import evaluate_sgg
+from pipelines.evaluate import main
+
+ROOT = Path(__file__).resolve().parents[2]
+C = 8
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval")
+    imgs = [synthetic_image(i, num_predicates=C, boxes=8) for i in range(12)]
+    with SGGPredictionWriter(d / "sgg", images_per_shard=5) as w:
+        for im in imgs:
+            w.add(im)
+    rng = np.random.default_rng(1)
+    lt = {f"{p}_{n}": rng.integers(0, 6, 50) for n in ("sbj", "obj", "rel") for p in ("gt", "pred")}
+    lt.update(obj_train_counts={i: i * i for i in range(6)}, rel_train_counts={i: 6 - i for i in range(6)})
+    save_ltvrr_predictions(d / "lt.npz", **lt)
+    (d / "tree.json").write_text(json.dumps({"parent": {str(p): (p - 1) // 4 * 4 + 1 for p in range(1, C + 1)}}))
+    return d, imgs, lt
+
+
+def test_sgg_json_matches_library_and_table_prints(saved, capsys):
+    d, imgs, _ = saved
+    tree = {p: (p - 1) // 4 * 4 + 1 for p in range(1, C + 1)}
+    assert main(["sgg", str(d / "sgg"), "--tree", str(d / "tree.json"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ref = evaluate_sgg(imgs, C, tree=tree)
+    assert out.keys() == ref.keys() and "hR@100" in out
+    for k, v in ref.items():
+        np.testing.assert_allclose(out[k], v, rtol=1e-12, err_msg=k)
+    assert main(["sgg", str(d / "sgg"), "--ks", "5", "10"]) == 0
+    text = capsys.readouterr().out
+    assert "| K | R | mR | ngR | ngmR | Mean |" in text and "| 10 |" in text and "hR" not in text
+
+
+def test_ltvrr_table_and_json(saved, capsys):
+    d, _, lt = saved
+    assert main(["ltvrr", str(d / "lt.npz"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ref = ltvrr_report(**lt)
+    assert out["combined"] == pytest.approx(ref["combined"]) and out["rel"]["few"] == pytest.approx(ref["rel"]["few"])
+    assert main(["ltvrr", str(d / "lt.npz")]) == 0
+    assert "| S/O |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["sgg", "{d}/nowhere"], "no manifest"),
+    (["sgg", "{d}/sgg", "--tree", "{d}/lt.npz"], "invalid JSON"),
+    (["sgg", "{d}/sgg", "--tree", "{d}/missing.json"], "cannot read"),
+    (["ltvrr", "{d}/sgg"], "does not exist"),
+    (["ltvrr", "{d}/lt.npz", "--tree", "{d}/tree.json"], "only applies to sgg"),
+])
+def test_bad_input_exits_nonzero_with_message(saved, capsys, args, needle):
+    d = saved[0]
+    assert main([a.format(d=d) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and needle in err
+
+
+def test_runs_as_a_script(saved):
+    d = saved[0]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    ok = subprocess.run([sys.executable, str(ROOT / "pipelines/evaluate.py"), "sgg", str(d / "sgg")],
+                        capture_output=True, text=True, env=env)
+    assert ok.returncode == 0 and "| 100 |" in ok.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "pipelines/evaluate.py"), "ltvrr", str(d / "nope.npz")],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "error:" in bad.stderr
