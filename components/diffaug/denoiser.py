@@ -1,0 +1,138 @@
+"""Transformer denoiser over relation feature vectors, conditioned by cross-attention on text and hardness.
+
+The feature vector (any dimension D: the paper's 4096-d fc7, our 128-d default) is cut into `tokens`
+equal chunks (zero-padded at the end) so self-attention relates parts of the vector. Each block does
+self-attention over the chunks, cross-attention over the condition tokens, and an MLP (pre-LayerNorm,
+residual) with DiT-style adaLN-zero modulation from the timestep embedding plus a pooled condition: the
+masked mean of a per-token MLP of the condition tokens (nonlinear before pooling, so role-tagged tokens
+"man on horse" / "horse on man" pool differently; a learned null vector when conditions are dropped), a
+direct path that makes the class signal easy to learn. The cross-attention condition sequence is: a
+learned always-present "null" token (so attention is never fully masked and classifier-free guidance has
+an unconditional context), the diffusion timestep token, the text
+tokens (token embeddings (B, T, E) with a validity mask, or a pooled (B, E) embedding as a length-1
+sequence) plus a learned position embedding (so swapping subject and object tokens changes the condition) and `hardness_tokens` tokens projected from the hardness vector (B, K). `drop` (B,) bool hides
+text and hardness for classifier-free guidance. The output has the input's shape; what it means (x0,
+epsilon or v) is the caller's prediction type.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from torch import nn
+
+from components.errors import InputError
+
+
+class _Block(nn.Module):
+    """adaLN-zero block (DiT): modulated self-attention over chunks, cross-attention over conditions, MLP."""
+
+    def __init__(self, hidden: int, heads: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.n1 = nn.LayerNorm(hidden, elementwise_affine=False)
+        self.n3 = nn.LayerNorm(hidden, elementwise_affine=False)
+        self.n2, self.nc = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.self_attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(hidden, mlp_ratio * hidden), nn.GELU(),
+                                 nn.Linear(mlp_ratio * hidden, hidden))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x: torch.Tensor, cvec: torch.Tensor, ctx: torch.Tensor, ctx_pad: torch.Tensor) -> torch.Tensor:
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(cvec)[:, None, :].chunk(6, dim=-1)
+        h = self.n1(x) * (1 + sc1) + sh1
+        x = x + g1 * self.self_attn(h, h, h, need_weights=False)[0]
+        c = self.nc(ctx)
+        x = x + self.cross_attn(self.n2(x), c, c, key_padding_mask=ctx_pad, need_weights=False)[0]
+        return x + g2 * self.mlp(self.n3(x) * (1 + sc2) + sh2)
+
+
+class Denoiser(nn.Module):
+    """Denoiser(feature_dim, cond_dim, hardness_dim, ...)(x_t (B,D), t (B,), text, text_mask, hardness, drop) -> (B,D).
+
+    `hardness_dim=0` builds a model without hardness conditioning. `text` is (B, T, cond_dim) with
+    `text_mask` (B, T) bool (True = real token) or pooled (B, cond_dim) (mask ignored).
+    """
+
+    def __init__(self, feature_dim: int, cond_dim: int, hardness_dim: int = 0, hidden: int = 256,
+                 layers: int = 4, heads: int = 4, tokens: int = 8, hardness_tokens: int = 2,
+                 mlp_ratio: int = 4, max_text_tokens: int = 77) -> None:
+        super().__init__()
+        for name, v in (("feature_dim", feature_dim), ("cond_dim", cond_dim), ("hidden", hidden),
+                        ("layers", layers), ("heads", heads), ("tokens", tokens)):
+            if v < 1:
+                raise InputError(f"Denoiser.{name}", f"is {v}", "a positive integer")
+        if hidden % heads:
+            raise InputError("Denoiser.hidden", f"{hidden} is not divisible by heads={heads}", "hidden % heads == 0")
+        if hardness_dim < 0:
+            raise InputError("Denoiser.hardness_dim", f"is {hardness_dim}", ">= 0 (0 = no hardness)")
+        self.feature_dim, self.cond_dim, self.hardness_dim = feature_dim, cond_dim, hardness_dim
+        self.tokens = min(tokens, feature_dim)
+        self.chunk = math.ceil(feature_dim / self.tokens)
+        self.hardness_tokens = hardness_tokens if hardness_dim else 0
+        self.inp = nn.Linear(self.chunk, hidden)
+        self.pos = nn.Parameter(torch.randn(1, self.tokens, hidden) * 0.02)
+        self.t_proj = Timesteps(hidden, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.t_embed = TimestepEmbedding(hidden, hidden)
+        self.null = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
+        self.text_proj = nn.Linear(cond_dim, hidden)
+        self.text_pos = nn.Parameter(torch.randn(1, max_text_tokens, hidden) * 0.02)
+        self.hard_proj = nn.Linear(hardness_dim, hidden * self.hardness_tokens) if hardness_dim else None
+        self.blocks = nn.ModuleList(_Block(hidden, heads, mlp_ratio) for _ in range(layers))
+        self.pool_mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.out_norm = nn.LayerNorm(hidden, elementwise_affine=False)
+        self.out_ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        self.out = nn.Linear(hidden, self.chunk)
+
+    def _context(self, temb: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
+                 hardness: torch.Tensor | None, drop: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Condition tokens (B, L, H), their padding mask (B, L) (True = ignore) and pooled condition (B, H)."""
+        b = temb.shape[0]
+        if text.dim() == 2:
+            text, text_mask = text[:, None, :], None
+        max_t = self.text_pos.shape[1]
+        if text.dim() != 3 or text.shape[0] != b or text.shape[2] != self.cond_dim or text.shape[1] > max_t:
+            raise InputError("text", f"shape {tuple(text.shape)}",
+                             f"(B, T <= {max_t}, {self.cond_dim}) or (B, {self.cond_dim})")
+        if text_mask is None:
+            text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+        elif text_mask.shape != text.shape[:2]:
+            raise InputError("text_mask", f"shape {tuple(text_mask.shape)}", f"{tuple(text.shape[:2])}")
+        parts = [self.null.expand(b, 1, -1), temb[:, None, :], self.text_proj(text) + self.text_pos[:, : text.shape[1]]]
+        keep = [text_mask.bool()]
+        if self.hard_proj is not None:
+            if hardness is None or hardness.shape != (b, self.hardness_dim):
+                got = None if hardness is None else tuple(hardness.shape)
+                raise InputError("hardness", f"got {got}", f"({b}, {self.hardness_dim})")
+            parts.append(self.hard_proj(hardness).view(b, self.hardness_tokens, -1))
+            keep.append(torch.ones(b, self.hardness_tokens, dtype=torch.bool, device=text.device))
+        cond_keep = torch.cat(keep, dim=1)
+        if drop is not None:
+            cond_keep = cond_keep & ~drop.bool()[:, None]
+        always = torch.ones(b, 2, dtype=torch.bool, device=text.device)
+        cond = torch.cat(parts[2:], dim=1)
+        w = cond_keep.to(cond.dtype)[..., None]
+        pooled = (self.pool_mlp(cond) * w).sum(1) / w.sum(1).clamp_min(1.0)
+        pooled = torch.where(cond_keep.any(1)[:, None], pooled, self.null[:, 0].to(pooled.dtype))
+        return torch.cat(parts, dim=1), ~torch.cat([always, cond_keep], dim=1), pooled
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None,
+                hardness: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Model output for noisy features `x` (B, D) at integer timesteps `t` (B,)."""
+        if x.dim() != 2 or x.shape[1] != self.feature_dim:
+            raise InputError("x", f"shape {tuple(x.shape)}", f"(B, {self.feature_dim})")
+        b = x.shape[0]
+        pad = self.tokens * self.chunk - self.feature_dim
+        xs = nn.functional.pad(x, (0, pad)).view(b, self.tokens, self.chunk)
+        temb = self.t_embed(self.t_proj(t.reshape(-1).expand(b)).to(x.dtype))
+        h = self.inp(xs) + self.pos
+        ctx, ctx_pad, pooled = self._context(temb, text, text_mask, hardness, drop)
+        cvec = temb + pooled
+        for blk in self.blocks:
+            h = blk(h, cvec, ctx, ctx_pad)
+        sh, sc = self.out_ada(cvec)[:, None, :].chunk(2, dim=-1)
+        return self.out(self.out_norm(h) * (1 + sc) + sh).reshape(b, -1)[:, : self.feature_dim]

@@ -1,0 +1,193 @@
+"""Ray layer of DiffAugment's diffusion model: training in one actor, sampling over an actor pool into shards.
+
+Training runs `train_denoiser` inside a Ray actor with fractional CPUs, writing periodic bundle
+checkpoints and the per-step loss. Sampling splits the requests into fixed shards (shard i = rows
+[i*shard_size, (i+1)*shard_size)); each shard is sampled by a pool actor and written atomically as
+`shard-{i:05d}.parquet` (columns sample_id, subject, object, predicate, feature). A rerun skips every
+shard already complete; an actor that dies is restarted and its task retried (Ray max_restarts /
+max_task_retries), and since a sample's noise depends only on (seed, sample id) the retried shard holds the
+same vectors. `manifest.json` is written last and lists every shard.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+from ray.util import ActorPool
+from tqdm.auto import tqdm
+
+from components.atomic import atomic_path, ensure_writable_dir, write_json
+from components.config import config_hash, to_dict
+from components.diffaug.diffusion import DiffusionConfig, load_bundle, save_bundle, train_denoiser
+from components.diffaug.sampling import sample_features
+from components.errors import DataError, InputError
+
+REQUIRED = ("sample_id", "subject", "object", "predicate", "text")
+OPTIONAL = ("text_mask", "hardness", "seed_features")
+MANIFEST_FORMAT = "hmldiff.diffusion-samples/1"
+
+
+def _threads(cpus: float) -> int:
+    return max(1, int(round(cpus)))
+
+
+@ray.remote
+class _TrainActor:
+    """Runs `train_denoiser` with checkpoints every `checkpoint_every` steps into `out_dir/checkpoints`."""
+
+    def run(self, arrays: dict, cfg: DiffusionConfig, out_dir: str, checkpoint_every: int, threads: int) -> list:
+        torch.set_num_threads(threads)
+        losses: list[float] = []
+        ckpt = Path(out_dir) / "checkpoints"
+
+        def on_step(step: int, loss: float, bundle) -> None:
+            losses.append(loss)
+            if checkpoint_every and step % checkpoint_every == 0:
+                save_bundle(bundle, ckpt / f"step-{step:07d}.safetensors")
+
+        bundle = train_denoiser(arrays["features"], arrays["text"], arrays.get("text_mask"), arrays.get("hardness"),
+                                cfg, on_step=on_step, progress=False)
+        save_bundle(bundle, Path(out_dir) / "bundle.safetensors")
+        return losses
+
+
+def train_diffusion_on_ray(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray | None,
+                           hardness: np.ndarray | None, cfg: DiffusionConfig, out_dir: str | Path,
+                           cpus: float = 0.5, checkpoint_every: int = 500) -> dict:
+    """Train in a Ray actor; writes out_dir/{bundle.safetensors, checkpoints/, metrics.json}; returns the paths + losses."""
+    out = ensure_writable_dir(out_dir)
+    arrays = {"features": features, "text": text, "text_mask": text_mask, "hardness": hardness}
+    t0 = time.perf_counter()
+    actor = _TrainActor.options(num_cpus=cpus).remote()
+    try:
+        losses = ray.get(actor.run.remote(arrays, cfg, str(out), checkpoint_every, _threads(cpus)))
+    finally:
+        ray.kill(actor)
+    metrics = {"config": to_dict(cfg), "config_hash": config_hash(cfg), "loss": losses,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    write_json(out / "metrics.json", metrics)
+    return {"bundle": str(out / "bundle.safetensors"), "metrics": str(out / "metrics.json"), "loss": losses}
+
+
+def load_requests(requests: Mapping[str, np.ndarray] | str | Path) -> dict[str, np.ndarray]:
+    """Validated request columns from a mapping or an .npz file (keys: sample_id, subject, object, predicate,
+    text, optional text_mask, hardness, seed_features; one row per sample)."""
+    if isinstance(requests, (str, Path)):
+        p = Path(requests)
+        if not p.is_file():
+            raise InputError(str(p), "request file not found", "an .npz with sample_id, subject, object, predicate, text")
+        with np.load(p, allow_pickle=False) as z:
+            requests = {k: z[k] for k in z.files}
+    cols = {k: np.asarray(v) for k, v in requests.items() if v is not None}
+    missing = [k for k in REQUIRED if k not in cols]
+    unknown = [k for k in cols if k not in REQUIRED + OPTIONAL]
+    if missing or unknown:
+        raise InputError("requests", f"missing columns {missing}, unknown columns {unknown}",
+                         f"columns {list(REQUIRED)} plus optional {list(OPTIONAL)}")
+    ids = cols["sample_id"]
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
+        raise DataError("requests.sample_id", f"dtype {ids.dtype}, shape {ids.shape}", "1-D non-negative integers")
+    if len(np.unique(ids)) != len(ids):
+        raise DataError("requests.sample_id", "contains duplicates", "each id requested once")
+    bad = [k for k, v in cols.items() if len(v) != len(ids)]
+    if bad:
+        raise DataError("requests", f"columns {bad} have another length than sample_id ({len(ids)})", "equal lengths")
+    return cols
+
+
+@ray.remote(max_restarts=3, max_task_retries=3)
+class _SampleActor:
+    """Holds one loaded bundle; samples shards and writes each atomically as a parquet file."""
+
+    def __init__(self, bundle_path: str, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.bundle = load_bundle(bundle_path)
+
+    def shard(self, req: dict, index: int, lo: int, hi: int, path: str, params: dict) -> dict:
+        t0 = time.perf_counter()
+        feats = sample_features(self.bundle, req["text"][lo:hi],
+                                None if "text_mask" not in req else req["text_mask"][lo:hi],
+                                None if "hardness" not in req else req["hardness"][lo:hi], req["sample_id"][lo:hi],
+                                None if "seed_features" not in req else req["seed_features"][lo:hi], **params)
+        table = pa.table({"sample_id": req["sample_id"][lo:hi].astype(np.int64), "subject": req["subject"][lo:hi],
+                          "object": req["object"][lo:hi], "predicate": req["predicate"][lo:hi],
+                          "feature": pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1)), feats.shape[1])})
+        with atomic_path(path, suffix=".parquet") as tmp:
+            pq.write_table(table, tmp)
+        return {"index": index, "rows": hi - lo, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _shard_complete(path: Path, ids: np.ndarray) -> bool:
+    """True when `path` is a readable shard holding exactly `ids` in order."""
+    try:
+        got = pq.read_table(path, columns=["sample_id"]).column("sample_id").to_numpy()
+    except (OSError, pa.ArrowException):
+        return False
+    return len(got) == len(ids) and bool((got == ids).all())
+
+
+def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | str | Path, out_dir: str | Path,
+                  num_actors: int = 2, shard_size: int = 1024, cpus_per_actor: float = 0.5, strength: float = 1.0,
+                  batch_size: int = 512, guidance_scale: float | None = None, progress: bool = True) -> dict:
+    """Sample every request on a Ray actor pool into idempotent parquet shards; returns (and writes) the manifest."""
+    if num_actors < 1 or shard_size < 1 or cpus_per_actor <= 0:
+        raise InputError("sample_on_ray", f"num_actors={num_actors}, shard_size={shard_size}, "
+                         f"cpus_per_actor={cpus_per_actor}", "positive values")
+    req = load_requests(requests)
+    bundle = load_bundle(bundle_path)  # fail fast in the driver on a bad bundle
+    out = ensure_writable_dir(out_dir)
+    params = {"strength": strength, "batch_size": batch_size, "guidance_scale": guidance_scale}
+    ids = req["sample_id"]
+    fingerprint = config_hash({"bundle": config_hash(bundle.cfg), "ids": config_hash(ids.tolist()),
+                               "shard_size": shard_size, "params": params})
+    req_file = out / "request.json"
+    if req_file.exists() and json.loads(req_file.read_text()).get("fingerprint") != fingerprint:
+        raise InputError(str(out), "holds shards of another request, bundle or sampling setting",
+                         "an empty directory or the same request (to resume)")
+    write_json(req_file, {"fingerprint": fingerprint, "bundle": str(bundle_path), "n": int(len(ids))})
+    bounds = [(i, lo, min(lo + shard_size, len(ids))) for i, lo in enumerate(range(0, len(ids), shard_size))]
+    paths = {i: out / f"shard-{i:05d}.parquet" for i, _, _ in bounds}
+    todo = [b for b in bounds if not _shard_complete(paths[b[0]], ids[b[1]:b[2]])]
+    t0 = time.perf_counter()
+    if todo:
+        ref = ray.put(req)
+        actors = [_SampleActor.options(num_cpus=cpus_per_actor).remote(str(bundle_path), _threads(cpus_per_actor))
+                  for _ in range(min(num_actors, len(todo)))]
+        try:
+            pool = ActorPool(actors)
+            work = pool.map_unordered(lambda a, b: a.shard.remote(ref, b[0], b[1], b[2], str(paths[b[0]]), params), todo)
+            for _ in tqdm(work, total=len(todo), desc="diffusion shards", disable=not progress):
+                pass
+        finally:
+            for a in actors:
+                ray.kill(a)
+    manifest = {"format": MANIFEST_FORMAT, "bundle": str(bundle_path), "bundle_config_hash": config_hash(bundle.cfg),
+                "n_samples": int(len(ids)), "feature_dim": bundle.model.feature_dim, "shard_size": shard_size,
+                "params": params, "skipped_shards": len(bounds) - len(todo), "seconds": round(time.perf_counter() - t0, 3),
+                "shards": [{"index": i, "path": paths[i].name, "rows": hi - lo, "first_id": int(ids[lo]),
+                            "last_id": int(ids[hi - 1])} for i, lo, hi in bounds]}
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def load_samples(out_dir: str | Path) -> pa.Table:
+    """All shards listed by `out_dir/manifest.json`, concatenated in shard order (refuses a missing shard)."""
+    out = Path(out_dir)
+    mf = out / "manifest.json"
+    if not mf.is_file():
+        raise DataError(str(mf), "manifest not found (sampling incomplete?)", "a directory written by sample_on_ray")
+    manifest = json.loads(mf.read_text())
+    tables = []
+    for s in manifest["shards"]:
+        p = out / s["path"]
+        if not p.is_file():
+            raise DataError(str(p), "shard listed in the manifest is missing", "every listed shard present")
+        tables.append(pq.read_table(p))
+    return pa.concat_tables(tables)

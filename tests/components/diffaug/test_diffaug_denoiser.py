@@ -1,0 +1,73 @@
+"""Denoiser: shapes with token/pooled text, hardness on/off, masking, CFG drop and role sensitivity."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.diffaug.denoiser import Denoiser
+from components.errors import InputError
+
+B, D, E, T, K = 5, 37, 12, 3, 6
+
+
+def _nonzero(model: Denoiser) -> Denoiser:
+    """adaLN-zero starts with gates at 0 (output ignores conditions): perturb so conditioning is visible."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def test_shapes_token_and_pooled_text_with_and_without_hardness():
+    torch.manual_seed(0)
+    x, t = torch.randn(B, D), torch.randint(0, 1000, (B,))
+    for k in (0, K):
+        m = Denoiser(D, E, k, hidden=32, layers=2, heads=4, tokens=4)
+        hard = torch.rand(B, K) if k else None
+        assert m(x, t, torch.randn(B, T, E), torch.ones(B, T, dtype=torch.bool), hard).shape == (B, D)
+        assert m(x, t, torch.randn(B, E), None, hard).shape == (B, D)
+    # a feature dimension not divisible by the token count is padded then cropped
+    assert m.tokens * m.chunk >= D
+
+
+def test_padding_tokens_are_ignored_and_drop_hides_conditions():
+    m = _nonzero(Denoiser(D, E, K, hidden=32, layers=2, heads=4, tokens=4))
+    x, t, hard = torch.randn(B, D), torch.full((B,), 500), torch.rand(B, K)
+    text = torch.randn(B, T, E)
+    mask = torch.tensor([[True, True, False]] * B)
+    other = text.clone()
+    other[:, 2] = 100.0  # content of a masked-out token
+    with torch.no_grad():
+        assert torch.allclose(m(x, t, text, mask, hard), m(x, t, other, mask, hard), atol=1e-5)
+        assert not torch.allclose(m(x, t, text, mask, hard), m(x, t, other, None, hard), atol=1e-3)
+        drop = torch.ones(B, dtype=torch.bool)
+        a = m(x, t, text, mask, hard, drop)
+        b = m(x, t, torch.randn(B, T, E), mask, torch.rand(B, K), drop)
+        assert torch.allclose(a, b, atol=1e-5)  # unconditional output ignores text and hardness
+        assert not torch.allclose(a, m(x, t, text, mask, hard), atol=1e-3)
+        # hardness changes the conditional output
+        assert not torch.allclose(m(x, t, text, mask, hard), m(x, t, text, mask, torch.rand(B, K)), atol=1e-3)
+
+
+def test_swapping_subject_and_object_tokens_changes_the_condition():
+    m = _nonzero(Denoiser(D, E, 0, hidden=32, layers=2, heads=4, tokens=4))
+    x, t = torch.randn(B, D), torch.full((B,), 300)
+    subj, pred, obj = torch.randn(B, 1, E), torch.randn(B, 1, E), torch.randn(B, 1, E)
+    with torch.no_grad():
+        a = m(x, t, torch.cat([subj, pred, obj], 1))
+        b = m(x, t, torch.cat([obj, pred, subj], 1))
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_bad_shapes_raise_input_errors():
+    m = Denoiser(D, E, K, hidden=32, layers=1, heads=4, tokens=4)
+    x, t = torch.randn(B, D), torch.zeros(B, dtype=torch.long)
+    with pytest.raises(InputError, match="hardness"):
+        m(x, t, torch.randn(B, E), None, None)
+    with pytest.raises(InputError, match="text"):
+        m(x, t, torch.randn(B, E + 1), None, torch.rand(B, K))
+    with pytest.raises(InputError, match="x"):
+        m(torch.randn(B, D + 1), t, torch.randn(B, E), None, torch.rand(B, K))
+    with pytest.raises(InputError, match="hidden"):
+        Denoiser(D, E, K, hidden=30, heads=4)
