@@ -1,0 +1,103 @@
+"""WordNet Leacock-Chodorow similarity between class names (DiffAugment triplet augmentation).
+
+A class name maps to its first noun synset (spaces become underscores: "soccer ball" -> soccer_ball.n.01)
+unless an override map names the synset (first senses can be wrong, e.g. "plate"). LCH =
+-log((d + 1) / (2 D)) with D = 19 for nouns; the paper's threshold 2.26 means "at most 2 edges apart".
+Names without a noun synset, or pairs without a path, give None. WordNet's first access costs ~10 s, so
+results are cached per process and, with `cache_path`, on disk as JSON (keyed by the override map).
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from components.atomic import write_json
+from components.diffaug.wordnet_data import ensure_nltk_path
+from components.errors import InputError
+
+LCH_THRESHOLD = 2.26
+
+
+@lru_cache(maxsize=1)
+def _wordnet():
+    """NLTK's WordNet reader (project-local data dir on the path); loaded once per process."""
+    ensure_nltk_path()
+    from nltk.corpus import wordnet as wn
+
+    try:
+        wn.ensure_loaded()
+    except LookupError as e:
+        raise InputError("WordNet", "NLTK cannot find WordNet 3.0",
+                         "`python components/diffaug/wordnet_data.py` or NLTK_DATA pointing at a wordnet corpus") from e
+    return wn
+
+
+def synset_name(name: str, overrides: Mapping[str, str] | None = None) -> str | None:
+    """The noun synset name ('dog.n.01') used for a class name; None when WordNet has no noun for it."""
+    if overrides and name in overrides:
+        try:
+            return _wordnet().synset(overrides[name]).name()
+        except Exception as e:  # nltk raises WordNetError / ValueError for unknown synset names
+            raise InputError(f"synset override for {name!r}", f"{overrides[name]!r}: {e}", "a synset like 'dog.n.01'") from e
+    found = _wordnet().synsets(name.strip().lower().replace(" ", "_"), pos="n")
+    return found[0].name() if found else None
+
+
+class LCHSimilarity:
+    """LCH similarity between class names, memoised in memory and optionally in a JSON file."""
+
+    def __init__(self, overrides: Mapping[str, str] | None = None, cache_path: str | Path | None = None) -> None:
+        self.overrides = dict(overrides or {})
+        self.cache_path = Path(cache_path) if cache_path else None
+        self._pairs: dict[str, float | None] = {}
+        self._dirty = False
+        if self.cache_path and self.cache_path.is_file():
+            data = json.loads(self.cache_path.read_text())
+            if data.get("overrides") == self.overrides:
+                self._pairs = data["pairs"]
+
+    def __call__(self, a: str, b: str) -> float | None:
+        """LCH(a, b) on noun synsets, or None (no noun synset / no path)."""
+        key = "\t".join(sorted((a, b)))
+        if key not in self._pairs:
+            sa, sb = synset_name(a, self.overrides), synset_name(b, self.overrides)
+            value = None
+            if sa and sb:
+                wn = _wordnet()
+                value = wn.synset(sa).lch_similarity(wn.synset(sb))
+            self._pairs[key] = None if value is None else float(value)
+            self._dirty = True
+        return self._pairs[key]
+
+    def save(self) -> None:
+        """Write the memo to `cache_path` (atomically) when it changed."""
+        if self.cache_path and self._dirty:
+            write_json(self.cache_path, {"overrides": self.overrides, "pairs": self._pairs})
+            self._dirty = False
+
+    def similar_classes(self, name: str, vocabulary: Iterable[str], threshold: float = LCH_THRESHOLD) -> list[str]:
+        """Vocabulary classes other than `name` with LCH >= threshold, most similar first (ties by name)."""
+        scored = [(s, v) for v in vocabulary if v != name and (s := self(name, v)) is not None and s >= threshold]
+        return [v for _, v in sorted(scored, key=lambda t: (-t[0], t[1]))]
+
+    def neighbours(self, vocabulary: list[str], threshold: float = LCH_THRESHOLD) -> dict[str, list[str]]:
+        """Every vocabulary class -> its similar classes; saves the memo afterwards."""
+        out = {v: self.similar_classes(v, vocabulary, threshold) for v in vocabulary}
+        self.save()
+        return out
+
+
+_DEFAULT = LCHSimilarity()
+
+
+def lch_similarity(a: str, b: str, overrides: Mapping[str, str] | None = None) -> float | None:
+    """LCH similarity of two class names' noun synsets (process-cached); None without synset or path."""
+    return (LCHSimilarity(overrides) if overrides else _DEFAULT)(a, b)
+
+
+def similar_classes(name: str, vocabulary: Iterable[str], threshold: float = LCH_THRESHOLD,
+                    overrides: Mapping[str, str] | None = None) -> list[str]:
+    """Vocabulary classes whose LCH similarity to `name` is >= threshold (most similar first)."""
+    return (LCHSimilarity(overrides) if overrides else _DEFAULT).similar_classes(name, vocabulary, threshold)
