@@ -306,7 +306,8 @@ def train_method(method: str, cfg: HMLConfig, tree: PredicateTree, counts: np.nd
               f"{spec.steps} steps", flush=True)
         prev = cache.run(name, key_cfg, lambda d, lc=loop_cfg: _fit_stage(d, cfg, lc, train_ds),
                          [prev] if prev else None)
-        print(f"[hml] {name}: {'cached' if prev.cached else 'trained'} -> {prev.result['checkpoint']}", flush=True)
+        print(f"[hml] {name}: {'cached' if prev.cached else f'trained in {prev.seconds:.1f} s'} -> "
+              f"{prev.result['checkpoint']}", flush=True)
     assert prev is not None
     return prev
 
@@ -407,16 +408,40 @@ def evaluate_method(method: str, checkpoint: str, cfg: HMLConfig, store: Feature
     return evaluate_predictions(method, images, preds, tree, cfg, mdir)
 
 
+def save_predictions(path: Path, preds: list[dict]) -> Path:
+    """Predictions as one npz (atomic): image_ids, offsets into the concatenated rel_pairs / rel_scores."""
+    offsets = np.cumsum([0] + [len(p["pairs"]) for p in preds])
+    dim = preds[0]["rel_scores"].shape[1] if preds else 0
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, image_ids=np.asarray([p["image_id"] for p in preds]), offsets=offsets,
+                            rel_pairs=np.concatenate([p["pairs"] for p in preds]) if preds else np.zeros((0, 2)),
+                            rel_scores=np.concatenate([p["rel_scores"] for p in preds]) if preds else np.zeros((0, dim)))
+    return path
+
+
+def sgg_inputs(img: dict, pred: dict, fine: bool = False) -> dict:
+    """Evaluator input of one PredCls image (GT boxes and labels as predictions, object scores 1)."""
+    rels = img["rels"].copy()
+    if fine:
+        rels[:, 2] = img["rel_fine"]
+    return {"gt_boxes": img["boxes"], "gt_labels": img["labels"], "gt_rels": rels, "pred_boxes": img["boxes"],
+            "pred_labels": img["labels"], "pred_scores": np.ones(len(img["labels"]), np.float32),
+            "rel_pairs": pred["pairs"], "rel_scores": pred["rel_scores"]}
+
+
 def evaluate_predictions(method: str, images: list[dict], preds: list[dict], tree: PredicateTree,
                          cfg: HMLConfig, mdir: Path) -> dict:
-    """HOOK: saves predictions and scores them with components.evaluation (written by another helper)."""
-    try:
-        from components.evaluation.predictions import save_predictions
-        from components.evaluation.sgg import evaluate_sgg
-    except ImportError:
-        return {"evaluation": "skipped: components.evaluation is not available"}
-    save_predictions(mdir / "predictions", images, preds)
-    metrics = evaluate_sgg([{**img, **p} for img, p in zip(images, preds)], len(tree.predicates), cfg.ks)
+    """Save predictions; R@K, mR@K, Mean@K, hR@K/hmR@K (parent = the HML tree's coarse parent) against the
+    annotated labels, and the same against the true fine labels where the store has them (sgg-planted)."""
+    from components.evaluation.sgg import evaluate_sgg
+
+    save_predictions(mdir / "predictions.npz", preds)
+    parent = tree.to_json()["parent"]
+    n = len(tree.predicates)
+    metrics = evaluate_sgg((sgg_inputs(i, p) for i, p in zip(images, preds)), n, cfg.ks, tree=parent)
+    if any(not np.array_equal(i["rels"][:, 2], i["rel_fine"]) for i in images):
+        fine = evaluate_sgg((sgg_inputs(i, p, fine=True) for i, p in zip(images, preds)), n, cfg.ks, tree=parent)
+        metrics.update({f"fine_{k}": v for k, v in fine.items() if isinstance(v, (int, float))})
     write_json(mdir / "metrics.json", metrics)
     return {"metrics": metrics}
 
@@ -441,9 +466,20 @@ def log_results(cfg: HMLConfig, results: dict, out: Path) -> None:
                     for m in rows:
                         tracker.log_metrics(child, m, step=offset + int(m["step"]))
                     offset += len(rows)
-                flat = {k: v for k, v in res.get("metrics", {}).items() if isinstance(v, (int, float))}
+                flat = {k.replace("@", "_at_"): v for k, v in res.get("metrics", {}).items()
+                        if isinstance(v, (int, float))}  # MLflow metric names may not contain '@'
                 tracker.log_metrics(child, flat)
     tracker.flush()
+
+
+def summary_table(results: dict, ks: Sequence[int]) -> str:
+    """Markdown table of R@K, mR@K, Mean@K and hierarchy-aware hR@K/hmR@K per method (percent)."""
+    cols = [f"{m}@{k}" for k in ks for m in ("R", "mR", "Mean")] + [f"{m}@{max(ks)}" for m in ("hR", "hmR")]
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for method, res in results["methods"].items():
+        m = res.get("metrics", {})
+        lines.append(f"| {method} | " + " | ".join(f"{m[c]:.1f}" if c in m else "-" for c in cols) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -458,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({m: r.get("metrics", r.get("evaluation")) for m, r in results["methods"].items()}, indent=1))
+    print(summary_table(results, cfg.ks))
     return 0
 
 
