@@ -1,0 +1,66 @@
+"""Text encoders: shapes, role preservation (swapped subject/object differ), caches."""
+import numpy as np
+import pytest
+
+from components.diffaug.text import GloVeEncoder, MiniLMEncoder, OpenCLIPEncoder, embed_triplets, triplet_text
+from components.errors import InputError
+
+SWAP = [("man", "on", "horse"), ("horse", "on", "man")]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return MiniLMEncoder()
+
+
+def test_triplet_text():
+    assert triplet_text("soccer_ball", "on", "table") == "soccer ball on table"
+
+
+def test_minilm_roles_and_shapes(minilm):
+    pooled = minilm.encode_triplets(SWAP)
+    assert pooled.shape == (2, 384) and minilm.dim == 384
+    assert np.allclose(np.linalg.norm(pooled, axis=1), 1, atol=1e-5)
+    assert not np.allclose(pooled[0], pooled[1], atol=1e-3)
+    tok, mask = minilm.encode_triplet_tokens(SWAP + [("man", "wearing", "shirt")])
+    assert tok.shape[0] == 3 and tok.shape[2] == 384 and mask.shape == tok.shape[:2]
+    assert mask[:, 0].all() and not np.allclose(tok[0][mask[0]], tok[1][mask[1]])
+
+
+def test_glove_mean_loses_roles_and_roles_mode_keeps_them():
+    mean = GloVeEncoder(mode="mean")
+    m = mean.encode_triplets(SWAP)
+    assert np.allclose(m[0], m[1])  # the REFERENCE pitfall, reproduced on purpose
+    roles = GloVeEncoder(mode="roles")
+    r = roles.encode_triplets(SWAP)
+    assert r.shape == (2, 150) and not np.allclose(r[0], r[1])
+    assert np.allclose(r[0, :50], r[1, 100:])  # subject block of one = object block of the other
+    tok, mask = roles.encode_triplet_tokens(SWAP)
+    assert tok.shape == (2, 3, 53) and mask.all()
+    with pytest.raises(InputError):
+        roles.encode(["man on horse"])
+
+
+def test_embed_triplets_cache(tmp_path):
+    enc = GloVeEncoder(mode="roles")
+    trip = [("man", "on", "horse"), ("man", "on", "horse"), ("horse", "on", "man")]
+    e = embed_triplets(enc, trip, cache_dir=tmp_path)
+    assert len(e.triplets) == 2 and e.pooled.shape == (2, 150)
+    assert list(e.rows(trip)) == [0, 0, 1]
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1
+    with np.load(files[0]) as z:
+        assert np.array_equal(z["pooled"], e.pooled)
+    with pytest.raises(InputError):
+        e.rows([("dog", "on", "cat")])
+
+
+def test_openclip_random_tiny_model():
+    try:
+        enc = OpenCLIPEncoder("ViT-S-32", pretrained=None)
+    except Exception as e:  # pragma: no cover - depends on the installed open_clip configs
+        pytest.skip(f"open_clip ViT-S-32 cannot be built offline here: {e}")
+    pooled = enc.encode_triplets(SWAP)
+    assert pooled.shape == (2, enc.dim) and not np.allclose(pooled[0], pooled[1])
+    tok, mask = enc.encode_triplet_tokens(SWAP)
+    assert tok.shape[0] == 2 and tok.shape[2] == enc.dim and mask.sum(1).min() >= 5  # sot + 3 words + eot
