@@ -1,0 +1,114 @@
+"""cluster/up.sh + down.sh with real Ray nodes: a head and one worker node on this machine, token auth,
+a job submitted through the dashboard, and nothing of ours left after down.sh."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UP, DOWN = ROOT / "cluster" / "up.sh", ROOT / "cluster" / "down.sh"
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+def clean_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose environment holds `marker` (every process of one up.sh cluster does)."""
+    out = []
+    for env_file in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in env_file.read_bytes().split(b"\0"):
+                stat = (env_file.parent / "stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(int(env_file.parent.name))
+        except OSError:
+            continue
+    return out
+
+
+@pytest.fixture
+def short_dir():
+    """Ray's unix sockets need a short path: a private dir directly under /tmp."""
+    d = Path(tempfile.mkdtemp(prefix="hc", dir="/tmp"))
+    yield d
+    if (d / "cluster.state").exists():
+        subprocess.run(["bash", str(DOWN), "--dir", str(d), "--grace", "2"], env=clean_env())
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_down_without_cluster_is_a_no_op(short_dir):
+    r = subprocess.run(["bash", str(DOWN), "--dir", str(short_dir)], capture_output=True, text=True)
+    assert r.returncode == 0 and "nothing to stop" in r.stdout
+
+
+def test_up_refuses_a_busy_port(short_dir):
+    with socket.socket() as s:
+        s.bind(("0.0.0.0", 0))
+        busy = s.getsockname()[1]
+        r = subprocess.run(["bash", str(UP), "--dir", str(short_dir), "--port", str(busy)],
+                           capture_output=True, text=True, env=clean_env())
+    assert r.returncode == 2 and f"port {busy}" in r.stderr
+    assert not (short_dir / "cluster.state").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_node_cluster_runs_an_authenticated_job_and_stops_cleanly(short_dir):
+    port, dash = free_port(), free_port()
+    r = subprocess.run(["bash", str(UP), "--dir", str(short_dir), "--workers", "1", "--num-cpus", "1",
+                        "--worker-cpus", "1", "--port", str(port), "--dashboard-port", str(dash),
+                        "--object-store-mb", "100", "--timeout", "150"],
+                       capture_output=True, text=True, env=clean_env(), timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    state = (short_dir / "cluster.state").read_text().split("\n")
+    cluster_id = next(line.split()[1] for line in state if line.startswith("cluster_id"))
+    pgids = [int(line.split()[3]) for line in state if line.startswith("node")]
+    assert len(pgids) == 2
+    env_file = dict(line.removeprefix("export ").split("=", 1)
+                    for line in (short_dir / "cluster.env").read_text().splitlines() if line.startswith("export"))
+    assert env_file["RAY_ADDRESS"] == f"http://127.0.0.1:{dash}" and env_file["RAY_AUTH_MODE"] == "token"
+    token = Path(env_file["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    assert len(token) == 64 and Path(env_file["RAY_AUTH_TOKEN_PATH"]).stat().st_mode & 0o077 == 0
+
+    with pytest.raises(urllib.error.HTTPError) as no_token:  # the dashboard refuses requests without it
+        urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/jobs/", timeout=10)
+    assert no_token.value.code == 401
+
+    job = ("import json, ray; ray.init(); print('RESULT', json.dumps({'cpu': ray.cluster_resources()['CPU'], "
+           "'alive': sum(n['Alive'] for n in ray.nodes())}))")
+    env = {**clean_env(), **env_file}
+    r = subprocess.run([RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--", "python", "-c", job],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    result = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT")).split(" ", 1)[1])
+    assert result == {"cpu": 2.0, "alive": 2}
+    assert processes_with(f"HMLDIFF_RAY_CLUSTER={cluster_id}")
+
+    r = subprocess.run(["bash", str(DOWN), "--dir", str(short_dir), "--grace", "5"],
+                       capture_output=True, text=True, env=clean_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert processes_with(f"HMLDIFF_RAY_CLUSTER={cluster_id}") == []
+    alive_in_groups = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True).stdout.split("\n")
+    assert not [ln for ln in alive_in_groups if ln.split() and int(ln.split()[0]) in pgids
+                and not ln.split()[1].startswith("Z")]
+    assert not (short_dir / "cluster.state").exists()
