@@ -44,7 +44,8 @@ def plot_per_predicate_recall(run_a: Mapping, run_b: Mapping, train_counts: Sequ
     for name, run in (("run_a", run_a), ("run_b", run_b)):
         if key not in run:
             raise InputError(name, f"has no {key!r}", f"an evaluate_sgg result computed with K={k}")
-    a, b = np.asarray(run_a[key], float), np.asarray(run_b[key], float)
+    a, b = (np.where(np.asarray(r.get("predicate_image_counts", 1)) == 0, np.nan, np.asarray(r[key], float))
+            for r in (run_a, run_b))  # predicates absent from the test GT are drawn as n/a, not 0
     counts = np.asarray(train_counts)
     names = list(predicate_names) if predicate_names is not None else [str(i + 1) for i in range(len(counts))]
     if not len(a) == len(b) == len(counts) == len(names):

@@ -86,11 +86,15 @@ def _top_cells(objp: np.ndarray, rs: np.ndarray, pmax: np.ndarray, k: int) -> tu
     above are k cells at least that good), and objp * max(row) == max(objp * row) exactly for objp >= 0
     (rounding is monotone), so only those rows are multiplied out.
     """
-    rows = np.arange(len(rs))
-    if len(rs) > k:
-        rowmax = objp * pmax
-        rows = np.flatnonzero(rowmax >= np.partition(rowmax, len(rs) - k)[len(rs) - k])
-    sel = _top((objp[rows, None] * rs[rows]).ravel(), k)
+    if len(rs) <= k:
+        sel = _top((objp[:, None] * rs).ravel(), k)
+        return sel // rs.shape[1], sel % rs.shape[1]
+    rowmax = objp * pmax
+    t0 = np.partition(rowmax, len(rs) - k)[len(rs) - k]
+    rows = np.flatnonzero(rowmax >= t0)
+    flat = (objp[rows, None] * rs[rows]).ravel()
+    keep = np.flatnonzero(flat >= t0)  # the k-th best cell is >= t0 as well
+    sel = keep[_top(flat[keep], k)]
     return rows[sel // rs.shape[1]], sel % rs.shape[1]
 
 
