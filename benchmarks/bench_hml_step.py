@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -83,8 +83,8 @@ def build_variants(images: list[dict], num_objects: int, num_predicates: int, fe
                    ) -> tuple[dict[str, Callable[[SGBatch], None]], list[SGBatch]]:
     """The three step functions (plain CE, pipeline CE, HML stage 2) and the stage-2 batches."""
     fb = frequency_bias(iter(images), num_objects, num_predicates)
-    spec = dict(name="mlp", num_objects=num_objects, num_predicates=num_predicates, feature_dim=feature_dim,
-                hidden_dim=hidden_dim, freq_bias=fb)
+    spec = {"name": "mlp", "num_objects": num_objects, "num_predicates": num_predicates,
+            "feature_dim": feature_dim, "hidden_dim": hidden_dim, "freq_bias": fb}
     all_ids = list(range(1, num_predicates + 1))
     stage2 = [c for c in all_ids if c not in STAGE1]
     # Stage 1: a real (short) run through the pipeline's trainer gives anchors, F and Omega.
@@ -136,11 +136,11 @@ def time_interleaved(variants: dict[str, Callable[[SGBatch], None]], batches: li
 def run(quick: bool = False) -> dict:
     """Median step times and the ratios hml_step_ratio = HML stage 2 / plain CE (goal <= 1.25)."""
     torch.set_num_threads(1)
-    n_images, rounds, warmup = (96, 40, 8) if quick else (800, 400, 30)
+    n_images, rounds, warmup = (64, 30, 5) if quick else (800, 400, 30)
     batch_size, hidden_dim, feature_dim = 8, 128, 64
     images, n_obj, n_pred = _images(n_images, feature_dim)
     variants, batches = build_variants(images, n_obj, n_pred, feature_dim, batch_size, hidden_dim,
-                                       stage1_steps=20 if quick else 100)
+                                       stage1_steps=10 if quick else 100)
     times = time_interleaved(variants, batches, warmup, rounds)
     med = {n: statistics.median(t) for n, t in times.items()}
     pairs = float(np.mean([len(b.pair_labels) for b in batches]))

@@ -1,0 +1,31 @@
+"""Smoke tests of the benchmarks: each `run(quick=True)` finishes and returns finite positive numbers
+(ratios and rates); no timing is asserted (speed claims live in benchmarks/results.json, measured side by side)."""
+import math
+
+import pytest
+
+from benchmarks import bench_hml_step, bench_stream
+
+
+def _check(res: dict, required: tuple[str, ...]) -> None:
+    missing = [k for k in required if k not in res]
+    assert not missing, f"missing keys {missing}"
+    bad = {k: v for k, v in res.items() if not (isinstance(v, float) and math.isfinite(v) and v > 0)}
+    assert not bad, f"not finite positive floats: {bad}"
+
+
+def test_hml_step_benchmark_returns_finite_positive_ratios():
+    res = bench_hml_step.run(quick=True)
+    _check(res, ("hml_step_ratio", "hml_step_vs_pipeline_ce_ratio", "hml_plain_ce_step_ms", "hml_stage2_step_ms"))
+    # The ratios are the quotients of the reported medians (same run, same batches).
+    assert res["hml_step_ratio"] == pytest.approx(res["hml_stage2_step_ms"] / res["hml_plain_ce_step_ms"])
+
+
+@pytest.mark.ray
+def test_stream_benchmark_returns_finite_positive_ratios(ray_local):
+    res = bench_stream.run(quick=True)
+    _check(res, ("stream_ratio", "stream_data_ratio", "stream_steady_ratio", "stream_plain_train_images_per_s",
+                 "stream_ray_train_images_per_s"))
+    assert res["stream_ratio"] == pytest.approx(res["stream_ray_train_images_per_s"]
+                                                / res["stream_plain_train_images_per_s"])
+    assert ray_local.is_initialized()  # the benchmark leaves a Ray it did not start running
