@@ -30,19 +30,37 @@ Generative process, per image (own RNG seeded by (seed, split, index), so shards
 5. Annotation: a fine predicate is labelled with its parent with probability q = `coarse_label_prob`
    (crowd annotators' choice of the generic word); `rel_fine` keeps the true one.
 
-VG-150 statistics used as targets (documented figures): 11.5 objects and 5.6 relations per annotated
-image on average (as stated for VG-150 in the SGG literature; 371,741 training relations over ~62.7k
-training images give 5.9), predicate frequencies = `train_count` of components/data/vg150_vocab.json,
-object frequencies = `all_vg_count`, image long side ~ 500-1024 px (VG images are mostly 500-800 px
-wide; boxes_1024 rescales them to 1024).
+VG-150 statistics used as targets: 11.5 objects and 5.6 relations per image (figures for VG-150 given in
+the project brief; the VG h5 files are not on this machine to re-derive them); predicate frequencies =
+`train_count` of components/data/vg150_vocab.json (after annotation); object frequencies = `all_vg_count`;
+image long side 500-1024 px. Measured on the default train split (prepare_data summary): 11.51 objects
+and 5.62 relations per image, 49 of 50 predicates present (the expected count of "flying in" is 0.05),
+23.4% of all relations annotated with the coarse parent of their true fine predicate.
 
 Sizes: 3,000 train / 300 val / 1,000 test images by default (~34k train objects, ~17k train relations;
-writing takes seconds, a PredCls epoch of an MLP a few seconds on one core), so both methods run
-end to end in minutes on 2 cores; `scale` multiplies every split (scale=10 gives 30k/3k/10k images,
-about half of VG-150's size).
+writing takes ~5 s, a PredCls epoch of an MLP a few seconds on one core), so both methods run end to end
+in minutes on 2 cores; `scale` multiplies every split (scale=10 gives 30k/3k/10k images, about half of
+VG-150's size).
 
-CALIBRATION (benchmarks/calibrate_planted.py; plain CE MLP, PredCls, graph constraint, VG target
-R@100 / mR@100 = 67.2 / 17.2 = 3.9, band 3-5): see `CALIBRATED` below for the measured numbers.
+Parameters and how they were set:
+- A priori (not tuned): coarse_label_prob q = 0.5 (no VG statistic pins it; half of the fine relations
+  carry the generic word), fine_parent_distance d = 0.5, layout_jitter 0.3, group_affinity 0.8,
+  new_anchor_prob 0.35, parent_floor 0.02, the hierarchy (PREDICATE_SPECS) and the archetypes.
+- Calibrated: object_noise and signal, against VG's plain-model PredCls numbers only (MOTIFS PredCls:
+  R@20/50/100 = 58.5/65.2/67.1, mR@20/50/100 = 12.5/15.9/17.2, R@100/mR@100 = 3.9; band 3-5), with
+  benchmarks/calibrate_planted.py: a plain CE pair MLP, background pairs, epoch chosen by val R@100,
+  evaluated by components/evaluation/sgg.py (IoU matching, graph constraint). No HML or DiffAugment run
+  was used to choose any parameter.
+
+CALIBRATION EVIDENCE (`python -m benchmarks.calibrate_planted object_noise=X signal=Y seed=S`):
+  noise 1.0, signal 1.0 (6 epochs, first draft)  R@100 75.4  mR@100 41.8  ratio 1.8  (too easy on the tail)
+  noise 2.0, signal 0.5, seed 0                  R 60.8/66.7/68.2  mR 13.4/16.9/19.4  ratio 3.52
+  noise 2.0, signal 0.5, seed 1                  R 62.8/67.8/69.0  mR 14.6/18.3/20.1  ratio 3.43
+  noise 2.5, signal 0.5, seed 0  <- FIXED        R 57.8/64.4/66.0  mR 11.9/14.8/16.9  ratio 3.91
+  noise 2.5, signal 0.5, seed 1                  R 56.8/63.9/65.6  mR 11.3/15.3/17.2  ratio 3.82
+  noise 2.5, signal 0.5, seed 2                  R 58.5/63.7/64.6  mR 13.3/16.3/18.9  ratio 3.43
+The same CE model scored against the TRUE fine labels (rel_fine): R@100 49.3 / mR@100 17.1 (seed 0),
+the recall a method that recovers fine predicates can improve on.
 """
 from __future__ import annotations
 
@@ -137,8 +155,6 @@ PREDICATE_SPECS: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = 
 }
 PLANTED_PARENTS: dict[str, str] = {name: spec[0] for name, spec in PREDICATE_SPECS.items()}
 
-CALIBRATED: dict[str, float] = {}  # filled in after calibration (see module docstring)
-
 
 @dataclass
 class PlantedSGGConfig:
@@ -156,8 +172,8 @@ class PlantedSGGConfig:
     max_objects: int = field(default=62, metadata={"range": (4, 500)})
     new_anchor_prob: float = field(default=0.35, metadata={"range": (0.0, 1.0)})
     group_affinity: float = field(default=0.8, metadata={"range": (0.0, 1.0)})
-    signal: float = field(default=1.0, metadata={"range": (0.0, 100.0)})
-    object_noise: float = field(default=1.0, metadata={"range": (0.0, 100.0)})
+    signal: float = field(default=0.5, metadata={"range": (0.0, 100.0)})
+    object_noise: float = field(default=2.5, metadata={"range": (0.0, 100.0)})
     fine_parent_distance: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
     coarse_label_prob: float = field(default=0.5, metadata={"range": (0.0, 0.99)})
     parent_floor: float = field(default=0.02, metadata={"range": (0.0, 1.0)})

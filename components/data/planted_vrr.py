@@ -25,8 +25,21 @@ N(0, I); union feature = `relation_weight` * predicate prototype + `context_weig
 and object prototypes + `union_noise` * N(0, I). Boxes: subject box random in a 1024 x 768 image, object
 box placed by the predicate's sgg-planted geometry archetype.
 
-Default sizes: 20,000 train / 2,000 val / 5,000 test samples (`scale` multiplies them). Measured
-statistics of the defaults are given in the README section of the report and in tests.
+Default sizes: 20,000 train / 2,000 val / 5,000 test samples (`scale` multiplies them); writing takes
+about 30 s on one core (GloVe load ~5 s).
+
+CALIBRATION (`python -m benchmarks.calibrate_planted --dataset vrr-planted`, plain CE MLPs, 10 epochs:
+relation from [subject, object, union] features, subject/object classifier on their own features;
+GQA-LT band accuracies). Only the two noise levels were tuned, against the GQA-LT LSVRU cross-entropy
+figures (R all 10.22, S/O all 14.28, combined 12.25); relation_weight, context_weight, idiosyncratic,
+object_zipf and test_temperature were set a priori and not tuned. Measured (seed 0):
+  object_noise=1,  union_noise=1  R all 59.7 (many 99.9 / medium 98.7 / few 49.9), S/O all 99.96
+  object_noise=4,  union_noise=4  R all  7.2 (51.2 / 22.4 / 1.2),  S/O all 25.0 (72.5 / 49.8 / 17.3)
+  object_noise=6,  union_noise=6  R all  4.1 (37.4 / 11.9 / 0.2),  S/O all  7.9
+  object_noise=5,  union_noise=3  R all 10.7 (65.0 / 36.4 / 2.1),  S/O all 13.1 (57.0 / 30.2 / 7.0),
+                                  combined 11.9   <- FIXED defaults
+With 50 predicates / 150 objects instead of 310 / 1,703 the "all" figures are not strictly comparable
+(chance level and band sizes differ); the match is in the head-vs-tail shape, not a claim of equivalence.
 """
 from __future__ import annotations
 
@@ -58,8 +71,8 @@ class PlantedVRRConfig:
     group_affinity: float = field(default=0.8, metadata={"range": (0.0, 1.0)})
     min_train_count: int = field(default=3, metadata={"range": (0, None)})
     test_temperature: float = field(default=0.5, metadata={"range": (0.0, 1.0)})
-    object_noise: float = field(default=1.0, metadata={"range": (0.0, 100.0)})
-    union_noise: float = field(default=1.0, metadata={"range": (0.0, 100.0)})
+    object_noise: float = field(default=5.0, metadata={"range": (0.0, 100.0)})
+    union_noise: float = field(default=3.0, metadata={"range": (0.0, 100.0)})
     relation_weight: float = field(default=0.5, metadata={"range": (0.0, 100.0)})
     context_weight: float = field(default=0.5, metadata={"range": (0.0, 100.0)})
 
