@@ -1,0 +1,361 @@
+"""DiffAugment phase on a relation-sample store (vrr-planted or GQA-LT features), with baselines and controls.
+
+    python pipelines/diffaug.py --store data/vrr --out runs/diffaug [--config cfg.yaml] [key=value ...]
+
+Steps: load the store -> triplet augmentation (WordNet LCH) -> triplet text embeddings + K-means hardness
+-> baseline classifiers (CE, WCE) on real training data -> diffusion training (Ray actor) -> sampling on
+a Ray actor pool (n_generated requests, half few-, half medium-relation triplets) -> fine-tuning copies of
+the CE baseline -> LTVRR evaluation on test. Variants (`variants`):
+  baseline_ce, baseline_wce          no fine-tuning
+  real_balanced_ft                   control: same fine-tuning budget on REAL relation-balanced tail samples
+  diffaug_random / diffaug_so        generated from pure noise / from subject-object seeds (strength)
+  diffaug_so_curriculum              diffaug_so samples, easy -> hard curriculum
+  diffaug_so_half                    the first half of diffaug_so's samples per band (sample-count ablation)
+  diffaug_so_nohardness              a second diffusion model without the hardness condition
+Fidelity: the rate at which generated samples get their intended relation from (a) a union-feature
+logistic-regression probe and (b) the CE baseline, vs the same rate on real test samples of the same tail
+relations. Writes results.json, results.txt, bands.png, projection.png under --out; logs to MLflow.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from components.atomic import ensure_writable_dir, write_json, write_text
+from components.config import config_hash, load_config, to_dict
+from components.data.schema import RELATION_SAMPLE
+from components.data.store import FeatureStore, relation_arrays
+from components.diffaug.augment import augment_triplets
+from components.diffaug.diffusion import DiffusionConfig, load_bundle
+from components.diffaug.fidelity import fidelity
+from components.diffaug.finetune import (RelationSet, TrainConfig, evaluate_classifier, finetune_classifier,
+                                         predict_logits, train_classifier)
+from components.diffaug.hardness import fit_hardness
+from components.diffaug.report import plot_bands, plot_projection, results_table
+from components.diffaug.requests import (class_feature_pools, generated_set, real_control, sampling_plan,
+                                         tail_triplet_pools)
+from components.diffaug.seeds import subject_object_seed
+from components.diffaug.text import GloVeEncoder, MiniLMEncoder, OpenCLIPEncoder, TextEncoder, embed_triplets
+from components.diffaug.wordnet import LCHSimilarity
+from components.errors import ConfigError, DataError, InputError
+from components.models.vrr_classifier import VRRClassifier
+from components.taxonomy.vectors import load_word_vectors, phrase_vectors
+
+VARIANTS = ("baseline_ce", "baseline_wce", "real_balanced_ft", "diffaug_random", "diffaug_so",
+            "diffaug_so_curriculum", "diffaug_so_half", "diffaug_so_nohardness")
+ENCODERS = ("minilm", "glove-roles", "glove-mean", "openclip")
+
+
+@dataclass
+class DiffAugConfig:
+    """Everything the DiffAugment phase needs; defaults are scaled down from the paper for 2 CPU cores."""
+
+    store: str = ""
+    out: str = ""
+    seed: int = 0
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS[:6]))
+    lch_threshold: float = field(default=2.26, metadata={"range": (0.0, 4.0)})
+    text_encoder: str = field(default="minilm", metadata={"choices": ENCODERS})
+    text_tokens: bool = False  # condition on token embeddings (+ mask) instead of the pooled embedding
+    clip_model: str = "ViT-L-14"
+    clip_checkpoint: str = ""
+    hardness_k: int = field(default=64, metadata={"range": (1, 100000)})  # paper: 1200
+    embed_dim: int = field(default=256, metadata={"range": (1, None)})
+    hidden: int = field(default=512, metadata={"range": (1, None)})
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune_epochs: int = field(default=10, metadata={"range": (1, None)})  # paper: 10
+    finetune_batch: int = field(default=256, metadata={"range": (1, None)})  # paper: 256
+    finetune_lr: float = field(default=1e-4, metadata={"range": (0.0, 1.0)})
+    finetune_real_fraction: float = field(default=0.0, metadata={"range": (0.0, 0.95)})
+    n_generated: int = field(default=4000, metadata={"range": (2, None)})  # paper: 96K (half few, half medium)
+    strength: float = field(default=0.7, metadata={"range": (0.0, 1.0)})
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    num_actors: int = field(default=2, metadata={"range": (1, 64)})
+    cpus_per_actor: float = field(default=0.5, metadata={"range": (0.05, 64.0)})
+    shard_size: int = field(default=1024, metadata={"range": (1, None)})
+    ray_address: str = ""
+    experiment: str = "diffaug"
+    plots: bool = True
+
+    def validate(self) -> None:
+        if not self.store or not self.out:
+            raise ConfigError("store/out", "missing", "--store STORE_DIR --out RUN_DIR")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad or not self.variants:
+            raise ConfigError("variants", f"unknown {bad}" if bad else "empty", f"a subset of {list(VARIANTS)}")
+        if self.text_encoder == "openclip" and not self.clip_checkpoint:
+            raise ConfigError("clip_checkpoint", "openclip needs a local checkpoint (no network weights here)",
+                              "a path to an open_clip checkpoint file")
+
+
+def make_encoder(cfg: DiffAugConfig) -> TextEncoder:
+    """The configured text encoder."""
+    if cfg.text_encoder == "minilm":
+        return MiniLMEncoder()
+    if cfg.text_encoder == "openclip":
+        return OpenCLIPEncoder(cfg.clip_model, checkpoint_path=cfg.clip_checkpoint)
+    return GloVeEncoder(mode=cfg.text_encoder.split("-")[1])
+
+
+def load_splits(store_dir: str) -> tuple[FeatureStore, RelationSet, RelationSet]:
+    """(store, train, test) of a relation-sample store."""
+    store = FeatureStore(store_dir)
+    if store.manifest.kind != RELATION_SAMPLE:
+        raise DataError(store_dir, f"store kind {store.manifest.kind!r}", f"a {RELATION_SAMPLE!r} store (e.g. vrr-planted)")
+    for split in ("train", "test"):
+        if split not in store.splits:
+            raise DataError(store_dir, f"no {split!r} split", "train and test splits")
+    return (store, RelationSet.from_arrays(relation_arrays(store.read("train"))),
+            RelationSet.from_arrays(relation_arrays(store.read("test"))))
+
+
+class _Conditions:
+    """Text embeddings (pooled or tokens) and hardness of (subject, predicate, object) index triplets."""
+
+    def __init__(self, cfg: DiffAugConfig, objects: list[str], predicates: list[str], train_trip: np.ndarray,
+                 extra_trip: np.ndarray, cache_dir: Path) -> None:
+        self.objects, self.predicates, self.tokens = objects, predicates, cfg.text_tokens
+        every = np.concatenate([train_trip, extra_trip]) if len(extra_trip) else train_trip
+        self.emb = embed_triplets(make_encoder(cfg), self._names(np.unique(every, axis=0)), cache_dir)
+        train_rows = self.emb.rows(self._names(np.unique(train_trip, axis=0)))
+        self.hardness_model = fit_hardness(self.emb.pooled[train_rows], cfg.hardness_k, cfg.seed)
+        self.hard_all = self.hardness_model(self.emb.pooled)
+
+    def _names(self, trip: np.ndarray) -> list[tuple[str, str, str]]:
+        return [(self.objects[s], self.predicates[p], self.objects[o]) for s, p, o in trip]
+
+    def of(self, trip: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(text, mask or None, hardness) rows for (N, 3) triplets."""
+        rows = self.emb.rows(self._names(trip))
+        if self.tokens:
+            return self.emb.tokens[rows], self.emb.mask[rows], self.hard_all[rows]
+        return self.emb.pooled[rows], None, self.hard_all[rows]
+
+
+def _triplets(d: RelationSet) -> np.ndarray:
+    return np.stack([d.subject, d.predicate, d.object], axis=1)
+
+
+def _counts(train: RelationSet, n_obj: int, n_pred: int) -> tuple[np.ndarray, np.ndarray]:
+    return (np.bincount(np.concatenate([train.subject, train.object]), minlength=n_obj),
+            np.bincount(train.predicate, minlength=n_pred))
+
+
+def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationSet, cond: _Conditions,
+                     out: Path) -> str:
+    """Bundle path, trained in a Ray actor unless a bundle of the same config and data already exists."""
+    from pipelines.diffusion import train_diffusion_on_ray
+
+    text, mask, hard = cond.of(_triplets(train))
+    run_dir = out / f"diffusion-{config_hash({'cfg': to_dict(dcfg), 'text': cfg.text_encoder, 'tok': cfg.text_tokens, 'k': cfg.hardness_k, 'store': cfg.store})}"
+    bundle = run_dir / "bundle.safetensors"
+    if bundle.is_file():
+        load_bundle(bundle, expected=dcfg)
+        return str(bundle)
+    train_diffusion_on_ray(train.union_feature, text, mask, hard, dcfg, run_dir, cpus=cfg.cpus_per_actor * 2,
+                           checkpoint_every=max(dcfg.steps // 4, 1))
+    return str(bundle)
+
+
+def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pools: dict, strength: float,
+            out_dir: Path) -> np.ndarray:
+    """Union features for the plan's requests (Ray actor pool), in plan order."""
+    from pipelines.diffusion import load_samples, sample_on_ray
+
+    trip = np.stack([plan["subject"], plan["predicate"], plan["object"]], axis=1)
+    text, mask, hard = cond.of(trip)
+    req = {"sample_id": plan["sample_id"], "subject": plan["subject"], "object": plan["object"],
+           "predicate": plan["predicate"], "text": text, "text_mask": mask, "hardness": hard}
+    if strength < 1.0:
+        req["seed_features"] = subject_object_seed(pools, pools, plan["subject"], plan["object"], plan["sample_id"],
+                                                   seed=cfg.seed)
+    sample_on_ray(bundle, req, out_dir, num_actors=cfg.num_actors, shard_size=cfg.shard_size,
+                  cpus_per_actor=cfg.cpus_per_actor, strength=strength)
+    table = load_samples(out_dir)
+    ids = table.column("sample_id").to_numpy()
+    feats = np.asarray(table.column("feature").combine_chunks().flatten().to_numpy(), np.float32).reshape(len(ids), -1)
+    order = np.argsort(ids)
+    if not np.array_equal(ids[order], plan["sample_id"]):
+        raise DataError(str(out_dir), "sampled ids differ from the plan", "one generated feature per request")
+    return feats[order]
+
+
+def _probe(train: RelationSet, n_pred: int, seed: int):
+    """Union-feature -> relation logistic regression on real training data; returns features -> (N, P) scores."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=300, C=1.0, random_state=seed).fit(train.union_feature, train.predicate)
+
+    def scores(x: np.ndarray) -> np.ndarray:
+        full = np.full((len(x), n_pred), -np.inf, np.float64)
+        full[:, clf.classes_] = clf.decision_function(x)
+        return full
+    return scores
+
+
+def _fidelity(gen: RelationSet, test: RelationSet, probe, model: VRRClassifier) -> dict:
+    """Probe and baseline-model fidelity of generated samples vs real test samples of the same relations."""
+    real = test.subset(np.flatnonzero(np.isin(test.predicate, np.unique(gen.predicate))))
+    out = {"probe": fidelity(probe, gen.union_feature, gen.predicate, real.union_feature, real.predicate)}
+    gen_hit = float((predict_logits(model, gen)["relation"].argmax(1) == gen.predicate).mean())
+    real_hit = float((predict_logits(model, real)["relation"].argmax(1) == real.predicate).mean())
+    out["baseline_model"] = {"generated_rate": gen_hit, "real_rate": real_hit,
+                             "ratio": gen_hit / real_hit if real_hit > 0 else float("nan")}
+    return out
+
+
+def _summary(rep: dict) -> dict:
+    return {"rel": rep["rel"], "sbj_obj": rep["sbj_obj"], "combined": rep["combined"]}
+
+
+def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
+    """Run the phase; returns {'results': variant -> LTVRR summary, 'fidelity', 'augmentation', 'table', ...}."""
+    from pipelines.ray_runtime import init_ray
+
+    torch.set_num_threads(1)
+    out = ensure_writable_dir(cfg.out)
+    store, train, test = load_splits(cfg.store)
+    objects, predicates = store.manifest.objects, store.manifest.predicates
+    obj_counts, rel_counts = _counts(train, len(objects), len(predicates))
+    train_trip = np.unique(_triplets(train), axis=0)
+    aug = augment_triplets(train_trip, obj_counts, rel_counts, objects, cfg.lch_threshold,
+                           similarity=LCHSimilarity(cache_path=out / "lch_cache.json"))
+    aug_trip = np.stack([aug["subject"], aug["predicate"], aug["object"]], axis=1)
+    augmentation = {"train_triplets": int(len(train_trip)), "new_triplets": int(len(aug_trip)),
+                    "by_rule": {r: int((aug["rule"] == r).sum()) for r in np.unique(aug["rule"]).tolist()}}
+    cond = _Conditions(cfg, objects, predicates, train_trip, aug_trip, out / "text_cache")
+    train.hardness = cond.of(_triplets(train))[2]
+    kv = load_word_vectors()
+    ov, pv = phrase_vectors(kv, objects), phrase_vectors(kv, predicates)
+
+    def fresh(loss: str) -> VRRClassifier:
+        torch.manual_seed(cfg.seed)
+        m = VRRClassifier(train.union_feature.shape[1], ov, pv, cfg.embed_dim, cfg.hidden)
+        train_classifier(m, train, TrainConfig(**{**to_dict(cfg.train), "loss": loss}), obj_counts, rel_counts,
+                         progress)
+        return m
+
+    results: dict[str, dict] = {}
+    base = fresh("ce")
+    torch.save(base.state_dict(), out / "baseline_ce.pt")
+    if "baseline_ce" in cfg.variants:
+        results["baseline_ce"] = _summary(evaluate_classifier(base, test, obj_counts, rel_counts))
+    if "baseline_wce" in cfg.variants:
+        results["baseline_wce"] = _summary(evaluate_classifier(fresh("wce"), test, obj_counts, rel_counts))
+
+    pools = class_feature_pools(train)
+    plan = sampling_plan(tail_triplet_pools(np.concatenate([train_trip, aug_trip]), rel_counts, pools),
+                         cfg.n_generated, cfg.seed)
+
+    def finetuned(data: RelationSet, curriculum: bool = False) -> dict:
+        if cfg.finetune_real_fraction > 0:
+            n_real = int(round(len(data) * cfg.finetune_real_fraction / (1 - cfg.finetune_real_fraction)))
+            pick = np.random.default_rng([cfg.seed, 41]).choice(len(train), n_real)
+            data = RelationSet.concat([data, train.subset(pick)])
+        m = copy.deepcopy(base)
+        finetune_classifier(m, data, obj_counts, rel_counts, cfg.finetune_epochs, cfg.finetune_batch,
+                            cfg.finetune_lr, curriculum, seed=cfg.seed, progress=progress)
+        return _summary(evaluate_classifier(m, test, obj_counts, rel_counts))
+
+    if "real_balanced_ft" in cfg.variants:
+        results["real_balanced_ft"] = finetuned(real_control(train, rel_counts, len(plan["sample_id"]), cfg.seed))
+
+    gen_variants = [v for v in cfg.variants if v.startswith("diffaug")]
+    fid: dict[str, dict] = {}
+    generated: dict[str, RelationSet] = {}
+    if gen_variants:
+        init_ray(cfg.ray_address or None, num_cpus=2)
+        probe = _probe(train, len(predicates), cfg.seed)
+        hard_cfg = copy.deepcopy(cfg.diffusion)
+        hard_cfg.use_hardness = True
+        bundles = {"hard": _train_diffusion(cfg, hard_cfg, train, cond, out)}
+        if "diffaug_so_nohardness" in gen_variants:
+            no_cfg = copy.deepcopy(hard_cfg)
+            no_cfg.use_hardness = False
+            bundles["nohard"] = _train_diffusion(cfg, no_cfg, train, cond, out)
+        _, _, plan_hard = cond.of(np.stack([plan["subject"], plan["predicate"], plan["object"]], axis=1))
+        runs = {"diffaug_random": ("hard", 1.0), "diffaug_so": ("hard", cfg.strength),
+                "diffaug_so_nohardness": ("nohard", cfg.strength)}
+        need = {("diffaug_so" if v in ("diffaug_so_curriculum", "diffaug_so_half") else v) for v in gen_variants}
+        for name in sorted(need):
+            b, s = runs[name]
+            union = _sample(cfg, bundles[b], plan, cond, pools, s, out / f"samples-{name}-{Path(bundles[b]).parent.name}")
+            generated[name] = generated_set(plan, union, pools, cfg.seed, plan_hard)
+            fid[name] = _fidelity(generated[name], test, probe, base)
+        for v in gen_variants:
+            if v == "diffaug_so_half":
+                idx = np.concatenate([np.flatnonzero(plan["band"] == b)[: (plan["band"] == b).sum() // 2]
+                                      for b in np.unique(plan["band"])])
+                results[v] = finetuned(generated["diffaug_so"].subset(idx))
+            elif v == "diffaug_so_curriculum":
+                results[v] = finetuned(generated["diffaug_so"], curriculum=True)
+            else:
+                results[v] = finetuned(generated[v])
+
+    ordered = {v: results[v] for v in cfg.variants if v in results}
+    table = results_table(ordered)
+    summary = {"results": ordered, "fidelity": fid, "augmentation": augmentation, "table": table,
+               "n_generated": int(len(plan["sample_id"])), "plan_bands": {b: int((plan["band"] == b).sum())
+                                                                        for b in np.unique(plan["band"]).tolist()},
+               "config": to_dict(cfg), "store_config_hash": store.manifest.meta.get("config_hash")}
+    write_json(out / "results.json", summary)
+    write_text(out / "results.txt", table + "\n")
+    if cfg.plots:
+        plot_bands(ordered, out / "bands.png")
+        if generated:
+            g = generated["diffaug_so"] if "diffaug_so" in generated else next(iter(generated.values()))
+            plot_projection(train.union_feature, train.predicate, g.union_feature, g.predicate, predicates,
+                            out / "projection.png")
+    _track(cfg, out, summary)
+    return summary
+
+
+def _track(cfg: DiffAugConfig, out: Path, summary: dict) -> None:
+    """Log config, per-variant metrics, fidelity and artifacts to MLflow (buffered if tracking is down)."""
+    from components.tracking import Tracker
+
+    tracker = Tracker.for_run_dir(out, cfg.experiment)
+    with tracker.run(f"diffaug-{Path(cfg.out).name}") as parent:
+        tracker.log_config(parent, cfg)
+        for name, rep in summary["results"].items():
+            with tracker.run(name, parent_run_id=parent) as child:
+                tracker.log_metrics(child, {f"{a}_{b}": v for a in ("rel", "sbj_obj") for b, v in rep[a].items()}
+                                    | {"combined": rep["combined"]})
+        for name, f in summary["fidelity"].items():
+            tracker.log_metrics(parent, {f"fidelity_{name}_{k}_{m}": v for k, d in f.items() for m, v in d.items()
+                                         if m in ("generated_rate", "real_rate", "ratio")})
+        for art in ("results.json", "results.txt", "bands.png", "projection.png"):
+            if (out / art).is_file():
+                tracker.log_artifact(parent, out / art)
+    tracker.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: errors print one line and exit 2."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", required=True, help="relation-sample feature store (e.g. from prepare_data.py)")
+    ap.add_argument("--out", required=True, help="run directory")
+    ap.add_argument("--config", help="YAML with DiffAugConfig fields")
+    ap.add_argument("overrides", nargs="*", help="key=value, e.g. n_generated=2000 diffusion.steps=500")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(DiffAugConfig, args.config, [f"store={args.store}", f"out={args.out}", *args.overrides])
+        summary = run_diffaug(cfg)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary["table"])
+    print(json.dumps({"augmentation": summary["augmentation"], "fidelity": summary["fidelity"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
