@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -27,8 +27,8 @@ from components.config import apply_overrides, from_dict, to_dict
 from components.data.planted_sgg import PlantedSGGConfig, build_world, generate_split
 from components.data.planted_vrr import PlantedVRRConfig, build_vrr_world
 from components.data.planted_vrr import generate_split as gen_vrr
-from components.evaluation.sgg import evaluate_sgg
 from components.errors import InputError
+from components.evaluation.sgg import evaluate_sgg
 
 KS = (20, 50, 100)
 
@@ -190,7 +190,7 @@ def calibrate_vrr(cfg: PlantedVRRConfig, epochs: int = 10) -> dict[str, float]:
     tr, te = ({k: np.concatenate([[r[k] for r in rows] for rows in gen_vrr(cfg, s, world)])
                for k in ("subject", "object", "predicate", "subject_feature", "object_feature", "union_feature")}
               for s in ("train", "test"))
-    rel_x = lambda d: np.concatenate([d["subject_feature"], d["object_feature"], d["union_feature"]], 1).astype(np.float32)  # noqa: E731
+    rel_x = lambda d: np.concatenate([d["subject_feature"], d["object_feature"], d["union_feature"]], 1).astype(np.float32)
     n_obj, n_pred = len(world.objects), len(world.predicates)
     rel = band_accuracy(_fit_predict(rel_x(tr), tr["predicate"], rel_x(te), n_pred, epochs, cfg.seed), te["predicate"],
                         np.bincount(tr["predicate"], minlength=n_pred))

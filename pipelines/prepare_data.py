@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -91,7 +91,7 @@ def summarize(root: Path) -> dict:
                 "images": len(graphs), "objects_per_image": round(float(np.mean([len(g["labels"]) for g in graphs])), 2),
                 "relations_per_image": round(len(rels) / len(graphs), 2),
                 "annotated_coarse_of_fine": round(float(np.mean(rels[:, 2] != fine)), 3),
-                "predicates_present": int(len(np.unique(rels[:, 2])))}
+                "predicates_present": len(np.unique(rels[:, 2]))}
         else:
             arr = relation_arrays(table)
             counts = np.bincount(arr["predicate"], minlength=len(store.manifest.predicates))

@@ -65,9 +65,9 @@ the recall a method that recovers fine predicates can improve on.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -190,7 +190,7 @@ class PlantedSGGConfig:
 
     def split_sizes(self) -> dict[str, int]:
         """Images per split after `scale`."""
-        return {s: max(1, int(round(n * self.scale)))
+        return {s: max(1, round(n * self.scale))
                 for s, n in (("train", self.n_train), ("val", self.n_val), ("test", self.n_test))}
 
 

@@ -43,13 +43,19 @@ With 50 predicates / 150 objects instead of 310 / 1,703 the "all" figures are no
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 
-from components.data.planted_sgg import (GROUPS, PREDICATE_SPECS, box_from_center, place_object, sigmoid,
-                                         vg150_vocab)
+from components.data.planted_sgg import (
+    GROUPS,
+    PREDICATE_SPECS,
+    box_from_center,
+    place_object,
+    sigmoid,
+    vg150_vocab,
+)
 from components.errors import ConfigError
 from components.taxonomy.vectors import DEFAULT_VECTORS, load_word_vectors, phrase_vectors
 
@@ -83,7 +89,7 @@ class PlantedVRRConfig:
 
     def split_sizes(self) -> dict[str, int]:
         """Samples per split after `scale`."""
-        return {s: max(1, int(round(n * self.scale)))
+        return {s: max(1, round(n * self.scale))
                 for s, n in (("train", self.n_train), ("val", self.n_val), ("test", self.n_test))}
 
 

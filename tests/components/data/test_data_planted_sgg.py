@@ -4,9 +4,20 @@ import pytest
 from scipy.stats import spearmanr
 
 from components.config import from_dict
-from components.data.planted_sgg import (CONTAINS, INSIDE, NEAR, ON_TOP, PLANTED_PARENTS, PlantedSGGConfig,
-                                         build_world, generate_image, generate_split, relation_holds,
-                                         true_predicate_distribution, vg150_vocab)
+from components.data.planted_sgg import (
+    CONTAINS,
+    INSIDE,
+    NEAR,
+    ON_TOP,
+    PLANTED_PARENTS,
+    PlantedSGGConfig,
+    build_world,
+    generate_image,
+    generate_split,
+    relation_holds,
+    true_predicate_distribution,
+    vg150_vocab,
+)
 from components.errors import ConfigError
 
 SMALL = PlantedSGGConfig(n_train=400, n_val=20, n_test=50, shard_size=150)
@@ -40,7 +51,7 @@ def test_same_seed_same_arrays_and_other_seed_differs(world):
 def test_hierarchy_is_two_level_and_covers_vg150():
     names = [p["name"] for p in vg150_vocab()["predicates"]]
     assert set(PLANTED_PARENTS) == set(names)
-    for name, parent in PLANTED_PARENTS.items():
+    for parent in PLANTED_PARENTS.values():
         assert PLANTED_PARENTS[parent] == parent  # parents are coarse (their own parent)
     assert PLANTED_PARENTS["parked on"] == "on" and PLANTED_PARENTS["wearing"] == "has"
     assert sum(p != n for n, p in PLANTED_PARENTS.items()) == 28
@@ -81,7 +92,7 @@ def test_fine_parent_hierarchy_in_features(world):
     """A fine predicate's components are closer to its parent's than to an unrelated coarse predicate's."""
     idx = {n: i for i, n in enumerate(world.predicates)}
     c = world.comp.reshape(len(world.predicates), -1)
-    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)
     for fine, parent, other in (("parked on", "on", "has"), ("wearing", "has", "on"), ("over", "above", "in")):
         assert cos(c[idx[fine]], c[idx[parent]]) > cos(c[idx[fine]], c[idx[other]]) + 0.3
     same = build_world(from_dict(PlantedSGGConfig, {"fine_parent_distance": 0.0}))

@@ -3,8 +3,14 @@ import numpy as np
 import pytest
 
 from components.config import from_dict
-from components.data.planted_vrr import (PlantedVRRConfig, allocate, build_vrr_world, generate_split,
-                                         semantic_prototypes, split_labels)
+from components.data.planted_vrr import (
+    PlantedVRRConfig,
+    allocate,
+    build_vrr_world,
+    generate_split,
+    semantic_prototypes,
+    split_labels,
+)
 from components.errors import ConfigError
 from components.taxonomy.vectors import load_word_vectors, phrase_vectors
 
@@ -67,7 +73,7 @@ def test_long_tail_and_bands_in_test(world):
     test_counts = np.bincount(te["predicate"], minlength=n_pred)
     assert train_counts.min() >= SMALL.min_train_count and test_counts.min() >= 1
     assert np.argmax(train_counts) == world.predicates.index("on")
-    share = lambda c: np.sort(c)[::-1][:3].sum() / c.sum()  # noqa: E731
+    share = lambda c: np.sort(c)[::-1][:3].sum() / c.sum()
     assert share(test_counts) < share(train_counts) - 0.2  # test less skewed
     for tr_lab, te_lab, n in ((tr["predicate"], te["predicate"], n_pred),
                               (np.r_[tr["subject"], tr["object"]], np.r_[te["subject"], te["object"]], len(world.objects))):
