@@ -123,6 +123,7 @@ class SGGEvaluator:
         self.parent = parent_array(tree, self.num_predicates)
         self.modes = ("R", "ngR") + (("hR",) if self.parent is not None else ())
         self._kvec = np.asarray(ks)[None, :, None]
+        self._arange = np.arange(max(ks))
         self.reset()
 
     def reset(self) -> None:
@@ -165,8 +166,8 @@ class SGGEvaluator:
             h = slice(len(order) + len(rows), None)
             pred_ok[h] |= self.parent[pred[h]][:, None] == gp[None, :]
         lengths = [len(order), len(rows)] + ([len(order)] if self.parent is not None else [])
-        starts = np.cumsum([0] + lengths[:-1])
-        rank = np.arange(len(pred)) - np.repeat(starts, lengths)
+        starts = [0, lengths[0], lengths[0] + lengths[1]][:len(lengths)]
+        rank = np.concatenate([self._arange[:n] for n in lengths])
         first = _first_hits(ok, pairs[pair_idx, 0], pairs[pair_idx, 1], pred_ok, starts, rank, gs, go)
 
         hits = first[:, None, :] < self._kvec  # (modes, len(ks), M)

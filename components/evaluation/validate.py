@@ -9,6 +9,7 @@ from components.errors import DataError
 
 SGG_KEYS = ("gt_boxes", "gt_labels", "gt_rels", "pred_boxes", "pred_labels", "pred_scores", "rel_pairs", "rel_scores")
 _INT_KEYS = ("gt_labels", "gt_rels", "pred_labels", "rel_pairs")
+_SCORE_KEYS = ("pred_scores", "rel_scores")
 
 
 def _array(image: Mapping, key: str, where: str, width: int | None) -> np.ndarray:
@@ -25,8 +26,11 @@ def _array(image: Mapping, key: str, where: str, width: int | None) -> np.ndarra
         return a.astype(np.int64, copy=False)
     if a.dtype.kind not in "iuf":
         raise DataError(f"{where}: {key}", f"dtype {a.dtype}", "a real-valued array")
-    if not (np.isfinite(a.min()) and np.isfinite(a.max())):  # NaN propagates through min/max
+    lo, hi = a.min(), a.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN propagates through min/max
         raise DataError(f"{where}: {key}", "contains NaN or infinite values", "finite numbers")
+    if key in _SCORE_KEYS and lo < 0:
+        raise DataError(f"{where}: {key}", "has negative scores", "probabilities >= 0 (apply softmax to logits)")
     return a if key == "rel_scores" and a.dtype in (np.float32, np.float64) else a.astype(np.float64, copy=False)
 
 
@@ -36,7 +40,7 @@ def _check_index(a: np.ndarray, hi: int, where: str, what: str) -> None:
 
 
 def _check_boxes(b: np.ndarray, where: str) -> None:
-    if b.size and ((b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any()):
+    if b.size and (b[:, 2:] < b[:, :2]).any():
         raise DataError(where, "has boxes with x2 < x1 or y2 < y1", "xyxy boxes")
 
 
@@ -70,9 +74,6 @@ def check_sgg_image(image: Mapping, where: str, num_predicates: int | None = Non
     _check_index(a["rel_pairs"], p, f"{where}: rel_pairs", "box index")
     if num_predicates is not None:
         _check_index(a["gt_rels"][:, 2] - 1, num_predicates, f"{where}: gt_rels predicate (1-based)", "predicate - 1")
-    for key in ("pred_scores", "rel_scores"):
-        if a[key].size and a[key].min() < 0:
-            raise DataError(f"{where}: {key}", "has negative scores", "probabilities >= 0 (apply softmax to logits)")
     return a
 
 
