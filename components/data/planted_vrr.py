@@ -23,7 +23,8 @@ Val/test are less skewed, as in GQA-LT evaluation: predicate and object priors a
 Features (dim `feature_dim`, default 128): subject/object feature = object prototype + `object_noise` *
 N(0, I); union feature = `relation_weight` * predicate prototype + `context_weight` * mean of the subject
 and object prototypes + `union_noise` * N(0, I). Boxes: subject box random in a 1024 x 768 image, object
-box placed by the predicate's sgg-planted geometry archetype.
+box placed by the predicate's sgg-planted geometry archetype (not clipped, so it may reach past the
+frame); the features do not depend on the boxes.
 
 Default sizes: 20,000 train / 2,000 val / 5,000 test samples (`scale` multiplies them); writing takes
 about 30 s on one core (GloVe load ~5 s).
