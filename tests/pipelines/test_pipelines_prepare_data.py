@@ -58,3 +58,14 @@ def test_bad_input_exits_with_one_clear_message(tmp_path, capsys):
     assert main(["--dataset", "sgg-planted", "--out", str(tmp_path / "x"), "sgg.object_nosie=2"]) == 2
     assert "did you mean 'object_noise'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_yaml_config_with_cli_overrides(tmp_path, capsys):
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text("sgg:\n  n_train: 30\n  n_val: 5\n  n_test: 8\n  feature_dim: 16\n")
+    out = tmp_path / "s"
+    assert main(["--dataset", "sgg-planted", "--out", str(out), "--config", str(cfg), "sgg.n_test=12"]) == 0
+    store = FeatureStore(out)
+    assert store.validate() == {"train": 30, "val": 5, "test": 12} and store.manifest.feature_dim == 16
+    assert store.manifest.meta["config"]["n_test"] == 12
+    capsys.readouterr()
