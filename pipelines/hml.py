@@ -6,7 +6,8 @@ one-stage CE and class-balanced CE baselines through the same code, then predict
 
 Layout under `output_dir`: tree.json/tree.png, freq_bias.npy, stages/<method>-stage<k>-<key>/ (final.pt,
 metrics.jsonl, _DONE.json written last: a rerun skips complete stages), ray/ (Ray Train storage: an
-interrupted stage resumes from its last checkpoint), <method>/ (model.safetensors, predictions, metrics),
+interrupted stage resumes from its last checkpoint), <method>/ (model.safetensors, predictions/ for
+pipelines/evaluate.py, metrics.json),
 results.json.
 """
 from __future__ import annotations
@@ -52,10 +53,15 @@ class HMLConfig:
     stages: int = field(default=2, metadata={"range": (1, 50)})
     overrides: dict[str, str] = field(default_factory=dict)
     tree: str | None = None  # a saved tree JSON instead of building one
-    # Losses (see README: scale of CR and MR relative to CE)
+    # Losses. Scale: CR and MR are each about as large as CE (~0.9) at the start of stage 2 with these
+    # weights (measured on sgg-planted, MLP: CR 0.87, MR 1.21). At cr_weight 1 CR was 3% of CE and the
+    # fresh stage-2 model forgot the stage-1 classes (recall 93 -> 0); at 30 it kept them (99/96). MR
+    # with the paper's lam 0.5 is ~0.002 (the /P mean over ~1e5 parameters makes it vanish); lam 300
+    # brings it to CE's order, but alone (cr_weight 0) it did not prevent forgetting. Every term's
+    # unweighted and weighted value is logged per step (loss_*, weighted_*).
     gamma: float = field(default=0.999, metadata={"range": (0.0, 0.999999)})
-    lam: float = field(default=0.5, metadata={"range": (0.0, None)})
-    cr_weight: float = field(default=1.0, metadata={"range": (0.0, None)})
+    lam: float = field(default=300.0, metadata={"range": (0.0, None)})
+    cr_weight: float = field(default=30.0, metadata={"range": (0.0, None)})
     # Optimisation
     steps_per_stage: int = field(default=300, metadata={"range": (1, None)})
     batch_size: int = field(default=8, metadata={"range": (1, None)})  # images per worker per step
@@ -408,17 +414,6 @@ def evaluate_method(method: str, checkpoint: str, cfg: HMLConfig, store: Feature
     return evaluate_predictions(method, images, preds, tree, cfg, mdir)
 
 
-def save_predictions(path: Path, preds: list[dict]) -> Path:
-    """Predictions as one npz (atomic): image_ids, offsets into the concatenated rel_pairs / rel_scores."""
-    offsets = np.cumsum([0] + [len(p["pairs"]) for p in preds])
-    dim = preds[0]["rel_scores"].shape[1] if preds else 0
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, image_ids=np.asarray([p["image_id"] for p in preds]), offsets=offsets,
-                            rel_pairs=np.concatenate([p["pairs"] for p in preds]) if preds else np.zeros((0, 2)),
-                            rel_scores=np.concatenate([p["rel_scores"] for p in preds]) if preds else np.zeros((0, dim)))
-    return path
-
-
 def sgg_inputs(img: dict, pred: dict, fine: bool = False) -> dict:
     """Evaluator input of one PredCls image (GT boxes and labels as predictions, object scores 1)."""
     rels = img["rels"].copy()
@@ -431,11 +426,14 @@ def sgg_inputs(img: dict, pred: dict, fine: bool = False) -> dict:
 
 def evaluate_predictions(method: str, images: list[dict], preds: list[dict], tree: PredicateTree,
                          cfg: HMLConfig, mdir: Path) -> dict:
-    """Save predictions; R@K, mR@K, Mean@K, hR@K/hmR@K (parent = the HML tree's coarse parent) against the
+    """Save predictions (pipelines/evaluate.py format); R@K, mR@K, Mean@K, hR@K/hmR@K (parent = the HML tree's coarse parent) against the
     annotated labels, and the same against the true fine labels where the store has them (sgg-planted)."""
+    from components.evaluation.predictions import SGGPredictionWriter
     from components.evaluation.sgg import evaluate_sgg
 
-    save_predictions(mdir / "predictions.npz", preds)
+    with SGGPredictionWriter(mdir / "predictions", len(tree.predicates)) as writer:
+        for img, pred in zip(images, preds):
+            writer.add(sgg_inputs(img, pred))
     parent = tree.to_json()["parent"]
     n = len(tree.predicates)
     metrics = evaluate_sgg((sgg_inputs(i, p) for i, p in zip(images, preds)), n, cfg.ks, tree=parent)
