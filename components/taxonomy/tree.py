@@ -119,24 +119,30 @@ class PredicateTree:
         import matplotlib.pyplot as plt
 
         n_groups, n_layers = len(self.groups), max(self.num_stages, 1)
-        fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * n_groups), max(2.5, 1.1 * n_layers + 1)))
-        parent = self.parent
-        pos = {}
+        cells: dict[tuple[int, int], list[int]] = {}
         for gx, g in enumerate(self.groups):
-            for i in g:
-                pos[i] = (gx, self.layer[i])
+            for i in g:  # groups are sorted most frequent first
+                cells.setdefault((gx, self.layer[i]), []).append(i)
+        rows = [max([len(v) for (gx, l), v in cells.items() if l == layer] or [1]) for layer in range(1, n_layers + 1)]
+        base = np.concatenate([[0], np.cumsum(rows)[:-1]]) + np.arange(n_layers)  # a spacer row between layers
+        pos = {i: (gx, base[l - 1] + j) for (gx, l), members in cells.items() for j, i in enumerate(members)}
+        total = base[-1] + rows[-1]
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * n_groups), max(2.5, 0.45 * total + 1.2)))
+        parent = self.parent
         for i, (x, y) in pos.items():
             if parent[i] != i:
                 px, py = pos[parent[i]]
                 ax.plot([px, x], [py, y], color="0.6", lw=0.8, zorder=1)
         for i, (x, y) in pos.items():
-            ax.text(x, y, f"{self.predicates[i]}\n({self.counts[i]})", ha="center", va="center", fontsize=7,
+            ax.text(x, y, f"{self.predicates[i]} ({self.counts[i]})", ha="center", va="center", fontsize=7,
                     bbox=dict(boxstyle="round", fc="#e8f0fe" if self.layer[i] == 1 else "white", ec="0.4"))
+        for b in base[1:]:
+            ax.axhline(b - 1, color="0.85", lw=0.8, zorder=0)
         ax.set_xlim(-0.7, n_groups - 0.3)
-        ax.set_ylim(n_layers + 0.6, 0.4)
-        ax.set_yticks(range(1, n_layers + 1), [f"stage {s}" for s in range(1, n_layers + 1)])
+        ax.set_ylim(total - 0.3, -0.7)
+        ax.set_yticks([b + (r - 1) / 2 for b, r in zip(base, rows)], [f"stage {s}" for s in range(1, n_layers + 1)])
         ax.set_xticks(range(n_groups), [f"g{g + 1}" for g in range(n_groups)])
-        ax.set_title(f"HML predicate tree (T_SS = {self.threshold})")
+        ax.set_title(f"HML predicate tree (T_SS = {self.threshold}; groups as columns, stages as rows)")
         fig.tight_layout()
         with atomic_path(path, suffix=".png") as tmp:
             fig.savefig(tmp, format="png", dpi=120)
