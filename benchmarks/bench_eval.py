@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 import tracemalloc
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import reduce
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -52,9 +52,9 @@ def synthetic_image(seed: int, num_predicates: int = NUM_PREDICATES, boxes: int 
         logits[pair_row[(a, b)], p] += rng.uniform(0, 7)
     e = np.exp(logits - logits.max(1, keepdims=True))
     rel_scores = (np.round(e / e.sum(1, keepdims=True) * 64) / 64).astype(np.float32)
-    return dict(gt_boxes=gt_boxes, gt_labels=gt_labels, gt_rels=gt_rels, pred_boxes=pred_boxes,
-                pred_labels=pred_labels, pred_scores=pred_scores.astype(np.float32), rel_pairs=rel_pairs,
-                rel_scores=rel_scores)
+    return {"gt_boxes": gt_boxes, "gt_labels": gt_labels, "gt_rels": gt_rels, "pred_boxes": pred_boxes,
+            "pred_labels": pred_labels, "pred_scores": pred_scores.astype(np.float32), "rel_pairs": rel_pairs,
+            "rel_scores": rel_scores}
 
 
 def synthetic_images(n: int, start: int = 0) -> Iterator[dict]:

@@ -12,7 +12,7 @@ the ground truth's (classes missing from the map only match themselves).
 from __future__ import annotations
 
 import math
-from typing import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -82,4 +82,4 @@ def ltvrr_report(gt_sbj, pred_sbj, gt_obj, pred_obj, gt_rel, pred_rel, obj_train
                         "one subject, object and relation per test triplet")
     sbj_obj = {k: (sbj[k] + obj[k]) / 2.0 for k in BANDS + ("all",)}
     return {"sbj_obj": sbj_obj, "rel": _summary(rel), "combined": (sbj_obj["all"] + rel["all"]) / 2.0,
-            "sbj": _summary(sbj), "obj": _summary(obj), "num_examples": int(len(rel["per_example"]))}
+            "sbj": _summary(sbj), "obj": _summary(obj), "num_examples": len(rel["per_example"])}

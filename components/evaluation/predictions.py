@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Hashable, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Hashable, Iterator, Mapping
 
 import numpy as np
 
@@ -84,7 +84,7 @@ class SGGPredictionWriter:
         """Discard everything written so far."""
         self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
-    def __enter__(self) -> "SGGPredictionWriter":
+    def __enter__(self) -> SGGPredictionWriter:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -28,7 +28,7 @@ Protocol (every choice stated; all values are returned in PERCENT, like the pape
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 

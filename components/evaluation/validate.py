@@ -1,7 +1,7 @@
 """Checks for evaluation inputs (per-image SGG predictions, LTVRR label arrays): one clear DataError each."""
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -9,8 +9,13 @@ import pytest
 from benchmarks.bench_eval import synthetic_image
 from components.errors import DataError
 from components.evaluation.ltvrr import ltvrr_report
-from components.evaluation.predictions import (SGGPredictionWriter, iter_sgg_predictions, load_ltvrr_predictions,
-                                               read_sgg_manifest, save_ltvrr_predictions)
+from components.evaluation.predictions import (
+    SGGPredictionWriter,
+    iter_sgg_predictions,
+    load_ltvrr_predictions,
+    read_sgg_manifest,
+    save_ltvrr_predictions,
+)
 from components.evaluation.sgg import evaluate_sgg
 
 
@@ -39,10 +44,9 @@ def test_sgg_round_trip_keeps_arrays_and_metrics(tmp_path):
 
 def test_sgg_writer_is_atomic_and_validates(tmp_path):
     good = _images(2)
-    with pytest.raises(DataError, match="image 1: rel_scores.*NaN"):
-        with SGGPredictionWriter(tmp_path / "p") as w:
-            w.add(good[0])
-            w.add({**good[1], "rel_scores": np.full_like(good[1]["rel_scores"], np.nan)})
+    with pytest.raises(DataError, match="image 1: rel_scores.*NaN"), SGGPredictionWriter(tmp_path / "p") as w:
+        w.add(good[0])
+        w.add({**good[1], "rel_scores": np.full_like(good[1]["rel_scores"], np.nan)})
     assert not (tmp_path / "p").exists() and not list(tmp_path.iterdir())
     w = SGGPredictionWriter(tmp_path / "p")
     with pytest.raises(DataError, match="missing keys"):

@@ -23,10 +23,10 @@ def onehot(preds, c, score=0.9):
 
 def image(gt_boxes, gt_labels, gt_rels, pred_boxes, pred_labels, rel_pairs, rel_scores, pred_scores=None):
     pred_scores = np.ones(len(pred_boxes)) if pred_scores is None else pred_scores
-    return dict(gt_boxes=np.array(gt_boxes, float).reshape(-1, 4), gt_labels=np.array(gt_labels, int),
-                gt_rels=np.array(gt_rels, int).reshape(-1, 3), pred_boxes=np.array(pred_boxes, float).reshape(-1, 4),
-                pred_labels=np.array(pred_labels, int), pred_scores=np.array(pred_scores, float),
-                rel_pairs=np.array(rel_pairs, int).reshape(-1, 2), rel_scores=np.asarray(rel_scores, float))
+    return {"gt_boxes": np.array(gt_boxes, float).reshape(-1, 4), "gt_labels": np.array(gt_labels, int),
+            "gt_rels": np.array(gt_rels, int).reshape(-1, 3), "pred_boxes": np.array(pred_boxes, float).reshape(-1, 4),
+            "pred_labels": np.array(pred_labels, int), "pred_scores": np.array(pred_scores, float),
+            "rel_pairs": np.array(rel_pairs, int).reshape(-1, 2), "rel_scores": np.asarray(rel_scores, float)}
 
 
 def test_iou_uses_plus_one_pixel_convention():
@@ -49,7 +49,7 @@ def test_duplicate_gt_triplets_count_separately():
 def test_match_through_another_box_by_iou_not_index():
     b_shift = [21, 21, 30, 30]  # IoU with B = 81 / 119 = 0.68
     b_far = [25, 25, 34, 34]  # IoU with B = 25 / 175 = 0.14
-    gt = dict(gt_boxes=[A, B], gt_labels=[1, 2], gt_rels=[[0, 1, 1]])
+    gt = {"gt_boxes": [A, B], "gt_labels": [1, 2], "gt_rels": [[0, 1, 1]]}
     hit = image(**gt, pred_boxes=[A, [50, 50, 59, 59], b_shift], pred_labels=[1, 2, 2], rel_pairs=[[0, 2]],
                 rel_scores=onehot([1], 2))
     miss = image(**gt, pred_boxes=[A, b_far], pred_labels=[1, 2], rel_pairs=[[0, 1]], rel_scores=onehot([1], 2))
