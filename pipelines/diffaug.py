@@ -22,9 +22,9 @@ import argparse
 import copy
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,12 +36,23 @@ from components.data.store import FeatureStore, relation_arrays
 from components.diffaug.augment import augment_triplets
 from components.diffaug.diffusion import DiffusionConfig, load_bundle
 from components.diffaug.fidelity import fidelity
-from components.diffaug.finetune import (RelationSet, TrainConfig, evaluate_classifier, finetune_classifier,
-                                         predict_logits, train_classifier)
+from components.diffaug.finetune import (
+    RelationSet,
+    TrainConfig,
+    evaluate_classifier,
+    finetune_classifier,
+    predict_logits,
+    train_classifier,
+)
 from components.diffaug.hardness import fit_hardness
 from components.diffaug.report import plot_bands, plot_projection, results_table
-from components.diffaug.requests import (class_feature_pools, generated_set, real_control, sampling_plan,
-                                         tail_triplet_pools)
+from components.diffaug.requests import (
+    class_feature_pools,
+    generated_set,
+    real_control,
+    sampling_plan,
+    tail_triplet_pools,
+)
 from components.diffaug.seeds import subject_object_seed
 from components.diffaug.text import GloVeEncoder, MiniLMEncoder, OpenCLIPEncoder, TextEncoder, embed_triplets
 from components.diffaug.wordnet import LCHSimilarity
@@ -124,7 +135,8 @@ class _Conditions:
                  extra_trip: np.ndarray, cache_dir: Path) -> None:
         self.objects, self.predicates, self.tokens = objects, predicates, cfg.text_tokens
         every = np.concatenate([train_trip, extra_trip]) if len(extra_trip) else train_trip
-        self.emb = embed_triplets(make_encoder(cfg), self._names(np.unique(every, axis=0)), cache_dir)
+        self.emb = embed_triplets(make_encoder(cfg), self._names(np.unique(every, axis=0)), cache_dir,
+                                  tokens=cfg.text_tokens)
         train_rows = self.emb.rows(self._names(np.unique(train_trip, axis=0)))
         self.hardness_model = fit_hardness(self.emb.pooled[train_rows], cfg.hardness_k, cfg.seed)
         self.hard_all = self.hardness_model(self.emb.pooled)
@@ -229,7 +241,7 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     aug = augment_triplets(train_trip, obj_counts, rel_counts, objects, cfg.lch_threshold,
                            similarity=LCHSimilarity(cache_path=out / "lch_cache.json"))
     aug_trip = np.stack([aug["subject"], aug["predicate"], aug["object"]], axis=1)
-    augmentation = {"train_triplets": int(len(train_trip)), "new_triplets": int(len(aug_trip)),
+    augmentation = {"train_triplets": len(train_trip), "new_triplets": len(aug_trip),
                     "by_rule": {r: int((aug["rule"] == r).sum()) for r in np.unique(aug["rule"]).tolist()}}
     cond = _Conditions(cfg, objects, predicates, train_trip, aug_trip, out / "text_cache")
     train.hardness = cond.of(_triplets(train))[2]
@@ -257,7 +269,7 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
 
     def finetuned(data: RelationSet, curriculum: bool = False) -> dict:
         if cfg.finetune_real_fraction > 0:
-            n_real = int(round(len(data) * cfg.finetune_real_fraction / (1 - cfg.finetune_real_fraction)))
+            n_real = round(len(data) * cfg.finetune_real_fraction / (1 - cfg.finetune_real_fraction))
             pick = np.random.default_rng([cfg.seed, 41]).choice(len(train), n_real)
             data = RelationSet.concat([data, train.subset(pick)])
         m = copy.deepcopy(base)
@@ -303,7 +315,7 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     ordered = {v: results[v] for v in cfg.variants if v in results}
     table = results_table(ordered)
     summary = {"results": ordered, "fidelity": fid, "augmentation": augmentation, "table": table,
-               "n_generated": int(len(plan["sample_id"])), "plan_bands": {b: int((plan["band"] == b).sum())
+               "n_generated": len(plan["sample_id"]), "plan_bands": {b: int((plan["band"] == b).sum())
                                                                         for b in np.unique(plan["band"]).tolist()},
                "config": to_dict(cfg), "store_config_hash": store.manifest.meta.get("config_hash")}
     write_json(out / "results.json", summary)

@@ -9,7 +9,7 @@ lowest 80%, medium = next 15%, many = top 5% (components.evaluation.ltvrr.band_e
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

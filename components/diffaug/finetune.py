@@ -50,18 +50,18 @@ class RelationSet:
         return len(self.predicate)
 
     @classmethod
-    def from_arrays(cls, arrays: dict, hardness: np.ndarray | None = None) -> "RelationSet":
+    def from_arrays(cls, arrays: dict, hardness: np.ndarray | None = None) -> RelationSet:
         """From `relation_arrays(table)` (store columns)."""
         return cls(*(np.asarray(arrays[k], np.float32) for k in FEATURES),
                    *(np.asarray(arrays[k], np.int64) for k in LABELS), hardness)
 
-    def subset(self, idx: np.ndarray) -> "RelationSet":
+    def subset(self, idx: np.ndarray) -> RelationSet:
         """Rows `idx`."""
         return RelationSet(*(getattr(self, k)[idx] for k in FEATURES + LABELS),
                            None if self.hardness is None else self.hardness[idx])
 
     @staticmethod
-    def concat(parts: list["RelationSet"]) -> "RelationSet":
+    def concat(parts: list[RelationSet]) -> RelationSet:
         """Rows of all parts (hardness kept only when every part has it)."""
         hard = None if any(p.hardness is None for p in parts) else np.concatenate([p.hardness for p in parts])
         return RelationSet(*(np.concatenate([getattr(p, k) for p in parts]) for k in FEATURES + LABELS), hard)

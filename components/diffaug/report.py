@@ -6,8 +6,8 @@ features of a few tail relations (same projection for both, fitted on the real f
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 

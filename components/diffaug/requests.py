@@ -11,7 +11,7 @@ sample's subject and object features are real training box features of its class
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -12,9 +12,9 @@ distinct triplet text once and keeps results in memory and optionally in an .npz
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -200,12 +200,12 @@ class OpenCLIPEncoder(TextEncoder):
 
 @dataclass
 class TripletEmbeddings:
-    """Text conditions of distinct triplets: pooled (N, E), tokens (N, T, E') + mask (N, T); rows follow `triplets`."""
+    """Text conditions of distinct triplets: pooled (N, E), tokens (N, T, E') + mask (N, T) or None; rows follow `triplets`."""
 
     triplets: list[tuple[str, str, str]]
     pooled: np.ndarray
-    tokens: np.ndarray
-    mask: np.ndarray
+    tokens: np.ndarray | None
+    mask: np.ndarray | None
 
     def rows(self, triplets: Sequence[tuple[str, str, str]]) -> np.ndarray:
         """Row index of each requested triplet (InputError for unknown ones)."""
@@ -220,23 +220,25 @@ _MEMORY: dict[tuple[str, tuple], TripletEmbeddings] = {}
 
 
 def embed_triplets(encoder: TextEncoder, triplets: Sequence[tuple[str, str, str]],
-                   cache_dir: str | Path | None = None) -> TripletEmbeddings:
-    """Pooled + token embeddings of the distinct triplets (order of first appearance), cached."""
+                   cache_dir: str | Path | None = None, tokens: bool = True) -> TripletEmbeddings:
+    """Pooled (+ token, when `tokens`) embeddings of the distinct triplets (order of first appearance), cached."""
     uniq = list(dict.fromkeys(tuple(t) for t in triplets))
-    mem_key = (encoder.key, tuple(uniq))
+    mem_key = (encoder.key, tokens, tuple(uniq))
     if mem_key in _MEMORY:
         return _MEMORY[mem_key]
     digest = hashlib.sha256("\n".join("\t".join(t) for t in uniq).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"{encoder.key}-{digest}.npz" if cache_dir else None
+    kind = "tokens" if tokens else "pooled"
+    path = Path(cache_dir) / f"{encoder.key}-{kind}-{digest}.npz" if cache_dir else None
     if path is not None and path.is_file():
         with np.load(path) as z:
-            out = TripletEmbeddings(uniq, z["pooled"], z["tokens"], z["mask"])
+            out = TripletEmbeddings(uniq, z["pooled"], z["tokens"] if tokens else None, z["mask"] if tokens else None)
     else:
         pooled = encoder.encode_triplets(uniq)
-        tokens, mask = encoder.encode_triplet_tokens(uniq)
-        out = TripletEmbeddings(uniq, pooled, tokens, mask)
+        tok, mask = encoder.encode_triplet_tokens(uniq) if tokens else (None, None)
+        out = TripletEmbeddings(uniq, pooled, tok, mask)
         if path is not None:
+            arrays = {"pooled": pooled, **({"tokens": tok, "mask": mask} if tokens else {})}
             with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-                np.savez(fh, pooled=pooled, tokens=tokens, mask=mask)
+                np.savez(fh, **arrays)
     _MEMORY[mem_key] = out
     return out

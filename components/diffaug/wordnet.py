@@ -9,9 +9,9 @@ results are cached per process and, with `cache_path`, on disk as JSON (keyed by
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from components.atomic import write_json
 from components.diffaug.wordnet_data import ensure_nltk_path

@@ -21,7 +21,7 @@ def store(tmp_path_factory):
 def summary(store, tmp_path_factory, ray_local):
     cfg = from_dict(DiffAugConfig, {
         "store": str(store), "out": str(tmp_path_factory.mktemp("run")), "variants": list(VARIANTS),
-        "text_encoder": "glove-roles", "hardness_k": 8, "embed_dim": 32, "hidden": 64,
+        "text_encoder": "glove-roles", "text_tokens": True, "hardness_k": 8, "embed_dim": 32, "hidden": 64,
         "train": {"epochs": 3, "batch_size": 128}, "finetune_epochs": 1, "n_generated": 40,
         "diffusion": {"steps": 4, "num_inference_steps": 2, "hidden": 32, "layers": 1, "heads": 2, "tokens": 4,
                       "batch_size": 64},
@@ -30,7 +30,7 @@ def summary(store, tmp_path_factory, ray_local):
 
 
 def test_every_variant_reported(summary):
-    cfg, s = summary
+    _, s = summary
     assert list(s["results"]) == list(VARIANTS)
     for rep in s["results"].values():
         assert set(rep["rel"]) == {"many", "medium", "few", "all"}

@@ -4,8 +4,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from components.diffaug.finetune import (RelationSet, TrainConfig, evaluate_classifier, finetune_classifier,
-                                         predict_logits, train_classifier)
+from components.diffaug.finetune import (
+    RelationSet,
+    TrainConfig,
+    evaluate_classifier,
+    finetune_classifier,
+    predict_logits,
+    train_classifier,
+)
 from components.diffaug.losses import relmix_loss, vilhub_loss, wce_weights
 from components.models.vrr_classifier import VRRClassifier
 
@@ -44,7 +50,7 @@ def test_relmix_zero_without_partners_and_bounded():
 
 def planted(n, rng, protos_o, protos_p, d):
     s, o, p = rng.integers(0, len(protos_o), n), rng.integers(0, len(protos_o), n), rng.integers(0, len(protos_p), n)
-    noise = lambda: rng.normal(0, 0.5, (n, d)).astype(np.float32)  # noqa: E731
+    noise = lambda: rng.normal(0, 0.5, (n, d)).astype(np.float32)
     return RelationSet(protos_o[s] + noise(), protos_o[o] + noise(), protos_p[p] + noise(), s, o, p,
                        rng.random((n, 5)).astype(np.float32))
 

@@ -3,8 +3,14 @@ import numpy as np
 import pytest
 
 from components.diffaug.finetune import RelationSet
-from components.diffaug.requests import (class_feature_pools, draw_box_features, generated_set, real_control,
-                                         sampling_plan, tail_triplet_pools)
+from components.diffaug.requests import (
+    class_feature_pools,
+    draw_box_features,
+    generated_set,
+    real_control,
+    sampling_plan,
+    tail_triplet_pools,
+)
 from components.diffaug.seeds import subject_object_seed
 from components.errors import DataError
 
@@ -15,7 +21,7 @@ def toy(n=200, seed=0):
     rng = np.random.default_rng(seed)
     s, o = rng.integers(0, 4, n), rng.integers(0, 4, n)
     p = rng.choice([0, 1, 2, 5, 6], n)
-    f = lambda: rng.normal(size=(n, 3)).astype(np.float32)  # noqa: E731
+    f = lambda: rng.normal(size=(n, 3)).astype(np.float32)
     return RelationSet(f(), f(), f(), s, o, p)
 
 

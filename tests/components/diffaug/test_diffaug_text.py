@@ -53,13 +53,13 @@ def test_embed_triplets_cache(tmp_path):
         assert np.array_equal(z["pooled"], e.pooled)
     with pytest.raises(InputError):
         e.rows([("dog", "on", "cat")])
+    pooled_only = embed_triplets(enc, trip, cache_dir=tmp_path, tokens=False)
+    assert pooled_only.tokens is None and np.array_equal(pooled_only.pooled, e.pooled)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
 
 
 def test_openclip_random_tiny_model():
-    try:
-        enc = OpenCLIPEncoder("ViT-S-32", pretrained=None)
-    except Exception as e:  # pragma: no cover - depends on the installed open_clip configs
-        pytest.skip(f"open_clip ViT-S-32 cannot be built offline here: {e}")
+    enc = OpenCLIPEncoder("ViT-S-32", pretrained=None)  # random weights: checks plumbing, not semantics
     pooled = enc.encode_triplets(SWAP)
     assert pooled.shape == (2, enc.dim) and not np.allclose(pooled[0], pooled[1])
     tok, mask = enc.encode_triplet_tokens(SWAP)
