@@ -10,6 +10,7 @@ rotating order over the same pre-sampled batches) after a warm-up, and each vari
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -135,13 +136,17 @@ def time_interleaved(variants: dict[str, Callable[[SGBatch], None]], batches: li
 
 def run(quick: bool = False) -> dict:
     """Median step times and the ratios hml_step_ratio = HML stage 2 / plain CE (goal <= 1.25)."""
-    torch.set_num_threads(1)
-    n_images, rounds, warmup = (64, 30, 5) if quick else (800, 400, 30)
-    batch_size, hidden_dim, feature_dim = 8, 128, 64
-    images, n_obj, n_pred = _images(n_images, feature_dim)
-    variants, batches = build_variants(images, n_obj, n_pred, feature_dim, batch_size, hidden_dim,
-                                       stage1_steps=10 if quick else 100)
-    times = time_interleaved(variants, batches, warmup, rounds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one training thread, as in the pipeline's workers (threads_per_worker=1)
+    try:
+        n_images, rounds, warmup = (64, 30, 5) if quick else (800, 400, 30)
+        batch_size, hidden_dim, feature_dim = 8, 128, 64
+        images, n_obj, n_pred = _images(n_images, feature_dim)
+        variants, batches = build_variants(images, n_obj, n_pred, feature_dim, batch_size, hidden_dim,
+                                           stage1_steps=10 if quick else 100)
+        times = time_interleaved(variants, batches, warmup, rounds)
+    finally:
+        torch.set_num_threads(threads)
     med = {n: statistics.median(t) for n, t in times.items()}
     pairs = float(np.mean([len(b.pair_labels) for b in batches]))
     return {
@@ -153,6 +158,7 @@ def run(quick: bool = False) -> dict:
         "hml_stage2_step_ms": 1e3 * med["hml_stage2"],
         "hml_pairs_per_batch": pairs,
         "hml_timed_steps_per_variant": float(rounds),
+        "hml_loadavg_1min": os.getloadavg()[0],  # other processes on this machine during the run
     }
 
 

@@ -127,7 +127,8 @@ def run(quick: bool = False) -> dict:
 
     from pipelines.streaming import dataset_from_store
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the training step runs on one thread in both loops; restored below
     n_images, shard_size, repeats = (240, 60, 1) if quick else (3000, 250, 5)
     feature_dim = 64
     load_before = os.getloadavg()[0]
@@ -149,6 +150,7 @@ def run(quick: bool = False) -> dict:
             }
             rates, steady, latency = measure(loops, repeats, n_images)
     finally:
+        torch.set_num_threads(threads)
         if started:
             ray.shutdown()
     med = {k: statistics.median(v) for k, v in rates.items()}

@@ -1,5 +1,5 @@
 """Smoke tests of the benchmarks: each `run(quick=True)` finishes and returns finite positive numbers
-(ratios and rates); no timing is asserted (speed claims live in benchmarks/results.json, measured side by side)."""
+(ratios and rates; a load average may be 0); no timing is asserted (speed claims live in benchmarks/results.json, measured side by side)."""
 import math
 
 import pytest
@@ -10,8 +10,9 @@ from benchmarks import bench_hml_step, bench_stream
 def _check(res: dict, required: tuple[str, ...]) -> None:
     missing = [k for k in required if k not in res]
     assert not missing, f"missing keys {missing}"
-    bad = {k: v for k, v in res.items() if not (isinstance(v, float) and math.isfinite(v) and v > 0)}
-    assert not bad, f"not finite positive floats: {bad}"
+    bad = {k: v for k, v in res.items() if not (isinstance(v, float) and math.isfinite(v) and v >= 0)}
+    assert not bad, f"not finite non-negative floats: {bad}"
+    assert all(res[k] > 0 for k in required), {k: res[k] for k in required}
 
 
 def test_hml_step_benchmark_returns_finite_positive_ratios():
