@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 from components.atomic import atomic_path, ensure_writable_dir, write_text  # noqa: E402
 from components.errors import InputError  # noqa: E402
-from components.tracking import tracking_uri  # noqa: E402
+from components.tracking import mlflow_name, tracking_uri  # noqa: E402
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
@@ -148,16 +148,19 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(uri, "tracking database does not exist", "a run directory with mlflow.db")
         client = MlflowClient(uri)
         runs = select_runs(client, args.experiment, [r for r in (args.runs or "").split(",") if r], args.sweep)
-        df, shown = runs_table(runs, args.param, args.metric)
+        # names as logged: MLflow names cannot hold '@' (mR@50 is stored as mR_at_50)
+        metric = mlflow_name(args.metric) if args.metric else None
+        params = [mlflow_name(p) for p in args.param]
+        df, shown = runs_table(runs, params, metric)
         out = ensure_writable_dir(args.out)
         text = to_markdown(df)
         write_text(out / "compare.csv", df.to_csv(index=False))
         write_text(out / "compare.md", text)
         print(text, end="")
         plots = []
-        if args.metric:
+        if metric:
             numeric = [p for p in shown if pd.api.types.is_numeric_dtype(df[p])]
-            plots = [plot_metric(df, args.metric, p, out) for p in (args.param or numeric)]
+            plots = [plot_metric(df, metric, p, out) for p in (params or numeric)]
         print(f"{len(df)} runs; wrote {out / 'compare.csv'}, {out / 'compare.md'}"
               + "".join(f", {p}" for p in plots))
     except InputError as e:

@@ -1,5 +1,5 @@
 """Turn a config (dataclass or mapping) into MLflow params: flattened dotted keys, secrets redacted,
-values stringified and cut to MLflow's length limit."""
+values stringified and cut to MLflow's length limit; names made valid for MLflow."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +20,12 @@ def is_secret_key(key: str) -> bool:
     return any(w in _SECRET_WORDS for w in words)
 
 
+def mlflow_name(name: str) -> str:
+    """A metric/param name MLflow accepts: '@' becomes '_at_' (R@50 -> R_at_50), other characters
+    outside letters, digits, '_ - . / : space' become '_'."""
+    return re.sub(r"[^\w.\-/: ]", "_", str(name).replace("@", "_at_"))
+
+
 def _as_text(value: Any) -> str:
     text = str(value)
     if len(text) > MAX_PARAM_VAL_LENGTH:
@@ -30,4 +36,4 @@ def _as_text(value: Any) -> str:
 def config_params(cfg: Any) -> dict[str, str]:
     """Flattened, redacted, stringified params of a dataclass config or nested mapping."""
     data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-    return {k: (REDACTED if is_secret_key(k) else _as_text(v)) for k, v in flatten(data).items()}
+    return {mlflow_name(k): (REDACTED if is_secret_key(k) else _as_text(v)) for k, v in flatten(data).items()}

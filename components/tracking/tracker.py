@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 from components.atomic import ensure_writable_dir, write_text
-from components.tracking.params import config_params
+from components.tracking.params import config_params, mlflow_name
 from components.tracking.uri import default_artifact_root, get_or_create_experiment
 
 log = logging.getLogger(__name__)
@@ -155,11 +155,13 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """Log params (values stringified)."""
         if params:
-            self._submit({"op": "params", "run": run_id, "params": {k: str(v) for k, v in params.items()}})
+            self._submit({"op": "params", "run": run_id,
+                          "params": {mlflow_name(k): str(v) for k, v in params.items()}})
 
     def log_metrics(self, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
-        """Log the numeric entries of `metrics` at `step` (non-numeric values are skipped)."""
-        values = {k: x for k, x in ((k, _number(v)) for k, v in metrics.items()) if x is not None}
+        """Log the numeric entries of `metrics` at `step` (non-numeric values are skipped; names are made
+        valid for MLflow: R@50 is logged as R_at_50)."""
+        values = {mlflow_name(k): x for k, x in ((k, _number(v)) for k, v in metrics.items()) if x is not None}
         if values:
             self._submit({"op": "metrics", "run": run_id, "metrics": values, "step": int(step or 0),
                           "ts": int(time.time() * 1000)})

@@ -29,7 +29,7 @@ def store(tmp_path_factory):
             time.sleep(0.01)  # distinct start times order the attempts
             with tr.run(tid, parent, tags={"ray.trial_id": tid, "attempt": attempt}) as rid:
                 tr.log_params(rid, {"lam": lam})
-                tr.log_metrics(rid, {"mR": mr})
+                tr.log_metrics(rid, {"mR@50": mr})
     return tmp_path, tr.uri, ids, parent
 
 
@@ -60,11 +60,11 @@ def test_forced_param_is_shown(store):
 def test_sweep_keeps_latest_attempt_per_trial(store):
     tmp, uri, _, parent = store
     out = tmp / "cmp3"
-    assert compare.main(["--tracking-uri", uri, "--sweep", parent, "--metric", "mR", "--param", "lam",
-                         "--out", str(out)]) == 0
+    assert compare.main(["--tracking-uri", uri, "--sweep", parent, "--metric", "mR@50", "--param", "lam",
+                         "--out", str(out)]) == 0  # '@' names are stored as '_at_' by the Tracker
     rows = list(csv.DictReader((out / "compare.csv").open()))
-    assert sorted((r["run_name"], float(r["mR"])) for r in rows) == [("t1", 0.4), ("t2", 0.3)]
-    assert (out / "mR_vs_lam.png").is_file()
+    assert sorted((r["run_name"], float(r["mR_at_50"])) for r in rows) == [("t1", 0.4), ("t2", 0.3)]
+    assert (out / "mR_at_50_vs_lam.png").is_file()
 
 
 def test_experiment_selects_all_its_runs(store):

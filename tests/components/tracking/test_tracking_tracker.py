@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from components.tracking import Tracker, config_params, get_or_create_experiment, is_secret_key, tracking_uri
+from components.tracking import (Tracker, config_params, get_or_create_experiment, is_secret_key, mlflow_name,
+                                 tracking_uri)
 from components.tracking import replay
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
@@ -33,7 +34,7 @@ def start_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
                              "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 150  # a loaded CI machine can be slow to start it
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
@@ -42,7 +43,7 @@ def start_server(db: Path, artifacts: Path, port: int) -> subprocess.Popen:
         except OSError:
             time.sleep(0.3)
     stop_server(proc)
-    raise RuntimeError("mlflow server did not come up within 60 s")
+    raise RuntimeError("mlflow server did not come up within 150 s")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -74,6 +75,11 @@ def test_secret_keys_are_recognised_by_word():
     assert not is_secret_key("monkey") and not is_secret_key("tokenizer.name") and not is_secret_key("opt.lr")
 
 
+def test_names_are_made_valid_for_mlflow():
+    assert mlflow_name("mR@50") == "mR_at_50" and mlflow_name("loss/val") == "loss/val"
+    assert mlflow_name("overrides.sitting on") == "overrides.sitting on" and mlflow_name("a{b}") == "a_b_"
+
+
 def test_config_params_flatten_and_redact():
     p = config_params(Cfg())
     assert p == {"name": "x", "opt.lr": "0.1", "opt.api_key": "***", "hf_token": "***", "layers": "[2, 3]"}
@@ -98,7 +104,7 @@ def test_sqlite_runs_params_metrics_artifacts(tmp_path, monkeypatch):
         with tr.run("child", parent_run_id=parent) as child:
             with tr.run("grandchild", parent_run_id=child) as grand:
                 for step in range(3):
-                    tr.log_metrics(grand, {"loss": 1.0 / (step + 1), "note": "skip-me"}, step=step)
+                    tr.log_metrics(grand, {"loss": 1.0 / (step + 1), "note": "skip-me", "R@50": 0.5}, step=step)
                 tr.log_artifact(grand, plot, "plots")
     st = tr.close()
     assert not st.fallback_used and st.pending == 0 and "all records delivered" in st.summary()
@@ -108,7 +114,7 @@ def test_sqlite_runs_params_metrics_artifacts(tmp_path, monkeypatch):
     assert c.get_run(parent).data.params["opt.api_key"] == "***"
     hist = sorted((m.step, m.value) for m in c.get_metric_history(grand, "loss"))
     assert hist == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]
-    assert "note" not in c.get_run(grand).data.metrics
+    assert "note" not in c.get_run(grand).data.metrics and c.get_run(grand).data.metrics["R_at_50"] == 0.5
     assert c.get_run(grand).info.status == "FINISHED"
     art = Path(c.get_run(grand).info.artifact_uri.removeprefix("file://")) / "plots" / "plot.png"
     assert art.read_bytes() == plot.read_bytes()
@@ -147,7 +153,7 @@ def test_server_down_mid_run_buffers_once_and_replays(tmp_path, caplog):
         child = tr.start_run("trial-offline", parent_run_id=parent)  # created while the server is down
         tr.log_metrics(child, {"acc": 0.75}, step=0)
         tr.end_run(child)
-        assert time.monotonic() - t0 < 30, "an unreachable server must not stall training"
+        assert time.monotonic() - t0 < 60, "an unreachable server must not stall training (default retries: minutes)"
         warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
         assert len(warnings) == 1
         st = tr.status()
