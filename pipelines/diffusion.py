@@ -146,7 +146,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
     params = {"strength": strength, "batch_size": batch_size, "guidance_scale": guidance_scale}
     ids = req["sample_id"]
     fingerprint = config_hash({"bundle": config_hash(bundle.cfg), "ids": config_hash(ids.tolist()),
-                               "shard_size": shard_size, "params": params})
+                               "shard_size": shard_size, "strength": strength, "guidance_scale": guidance_scale})
     req_file = out / "request.json"
     if req_file.exists() and json.loads(req_file.read_text()).get("fingerprint") != fingerprint:
         raise InputError(str(out), "holds shards of another request, bundle or sampling setting",
