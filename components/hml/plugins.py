@@ -189,15 +189,26 @@ class ImportanceTracker(Plugin):
         """(rows, rest) view: first dimension = rows (a 0/1-D tensor is one row)."""
         return x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)
 
+    @staticmethod
+    def _take(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """Rows `rows` of x (a copy), or a copy of all of x when rows is None."""
+        return x.clone() if rows is None else x.index_select(0, rows)
+
+    @staticmethod
+    def _add_(x: torch.Tensor, rows: torch.Tensor | None, value: torch.Tensor) -> None:
+        """x[rows] += value in place (all rows when rows is None)."""
+        x.add_(value) if rows is None else x.index_add_(0, rows, value)
+
     def after_backward(self, ctx: StepContext) -> None:
         for n, p in relation_parameters(ctx.model):
             if p.grad is None:
                 continue  # g = 0 everywhere: nothing to add
             g = self._rows(p.grad.detach())
             rows = g.abs().sum(1).nonzero().squeeze(1)  # faster than count_nonzero; sum |g| > 0 cannot underflow
-            g = g.index_select(0, rows)
-            self._rows(self.sq_sum[n]).index_add_(0, rows, g.square())
-            self._pending[n] = (rows, g, self._rows(p.detach()).index_select(0, rows))
+            rows = None if rows.numel() == g.shape[0] else rows  # all rows (e.g. under MR): no index ops
+            g = self._take(g, rows)
+            self._add_(self._rows(self.sq_sum[n]), rows, g.square())
+            self._pending[n] = (rows, g, self._take(self._rows(p.detach()), rows))
 
     def after_step(self, ctx: StepContext) -> None:
         self.t += 1
@@ -205,9 +216,9 @@ class ImportanceTracker(Plugin):
             if n not in self._pending:
                 continue
             rows, g, before = self._pending[n]
-            delta = self._rows(p.detach()).index_select(0, rows) - before
-            fisher = self._rows(self.sq_sum[n]).index_select(0, rows) / self.t
-            self._rows(self.omega[n]).index_add_(0, rows, importance_increment(g, delta, fisher, self.eps))
+            delta = self._take(self._rows(p.detach()), rows).sub_(before)
+            fisher = self._take(self._rows(self.sq_sum[n]), rows).div_(self.t)
+            self._add_(self._rows(self.omega[n]), rows, importance_increment(g, delta, fisher, self.eps))
         self._pending = {}
 
     def result(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
