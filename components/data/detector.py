@@ -4,8 +4,9 @@ The structure mirrors torchvision's Faster R-CNN (`backbone.body`, `backbone.fpn
 `head.fc6`/`head.fc7`), so a local torchvision detector checkpoint (`fasterrcnn_resnet50_fpn` state
 dict) loads whole; ImageNet classification weights (resnet*/vgg16 .pth) fill the trunk (and, for VGG16,
 fc6/fc7 = the classifier's fc6/fc7, the paper's 4096-d fc7 features). Nothing is ever downloaded;
-parts a checkpoint does not fill stay random and are listed in `loaded_parts`. Random init of the
-whole model needs `allow_random_init=True` (tests), so nobody computes random features by accident.
+parts a checkpoint does not fill stay random (seeded: identical in every process) and are listed in
+`loaded_parts`. Random init of the whole model needs `allow_random_init=True` (tests), so nobody
+computes random features by accident.
 """
 from __future__ import annotations
 
@@ -63,10 +64,20 @@ def _resnet_fpn(name: str) -> BackboneWithFPN:
 class BoxFeatureExtractor(nn.Module):
     """Per-box and union-box features: backbone -> RoIAlign -> fc6 -> fc7 (ReLU after each)."""
 
-    def __init__(self, cfg: DetectorConfig) -> None:
+    def __init__(self, cfg: DetectorConfig, seed: int = 0) -> None:
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        with torch.random.fork_rng():  # same random init in every process (Ray actors must agree)
+            torch.manual_seed(seed)
+            self._build(cfg)
+        self.loaded_parts = {"backbone": "random", "head": "random"}
+        if cfg.checkpoint:
+            self.loaded_parts = load_weights(self, Path(cfg.checkpoint))
+        self.eval()
+
+    def _build(self, cfg: DetectorConfig) -> None:
+        """Create backbone, pooler and head modules."""
         if cfg.backbone == "vgg16":
             self.backbone: nn.Module = torchvision.models.vgg16(weights=None).features[:30]  # conv5_3, stride 16
             in_dim = 512 * cfg.roi_size ** 2
@@ -79,10 +90,6 @@ class BoxFeatureExtractor(nn.Module):
                                               fc7=nn.Linear(cfg.hidden_dim, cfg.feature_dim), relu7=nn.ReLU()))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
-        self.loaded_parts = {"backbone": "random", "head": "random"}
-        if cfg.checkpoint:
-            self.loaded_parts = load_weights(self, Path(cfg.checkpoint))
-        self.eval()
 
     def _scale(self, h: int, w: int) -> float:
         """Resize factor: short side to min_side unless the long side would pass max_side."""

@@ -32,6 +32,13 @@ def test_shapes_and_union_of_a_box_with_itself(model):
     assert np.isfinite(obj).all() and not np.allclose(obj[0], obj[1])
 
 
+def test_random_init_is_the_same_in_every_process(model):
+    b = np.array([[10, 10, 50, 50]])
+    torch.manual_seed(123)  # the global RNG state must not matter
+    again = BoxFeatureExtractor(DetectorConfig(**SMALL))
+    np.testing.assert_array_equal(again.extract(image(), b)[0], model.extract(image(), b)[0])
+
+
 def test_features_depend_on_image_content_and_no_boxes(model):
     b = np.array([[10, 10, 50, 50]])
     assert not np.allclose(model.extract(image(seed=1), b)[0], model.extract(image(seed=2), b)[0])

@@ -1,0 +1,93 @@
+"""Feature stage on tiny real-format VG-150 and GQA-LT data with PNG images (small random-init backbone)."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from components.config import from_dict
+from components.data.detector import BoxFeatureExtractor, DetectorConfig
+from components.data.store import FeatureStore, relation_arrays, scene_graphs
+from components.data import vg150
+from components.errors import DataError
+from pipelines.features import FeaturesConfig, write_features
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "components" / "data"))
+from test_data_gqa import write_gqa  # noqa: E402
+from test_data_vg150 import SIZES, write_vg  # noqa: E402
+
+pytestmark = pytest.mark.ray
+DET = dict(backbone="resnet18_fpn", allow_random_init=True, hidden_dim=32, feature_dim=8, min_side=48, max_side=64)
+
+
+def png(path, w, h, seed):
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)  # blocky image: cheap to write at any size
+    Image.fromarray(small).resize((w, h), Image.NEAREST).save(path, format="PNG")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "extractor.pth"
+    torch.save(BoxFeatureExtractor(DetectorConfig(**DET), seed=7).state_dict(), path)
+    return str(path)
+
+
+def cfg(tmp_path, dataset, data, images, checkpoint, **kw):
+    return from_dict(FeaturesConfig, {"dataset": dataset, "data": str(data), "images": str(images),
+                                      "out": str(tmp_path / "store"), "num_val": 1, "dtype": "float32",
+                                      "detector": {**DET, "checkpoint": checkpoint, "allow_random_init": False},
+                                      "actors": 2, "cpus_per_actor": 0.25, "images_per_call": 1, "shard_rows": 2, **kw})
+
+
+def test_vg150_scene_graph_store(ray_local, tmp_path, checkpoint):
+    data = write_vg(tmp_path / "vg")
+    (tmp_path / "img" / "VG_100K").mkdir(parents=True)
+    for i, (w, h) in enumerate(SIZES):  # nested layout, as in the VG download; image 11 at half size
+        scale = 2 if i == 1 else 1
+        png(tmp_path / "img" / "VG_100K" / f"{i + 10}.jpg", w // scale, h // scale, i)
+    store = FeatureStore(write_features(cfg(tmp_path, "vg150", data, tmp_path / "img", checkpoint)))
+    assert store.manifest.kind == "scene_graph" and store.manifest.objects == ["man", "horse", "hat"]
+    assert store.manifest.meta["detector_loaded_parts"] == {"backbone": "checkpoint", "fpn": "checkpoint",
+                                                            "head": "checkpoint"}
+    model = BoxFeatureExtractor(DetectorConfig(**DET, checkpoint=checkpoint))
+    for split in ("train", "val", "test"):
+        want, _, _ = vg150.read_vg150(data, split, num_val=1)
+        got = list(scene_graphs(store.read(split)))
+        assert [g["image_id"] for g in got] == [w["image_id"] for w in want]
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g["boxes"], w["boxes"], rtol=1e-6)
+            np.testing.assert_array_equal(g["rels"], w["rels"])
+            img = np.asarray(Image.open(tmp_path / "img" / "VG_100K" / w["file_name"]).convert("RGB"))
+            s = img.shape[1] / w["width"]  # boxes are in annotation pixels; image 11 is stored at half size
+            direct, _ = model.extract(img, w["boxes"] * s)
+            np.testing.assert_allclose(g["obj_features"], direct, rtol=1e-4, atol=1e-5)
+
+
+def test_gqa_relation_store_and_missing_image(ray_local, tmp_path, checkpoint):
+    data = write_gqa(tmp_path / "gqa")
+    (tmp_path / "img").mkdir()
+    for i, name in enumerate(["1.jpg", "2.jpg", "3.jpg"]):
+        png(tmp_path / "img" / name, 120, 100, i)
+    c = cfg(tmp_path, "gqa_lt", data, tmp_path / "img", checkpoint, splits=["train", "test"], actors=1)
+    store = FeatureStore(write_features(c))
+    arr = relation_arrays(store.read("train"))
+    np.testing.assert_array_equal(arr["sample_id"], [0, 1, 2])
+    np.testing.assert_array_equal(arr["subject_box"][0], [20, 10, 40, 50])
+    np.testing.assert_array_equal(arr["predicate"], [2, 1, 0])
+    # samples 0 and 1 share the subject box in image 1.jpg: identical subject features
+    np.testing.assert_allclose(arr["subject_feature"][0], arr["subject_feature"][1], atol=1e-6)
+    model = BoxFeatureExtractor(DetectorConfig(**DET, checkpoint=checkpoint))
+    img = np.asarray(Image.open(tmp_path / "img" / "1.jpg").convert("RGB"))
+    _, union = model.extract(img, np.stack([arr["subject_box"][1], arr["object_box"][1]]), np.array([[0, 1]]))
+    np.testing.assert_allclose(arr["union_feature"][1], union[0], rtol=1e-4, atol=1e-5)
+    assert store.manifest.rows("test") == 1
+    (tmp_path / "img" / "3.jpg").unlink()
+    with pytest.raises(DataError, match=r"3.jpg: image file missing \(1 of 3 images missing\)"):
+        write_features(c)
+    (tmp_path / "img" / "3.jpg").write_bytes(b"\x89PNG truncated")
+    with pytest.raises(DataError, match="feature actor: .*3.jpg: unreadable image"):
+        write_features(c)
+    assert FeatureStore(tmp_path / "store").manifest.rows("train") == 3  # the old store is untouched
