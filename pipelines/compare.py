@@ -14,15 +14,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Run  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
-from components.atomic import atomic_path, ensure_writable_dir, write_text  # noqa: E402
-from components.errors import InputError  # noqa: E402
-from components.tracking import mlflow_name, tracking_uri  # noqa: E402
+from components.atomic import atomic_path, ensure_writable_dir, write_text
+from components.errors import InputError
+from components.tracking import mlflow_name, tracking_uri
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:

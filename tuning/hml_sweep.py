@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.config import apply_overrides, config_hash, from_dict, to_dict  # noqa: E402
-from components.errors import InputError  # noqa: E402
-from components.tracking import Tracker  # noqa: E402
-from pipelines.hml import HMLConfig  # noqa: E402
+from components.config import apply_overrides, config_hash, from_dict, to_dict
+from components.errors import InputError
+from components.tracking import Tracker
+from pipelines.hml import HMLConfig
 
 SWEPT = ("lam", "threshold", "stages")
 

@@ -10,9 +10,10 @@ trial's own share small (`resources_per_trial`, default half a CPU) so trials ru
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ray
 from ray import tune

@@ -11,10 +11,11 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
@@ -111,7 +112,7 @@ class Tracker:
 
     @classmethod
     def for_run_dir(cls, run_dir: str | Path, experiment: str, uri: str | None = None,
-                    retry_seconds: float = 30.0) -> "Tracker":
+                    retry_seconds: float = 30.0) -> Tracker:
         """Tracker for a run directory: sqlite db, artifacts and fallback file all inside it."""
         from components.tracking.uri import tracking_uri
 

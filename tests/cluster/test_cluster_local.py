@@ -52,12 +52,12 @@ def short_dir():
     d = Path(tempfile.mkdtemp(prefix="hc", dir="/tmp"))
     yield d
     if (d / "cluster.state").exists():
-        subprocess.run(["bash", str(DOWN), "--dir", str(d), "--grace", "2"], env=clean_env())
+        subprocess.run(check=False, args=["bash", str(DOWN), "--dir", str(d), "--grace", "2"], env=clean_env())
     shutil.rmtree(d, ignore_errors=True)
 
 
 def test_down_without_cluster_is_a_no_op(short_dir):
-    r = subprocess.run(["bash", str(DOWN), "--dir", str(short_dir)], capture_output=True, text=True)
+    r = subprocess.run(check=False, args=["bash", str(DOWN), "--dir", str(short_dir)], capture_output=True, text=True)
     assert r.returncode == 0 and "nothing to stop" in r.stdout
 
 
@@ -65,7 +65,7 @@ def test_up_refuses_a_busy_port(short_dir):
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
         busy = s.getsockname()[1]
-        r = subprocess.run(["bash", str(UP), "--dir", str(short_dir), "--port", str(busy)],
+        r = subprocess.run(check=False, args=["bash", str(UP), "--dir", str(short_dir), "--port", str(busy)],
                            capture_output=True, text=True, env=clean_env())
     assert r.returncode == 2 and f"port {busy}" in r.stderr
     assert not (short_dir / "cluster.state").exists()
@@ -75,7 +75,7 @@ def test_up_refuses_a_busy_port(short_dir):
 @pytest.mark.slow
 def test_two_node_cluster_runs_an_authenticated_job_and_stops_cleanly(short_dir):
     port, dash = free_port(), free_port()
-    r = subprocess.run(["bash", str(UP), "--dir", str(short_dir), "--workers", "1", "--num-cpus", "1",
+    r = subprocess.run(check=False, args=["bash", str(UP), "--dir", str(short_dir), "--workers", "1", "--num-cpus", "1",
                         "--worker-cpus", "1", "--port", str(port), "--dashboard-port", str(dash),
                         "--object-store-mb", "100", "--timeout", "150"],
                        capture_output=True, text=True, env=clean_env(), timeout=400)
@@ -97,18 +97,18 @@ def test_two_node_cluster_runs_an_authenticated_job_and_stops_cleanly(short_dir)
     job = ("import json, ray; ray.init(); print('RESULT', json.dumps({'cpu': ray.cluster_resources()['CPU'], "
            "'alive': sum(n['Alive'] for n in ray.nodes())}))")
     env = {**clean_env(), **env_file}
-    r = subprocess.run([RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--", "python", "-c", job],
+    r = subprocess.run(check=False, args=[RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--", "python", "-c", job],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     result = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT")).split(" ", 1)[1])
     assert result == {"cpu": 2.0, "alive": 2}
     assert processes_with(f"HMLDIFF_RAY_CLUSTER={cluster_id}")
 
-    r = subprocess.run(["bash", str(DOWN), "--dir", str(short_dir), "--grace", "5"],
+    r = subprocess.run(check=False, args=["bash", str(DOWN), "--dir", str(short_dir), "--grace", "5"],
                        capture_output=True, text=True, env=clean_env(), timeout=120)
     assert r.returncode == 0, r.stderr
     assert processes_with(f"HMLDIFF_RAY_CLUSTER={cluster_id}") == []
-    alive_in_groups = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True).stdout.split("\n")
+    alive_in_groups = subprocess.run(check=False, args=["ps", "-eo", "pgid=,stat="], capture_output=True, text=True).stdout.split("\n")
     assert not [ln for ln in alive_in_groups if ln.split() and int(ln.split()[0]) in pgids
                 and not ln.split()[1].startswith("Z")]
     assert not (short_dir / "cluster.state").exists()

@@ -15,9 +15,15 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from components.tracking import (Tracker, config_params, get_or_create_experiment, is_secret_key, mlflow_name,
-                                 tracking_uri)
-from components.tracking import replay
+from components.tracking import (
+    Tracker,
+    config_params,
+    get_or_create_experiment,
+    is_secret_key,
+    mlflow_name,
+    replay,
+    tracking_uri,
+)
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
@@ -101,11 +107,10 @@ def test_sqlite_runs_params_metrics_artifacts(tmp_path, monkeypatch):
     plot.write_bytes(b"\x89PNG fake")
     with tr.run("parent") as parent:
         tr.log_config(parent, Cfg())
-        with tr.run("child", parent_run_id=parent) as child:
-            with tr.run("grandchild", parent_run_id=child) as grand:
-                for step in range(3):
-                    tr.log_metrics(grand, {"loss": 1.0 / (step + 1), "note": "skip-me", "R@50": 0.5}, step=step)
-                tr.log_artifact(grand, plot, "plots")
+        with tr.run("child", parent_run_id=parent) as child, tr.run("grandchild", parent_run_id=child) as grand:
+            for step in range(3):
+                tr.log_metrics(grand, {"loss": 1.0 / (step + 1), "note": "skip-me", "R@50": 0.5}, step=step)
+            tr.log_artifact(grand, plot, "plots")
     st = tr.close()
     assert not st.fallback_used and st.pending == 0 and "all records delivered" in st.summary()
     c = MlflowClient(tracking_uri(run_dir))
@@ -128,9 +133,8 @@ def test_sqlite_runs_params_metrics_artifacts(tmp_path, monkeypatch):
 def test_failed_block_marks_run_failed(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tr = Tracker.for_run_dir(tmp_path, "exp")
-    with pytest.raises(ZeroDivisionError):
-        with tr.run("boom") as rid:
-            1 / 0
+    with pytest.raises(ZeroDivisionError), tr.run("boom") as rid:
+        raise ZeroDivisionError("in the training loop")
     assert MlflowClient(tracking_uri(tmp_path)).get_run(rid).info.status == "FAILED"
 
 
