@@ -6,8 +6,9 @@ rows (13 rows on 2 workers -> 6 + 6): pass `dataset_config=ExactSplitDataConfig(
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import ray

@@ -6,7 +6,8 @@ float32/int64 tensor per column, so training code never sees how the batch trave
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa

@@ -138,7 +138,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one clear error
+    except Exception as e:
         raise CheckpointError(str(path), f"unreadable weights file: {e}", "a torch or safetensors state dict") from e
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -8,18 +8,18 @@ import torch
 from PIL import Image
 
 from components.config import from_dict
+from components.data import vg150
 from components.data.detector import BoxFeatureExtractor, DetectorConfig
 from components.data.store import FeatureStore, relation_arrays, scene_graphs
-from components.data import vg150
 from components.errors import DataError
 from pipelines.features import FeaturesConfig, write_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "components" / "data"))
-from test_data_gqa import write_gqa  # noqa: E402
-from test_data_vg150 import SIZES, write_vg  # noqa: E402
+from test_data_gqa import write_gqa
+from test_data_vg150 import SIZES, write_vg
 
 pytestmark = pytest.mark.ray
-DET = dict(backbone="resnet18_fpn", allow_random_init=True, hidden_dim=32, feature_dim=8, min_side=48, max_side=64)
+DET = {"backbone": "resnet18_fpn", "allow_random_init": True, "hidden_dim": 32, "feature_dim": 8, "min_side": 48, "max_side": 64}
 
 
 def png(path, w, h, seed):

@@ -7,7 +7,12 @@ from ray.train.torch import TorchTrainer
 
 from components.data.store import FeatureStore, StoreWriter, relation_arrays, scene_graphs
 from components.errors import DataError
-from pipelines.streaming import ExactSplitDataConfig, dataset_from_store, iter_relation_batches, iter_scene_graph_batches
+from pipelines.streaming import (
+    ExactSplitDataConfig,
+    dataset_from_store,
+    iter_relation_batches,
+    iter_scene_graph_batches,
+)
 
 pytestmark = pytest.mark.ray
 OBJ, PRED = ["man", "horse", "hat"], ["on", "has"]
@@ -17,23 +22,23 @@ def sg(i):
     rng = np.random.default_rng(i)
     n = 1 + i % 3
     rels = [(0, n - 1, 1 + i % 2)] * (i % 2)
-    return dict(image_id=f"im{i}", split="train", width=90 + i, height=70, labels=rng.integers(1, 4, n),
-                boxes=rng.uniform(0, 50, (n, 4)), obj_features=rng.normal(size=(n, 6)),
-                rels=np.array(rels).reshape(-1, 3), rel_fine=np.array([r[2] for r in rels], dtype=int))
+    return {"image_id": f"im{i}", "split": "train", "width": 90 + i, "height": 70, "labels": rng.integers(1, 4, n),
+                "boxes": rng.uniform(0, 50, (n, 4)), "obj_features": rng.normal(size=(n, 6)),
+                "rels": np.array(rels).reshape(-1, 3), "rel_fine": np.array([r[2] for r in rels], dtype=int)}
 
 
 def rel(i):
     rng = np.random.default_rng(i)
-    return dict(sample_id=i, image_id=f"im{i // 2}", split="train", subject=i % 3, object=2, predicate=i % 2,
-                subject_box=rng.uniform(0, 9, 4), object_box=rng.uniform(0, 9, 4), subject_feature=rng.normal(size=6),
-                object_feature=rng.normal(size=6), union_feature=rng.normal(size=6))
+    return {"sample_id": i, "image_id": f"im{i // 2}", "split": "train", "subject": i % 3, "object": 2, "predicate": i % 2,
+                "subject_box": rng.uniform(0, 9, 4), "object_box": rng.uniform(0, 9, 4), "subject_feature": rng.normal(size=6),
+                "object_feature": rng.normal(size=6), "union_feature": rng.normal(size=6)}
 
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
     w = StoreWriter(root / "sg", "scene_graph", 6, OBJ, PRED)
-    for part in (range(0, 7), range(7, 11), range(11, 13)):
+    for part in (range(7), range(7, 11), range(11, 13)):
         w.write("train", [sg(i) for i in part])
     w.close()
     w = StoreWriter(root / "rel", "relation_sample", 6, OBJ, PRED, dtype="float16")

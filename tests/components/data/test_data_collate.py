@@ -13,16 +13,16 @@ OBJ, PRED = ["man", "horse", "hat"], ["on", "has"]
 
 def sg(i, n, rels):
     rng = np.random.default_rng(i)
-    return dict(image_id=f"im{i}", split="train", width=100 + i, height=80, labels=rng.integers(1, 4, n),
-                boxes=rng.uniform(0, 50, (n, 4)).astype(np.float32), obj_features=rng.normal(size=(n, 5)),
-                rels=np.array(rels, dtype=np.int64).reshape(-1, 3), rel_fine=np.array([r[2] for r in rels], dtype=int))
+    return {"image_id": f"im{i}", "split": "train", "width": 100 + i, "height": 80, "labels": rng.integers(1, 4, n),
+                "boxes": rng.uniform(0, 50, (n, 4)).astype(np.float32), "obj_features": rng.normal(size=(n, 5)),
+                "rels": np.array(rels, dtype=np.int64).reshape(-1, 3), "rel_fine": np.array([r[2] for r in rels], dtype=int)}
 
 
 def rel(i):
     rng = np.random.default_rng(i)
-    return dict(sample_id=i, image_id=f"im{i}", split="test", subject=i % 3, object=(i + 1) % 3, predicate=i % 2,
-                subject_box=rng.uniform(0, 9, 4), object_box=rng.uniform(0, 9, 4), subject_feature=rng.normal(size=5),
-                object_feature=rng.normal(size=5), union_feature=rng.normal(size=5))
+    return {"sample_id": i, "image_id": f"im{i}", "split": "test", "subject": i % 3, "object": (i + 1) % 3, "predicate": i % 2,
+                "subject_box": rng.uniform(0, 9, 4), "object_box": rng.uniform(0, 9, 4), "subject_feature": rng.normal(size=5),
+                "object_feature": rng.normal(size=5), "union_feature": rng.normal(size=5)}
 
 
 def table(tmp_path, kind, rows):

@@ -7,7 +7,7 @@ import torchvision
 from components.data.detector import BoxFeatureExtractor, DetectorConfig, _map_keys
 from components.errors import CheckpointError, ConfigError, DataError
 
-SMALL = dict(backbone="resnet18_fpn", allow_random_init=True, hidden_dim=32, feature_dim=16, min_side=64, max_side=96)
+SMALL = {"backbone": "resnet18_fpn", "allow_random_init": True, "hidden_dim": 32, "feature_dim": 16, "min_side": 64, "max_side": 96}
 
 
 @pytest.fixture(scope="module")
