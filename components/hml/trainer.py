@@ -103,9 +103,9 @@ class PreviousStage:
 
 def stage_plugins(model: nn.Module, counts: Mapping[int, int], seen: Sequence[int], gamma: float,
                   previous: PreviousStage | None = None, cr_weight: float = 1.0, lam: float = 0.5,
-                  track_importance: bool = True) -> tuple[list[Plugin], ImportanceTracker | None]:
+                  track_importance: bool = True, background: str = "cb") -> tuple[list[Plugin], ImportanceTracker | None]:
     """Plugins of one HML stage: CB-CE (+ CR + lambda MR after stage 1) and the importance tracker."""
-    plugins: list[Plugin] = [ClassBalancedCE(counts, gamma, seen=seen)]
+    plugins: list[Plugin] = [ClassBalancedCE(counts, gamma, seen=seen, background=background)]
     if previous is not None:
         if cr_weight > 0:
             plugins.append(ConceptReconstruction(previous.model, previous.classes, cr_weight))

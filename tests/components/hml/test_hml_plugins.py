@@ -64,7 +64,11 @@ def test_ce_spans_background_and_seen_classes_and_ignores_minus_one():
     targets = torch.tensor([0, 2, -1, 3, 1])
     want = F.cross_entropy(span_logits, targets, weight=plugin.weight, ignore_index=-1)
     assert torch.allclose(got, want)
-    assert plugin.weight[0] == 1.0 and plugin.weight[1] == 1.0  # background and old class
+    raw = {3: 0.1 / (1 - 0.9 ** 5), 4: 0.1 / (1 - 0.9 ** 50)}
+    assert plugin.weight[0].item() == pytest.approx(0.1 / (sum(raw.values()) / 2))  # background: n -> inf
+    assert plugin.weight[0] < plugin.weight[3] and plugin.weight[1] == 1.0  # old class: never a target
+    assert ClassBalancedCE({3: 5}, 0.9, seen=[3], background="one").weight[0] == 1.0
+    assert ClassBalancedCE({3: 5, 4: 9}, 0.0).weight.tolist() == [1.0, 1.0, 1.0]  # gamma 0 = plain CE
     batch.pair_labels = torch.tensor([0, 2, 0, 0, 0])  # 2 is outside the span
     with pytest.raises(DataError, match="outside"):
         plugin.loss_terms(StepContext(batch, logits, _model(), 1))
