@@ -115,7 +115,7 @@ class BoxFeatureExtractor(nn.Module):
             raise DataError("pairs", "index outside the boxes", f"indices in [0, {len(boxes_t)})")
         h, w = image.shape[:2]
         s = self._scale(h, w)
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255)
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
         x = ((x - self.mean) / self.std).unsqueeze(0)
         x = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", align_corners=False)
         union = torch.cat([torch.minimum(boxes_t[pairs_t[:, 0], :2], boxes_t[pairs_t[:, 1], :2]),
