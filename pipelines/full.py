@@ -15,16 +15,16 @@ import dataclasses
 import json
 import os
 import sys
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script (also under `ray job submit`): make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.atomic import ensure_writable_dir, write_json
-from components.config import load_config, to_dict
+from components.config import config_hash, load_config, to_dict
 from components.data.planted_sgg import PlantedSGGConfig
 from components.data.planted_vrr import PlantedVRRConfig
 from components.errors import InputError
@@ -99,13 +99,16 @@ def load(preset: str, path: str | None, overrides: list[str]) -> FullConfig:
 
 
 def prepare_stage(cache: StageCache, dataset: str, planted: Any, given: str | None) -> StageResult:
-    """The feature store of one method: a given path (validated) or the planted benchmark written once."""
+    """The feature store of one method: a given path (validated; keyed by its shards' checksums) or the
+    planted benchmark, written once."""
+    key = "sgg" if dataset == "sgg-planted" else "vrr"
     if given:
         from components.data.store import FeatureStore
 
-        FeatureStore(given).validate()
-        return StageResult(f"data-{dataset}", "given", Path(given), {"store": str(Path(given).resolve())}, True, 0.0)
-    key = "sgg" if dataset == "sgg-planted" else "vrr"
+        store = FeatureStore(given)
+        store.validate()
+        digest = config_hash(store.manifest.splits)
+        return StageResult(f"data-{key}", digest, Path(given), {"store": str(Path(given).resolve())}, True, 0.0)
 
     def fn(stage_dir: Path) -> dict:
         cfg = PrepareDataConfig(dataset=dataset, out=str(stage_dir / "store"), **{key: planted})
@@ -114,11 +117,27 @@ def prepare_stage(cache: StageCache, dataset: str, planted: Any, given: str | No
     return cache.run(f"data-{key}", to_dict(planted), fn)
 
 
+# Fields that say where or how to run, not what to compute: left out of a phase's content key.
+NOT_CONTENT = ("store", "output_dir", "out", "ray_address", "experiment", "progress", "track", "plots", "num_cpus")
+
+
+def phase_key(cfg: Any) -> dict:
+    """The content of a phase's config: what changes its results."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in NOT_CONTENT}
+
+
+def timed(timings: dict[str, float], stage: StageResult) -> StageResult:
+    """Record a stage's wall time (0 when cached) and say what happened."""
+    timings[stage.name] = 0.0 if stage.cached else stage.seconds
+    state = "cached" if stage.cached else f"done in {stage.seconds:.1f} s"
+    print(f"[full] {stage.name}: {state} ({stage.path})", flush=True)
+    return stage
+
+
 def run(cfg: FullConfig) -> dict:
     """Run the selected phases; returns the summary (also written to runs/<run_name>/summary.json)."""
-    from pipelines.ray_runtime import init_ray
-
     from components.tracking import Tracker
+    from pipelines.ray_runtime import init_ray
 
     run_root = ensure_writable_dir(Path(cfg.run_dir) / cfg.run_name)
     # One MLflow backend for every phase: runs/mlflow.db unless MLFLOW_TRACKING_URI says otherwise.
@@ -130,31 +149,36 @@ def run(cfg: FullConfig) -> dict:
     resources = init_ray(cfg.ray_address, cfg.num_cpus)
     print(f"[full] Ray resources: {resources}", flush=True)
     timings: dict[str, float] = {}
-    summary: dict[str, Any] = {"run_name": cfg.run_name, "preset": cfg.preset, "sgg": {}, "ltvrr": {}}
+    summary: dict[str, Any] = {"run_name": cfg.run_name, "preset": cfg.preset, "sgg": {}, "ltvrr": {}, "outputs": {}}
 
     if "hml" in cfg.phases:
-        t0 = time.perf_counter()
-        data = prepare_stage(cache, "sgg-planted", cfg.sgg, cfg.sgg_store)
-        timings["data-sgg"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        hml_cfg = dataclasses.replace(cfg.hml, store=data.result["store"],
-                                      output_dir=str(run_root / "hml"), ray_address=cfg.ray_address,
-                                      experiment=cfg.experiment)
-        res = run_hml(hml_cfg)
-        summary["sgg"] = {m: r["metrics"] for m, r in res["methods"].items()}
-        timings["hml"] = time.perf_counter() - t0
+        data = timed(timings, prepare_stage(cache, "sgg-planted", cfg.sgg, cfg.sgg_store))
+
+        def hml_phase(stage_dir: Path) -> dict:
+            hml_cfg = dataclasses.replace(cfg.hml, store=data.result["store"], output_dir=str(stage_dir),
+                                          ray_address=cfg.ray_address, experiment=cfg.experiment)
+            res = run_hml(hml_cfg)
+            return {m: {k: v for k, v in r["metrics"].items() if isinstance(v, (int, float))}
+                    for m, r in res["methods"].items()}
+
+        hml = timed(timings, cache.run("hml", phase_key(cfg.hml), hml_phase, [data]))
+        summary["sgg"] = hml.result
+        summary["outputs"]["hml"] = str(hml.path)
 
     if "diffaug" in cfg.phases:
-        t0 = time.perf_counter()
-        data = prepare_stage(cache, "vrr-planted", cfg.vrr, cfg.vrr_store)
-        timings["data-vrr"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        da_cfg = dataclasses.replace(cfg.diffaug, store=data.result["store"], out=str(run_root / "diffaug"),
-                                     experiment=cfg.experiment, ray_address=cfg.ray_address or "")
-        res = run_diffaug(da_cfg)
-        summary["ltvrr"] = res["results"]
-        summary["ltvrr_fidelity"] = res["fidelity"]
-        timings["diffaug"] = time.perf_counter() - t0
+        data = timed(timings, prepare_stage(cache, "vrr-planted", cfg.vrr, cfg.vrr_store))
+
+        def diffaug_phase(stage_dir: Path) -> dict:
+            da_cfg = dataclasses.replace(cfg.diffaug, store=data.result["store"], out=str(stage_dir),
+                                         experiment=cfg.experiment, ray_address=cfg.ray_address or "")
+            res = run_diffaug(da_cfg)
+            return {"results": res["results"], "fidelity": res["fidelity"], "augmentation": res["augmentation"]}
+
+        da = timed(timings, cache.run("diffaug", phase_key(cfg.diffaug), diffaug_phase, [data]))
+        summary["ltvrr"] = da.result["results"]
+        summary["ltvrr_fidelity"] = da.result["fidelity"]
+        summary["augmentation"] = da.result["augmentation"]
+        summary["outputs"]["diffaug"] = str(da.path)
 
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     log_summary(tracker, parent, summary)
