@@ -1,0 +1,65 @@
+"""The driver of `pipelines/full.py` killed (SIGKILL) in the middle of HML training: nothing incomplete is
+marked complete, and a rerun resumes at the first incomplete stage without redoing the data stage."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARGS = ["--preset", "tiny", "phases=[hml]", "hml.methods=[hml]", "hml.steps_per_stage=60", "hml.checkpoint_every=4",
+        "hml.eval_images=20", "sgg.scale=0.04", "num_cpus=2"]
+
+
+def full(run_dir: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "pipelines" / "full.py"), *ARGS, f"run_dir={run_dir}", "run_name=r"]
+
+
+def env() -> dict:
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
+    e["PYTHONPATH"] = str(ROOT)
+    return e
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_killed_driver_resumes_at_first_incomplete_stage(tmp_path):
+    run_dir = tmp_path / "runs"
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(full(run_dir), stdout=log, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
+    deadline = time.time() + 900
+    checkpoints: list[Path] = []
+    while time.time() < deadline and proc.poll() is None:
+        checkpoints = list((run_dir / ".cache").glob("hml-*/ray/*/checkpoint_*"))
+        if checkpoints:
+            break
+        time.sleep(0.2)
+    assert checkpoints, (tmp_path / "first.log").read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+    proc.wait()
+    log.close()
+
+    cache = run_dir / ".cache"
+    (data_dir,) = cache.glob("data-sgg-*")
+    (hml_dir,) = cache.glob("hml-*")
+    assert (data_dir / "_DONE.json").is_file() and not (hml_dir / "_DONE.json").exists()
+    assert not (run_dir / "r" / "summary.json").exists()
+    assert not list(run_dir.rglob("*.tmp")), "a temp file was left visible"
+
+    second = subprocess.run(full(run_dir), capture_output=True, text=True, env=env(), timeout=1200, check=False)
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-4000:]
+    assert "[full] data-sgg: cached" in out and "[full] hml: done" in out
+    rows = [json.loads(line) for f in hml_dir.glob("stages/hml-stage1-*/metrics.jsonl")
+            for line in f.read_text().splitlines() if line]
+    assert rows and max(r["resumed_from"] for r in rows) > 0, "stage 1 restarted from scratch"
+    assert rows[-1]["step"] == 60
+    summary = json.loads((run_dir / "r" / "summary.json").read_text())
+    assert 0.0 <= summary["sgg"]["hml"]["R@100"] <= 100.0
+    assert (hml_dir / "_DONE.json").is_file()
