@@ -43,5 +43,13 @@ class RelationPredictor(nn.Module):
         raise NotImplementedError
 
     def relation_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """Named parameters regularised by MR (the relation predictor; all trainable ones by default)."""
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        """Named parameters regularised by MR: every trainable one except the frequency-bias table.
+
+        The table (a learnable prior initialised from label-pair counts, ~94% of the MLP predictor's
+        parameters) is left out: its rows are per object-pair statistics, not shared features, and
+        regularising it made a stage-2 step cost ~2x a CE step (benchmarks/bench_hml_step.py).
+        """
+        from components.models.frequency import FrequencyBias
+
+        prior = {id(p) for m in self.modules() if isinstance(m, FrequencyBias) for p in m.parameters()}
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and id(p) not in prior]
