@@ -164,6 +164,8 @@ def run(cfg: FullConfig) -> dict:
         hml = timed(timings, cache.run("hml", phase_key(cfg.hml), hml_phase, [data]))
         summary["sgg"] = hml.result
         summary["outputs"]["hml"] = str(hml.path)
+        for png in sgg_plots(hml.path, data.result["store"], run_root):
+            tracker.log_artifact(parent, png, "plots")
 
     if "diffaug" in cfg.phases:
         data = timed(timings, prepare_stage(cache, "vrr-planted", cfg.vrr, cfg.vrr_store))
@@ -179,6 +181,8 @@ def run(cfg: FullConfig) -> dict:
         summary["ltvrr_fidelity"] = da.result["fidelity"]
         summary["augmentation"] = da.result["augmentation"]
         summary["outputs"]["diffaug"] = str(da.path)
+        for png in ltvrr_plots(summary["ltvrr"], run_root):
+            tracker.log_artifact(parent, png, "plots")
 
     summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     log_summary(tracker, parent, summary)
@@ -189,6 +193,36 @@ def run(cfg: FullConfig) -> dict:
     tracker.close()
     print_summary(summary, run_root)
     return summary
+
+
+def sgg_plots(hml_dir: Path, store_root: str, out: Path) -> list[Path]:
+    """Per-predicate R@100 by training frequency: HML against each baseline (PNG per pair)."""
+    import numpy as np
+
+    from components.data.store import FeatureStore, scene_graphs
+    from components.evaluation.plots import plot_per_predicate_recall
+
+    metrics = {p.parent.name: json.loads(p.read_text()) for p in sorted(hml_dir.glob("*/metrics.json"))}
+    if "hml" not in metrics:
+        return []
+    store = FeatureStore(store_root)
+    names = store.manifest.predicates
+    counts = np.zeros(len(names), np.int64)
+    for table in store.iter_tables("train", check_sum=False):
+        for g in scene_graphs(table):
+            counts += np.bincount(g["rels"][:, 2] - 1, minlength=len(names))
+    return [plot_per_predicate_recall(metrics["hml"], m, counts.tolist(), out / f"per_predicate_R100_hml_vs_{b}.png",
+                                      ("HML", b.upper()), names) for b, m in metrics.items() if b != "hml"]
+
+
+def ltvrr_plots(results: dict, out: Path) -> list[Path]:
+    """Per-band accuracy: every DiffAugment variant and the real-data control against the CE baseline."""
+    from components.evaluation.plots import plot_band_accuracy
+
+    if "baseline_ce" not in results:
+        return []
+    return [plot_band_accuracy(results[v], results["baseline_ce"], out / f"bands_{v}_vs_ce.png", (v, "baseline_ce"))
+            for v in results if v != "baseline_ce"]
 
 
 def log_summary(tracker: Any, run_id: str, summary: dict) -> None:
