@@ -121,7 +121,8 @@ class _SampleActor:
                           "feature": pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1)), feats.shape[1])})
         with atomic_path(path, suffix=".parquet") as tmp:
             pq.write_table(table, tmp)
-        return {"index": index, "rows": hi - lo, "seconds": round(time.perf_counter() - t0, 3)}
+        return {"index": index, "rows": hi - lo, "seconds": round(time.perf_counter() - t0, 3),
+                "node": ray.get_runtime_context().get_node_id()}
 
 
 def _shard_complete(path: Path, ids: np.ndarray) -> bool:
@@ -156,6 +157,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
     paths = {i: out / f"shard-{i:05d}.parquet" for i, _, _ in bounds}
     todo = [b for b in bounds if not _shard_complete(paths[b[0]], ids[b[1]:b[2]])]
     t0 = time.perf_counter()
+    nodes: dict[int, str] = {}  # shard -> Ray node that sampled it in this call (skipped shards: absent)
     if todo:
         ref = ray.put(req)
         actors = [_SampleActor.options(num_cpus=cpus_per_actor).remote(str(bundle_path), _threads(cpus_per_actor))
@@ -163,8 +165,8 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
         try:
             pool = ActorPool(actors)
             work = pool.map_unordered(lambda a, b: a.shard.remote(ref, b[0], b[1], b[2], str(paths[b[0]]), params), todo)
-            for _ in tqdm(work, total=len(todo), desc="diffusion shards", disable=not progress):
-                pass
+            for done in tqdm(work, total=len(todo), desc="diffusion shards", disable=not progress):
+                nodes[done["index"]] = done["node"]
         finally:
             for a in actors:
                 ray.kill(a)
@@ -172,7 +174,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
                 "n_samples": int(len(ids)), "feature_dim": bundle.model.feature_dim, "shard_size": shard_size,
                 "params": params, "skipped_shards": len(bounds) - len(todo), "seconds": round(time.perf_counter() - t0, 3),
                 "shards": [{"index": i, "path": paths[i].name, "rows": hi - lo, "first_id": int(ids[lo]),
-                            "last_id": int(ids[hi - 1])} for i, lo, hi in bounds]}
+                            "last_id": int(ids[hi - 1]), "node": nodes.get(i)} for i, lo, hi in bounds]}
     write_json(out / "manifest.json", manifest)
     return manifest
 
