@@ -46,6 +46,24 @@ def processes_with(marker: str) -> list[int]:
     return out
 
 
+SAMPLE_JOB = """
+import numpy as np, ray
+from components.diffaug.diffusion import DiffusionConfig
+from pipelines.diffusion import sample_on_ray, train_diffusion_on_ray
+ray.init()
+rng = np.random.default_rng(0)
+cfg = DiffusionConfig(steps=4, batch_size=8, hidden=16, layers=1, heads=2, tokens=2, num_inference_steps=40,
+                      dtype="float32")
+res = train_diffusion_on_ray(rng.normal(size=(16, 8)).astype(np.float32), rng.normal(size=(16, 4)).astype(np.float32),
+                             None, None, cfg, "{out}-bundle", cpus=1.0, checkpoint_every=4)
+n = 24
+req = dict(sample_id=np.arange(n), subject=np.zeros(n, int), object=np.zeros(n, int), predicate=np.zeros(n, int),
+           text=rng.normal(size=(n, 4)).astype(np.float32))
+sample_on_ray(res["bundle"], req, "{out}", num_actors=2, shard_size=2, cpus_per_actor=1.0, batch_size=2,
+              progress=False)
+"""
+
+
 @pytest.fixture
 def short_dir():
     """Ray's unix sockets need a short path: a private dir directly under /tmp."""
@@ -103,6 +121,17 @@ def test_two_node_cluster_runs_an_authenticated_job_and_stops_cleanly(short_dir)
     result = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT")).split(" ", 1)[1])
     assert result == {"cpu": 2.0, "alive": 2}
     assert processes_with(f"HMLDIFF_RAY_CLUSTER={cluster_id}")
+
+    # Diffusion sampling scales out: two 1-CPU actors land on the two nodes, each writing shards.
+    script = short_dir / "sample_job.py"
+    script.write_text(SAMPLE_JOB.format(out=str(short_dir / "samples")))
+    r = subprocess.run(check=False, args=[RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--", "python",
+                                          str(script)], capture_output=True, text=True, env=env, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    manifest = json.loads((short_dir / "samples" / "manifest.json").read_text())
+    nodes = {s["node"] for s in manifest["shards"]}
+    assert len(nodes) == 2 and None not in nodes, manifest["shards"]
+    assert sum(s["rows"] for s in manifest["shards"]) == 24
 
     r = subprocess.run(check=False, args=["bash", str(DOWN), "--dir", str(short_dir), "--grace", "5"],
                        capture_output=True, text=True, env=clean_env(), timeout=120)
