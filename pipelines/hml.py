@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -230,8 +232,9 @@ def train_loop_per_worker(cfg: dict) -> None:
         history.append(m)
         fault = cfg.get("fault_injection")  # test hook: fail once (guarded by a marker file) at a step
         if fault and m["step"] == fault["at_step"] and not os.path.exists(fault["marker"]):
-            Path(fault["marker"]).write_text("failed once\n")
-            raise RuntimeError(f"injected worker failure at step {m['step']}")
+            Path(fault["marker"]).write_text("killed once\n")
+            time.sleep(fault.get("delay_s", 3.0))  # some time after the last checkpoint was reported ...
+            os.kill(os.getpid(), signal.SIGKILL)  # ... the worker process dies, as on a lost node
         if m["step"] % cfg["checkpoint_every"] == 0 or m["step"] == cfg["steps"]:
             report({**summarize(history, cfg["checkpoint_every"]), "step": m["step"], "stage": cfg["stage"]})
 

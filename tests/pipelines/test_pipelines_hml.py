@@ -1,4 +1,4 @@
-"""HML pipeline: stage plans and label maps; a tiny two-stage run through Ray Train with an injected
+"""HML pipeline: stage plans and label maps; a tiny two-stage run through Ray Train with a SIGKILLed worker
 worker failure (resumes from its checkpoint, same final step count), evaluation, and a rerun that
 skips the complete stages."""
 import json
