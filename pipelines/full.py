@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "diffusion": {"steps": 150, "num_inference_steps": 10, "hidden": 64, "layers": 2,
                                   "batch_size": 128}},
     },
-    # the embedded default benchmark, ~10 minutes on 2 cores
+    # the embedded default benchmark (measured 41 min on 2 shared cores; DiffAugment dominates)
     "default": {},
     # the papers' sizes (4096-d features, 96K samples, K = 1200), meant for GPUs
     "paper": {
