@@ -164,7 +164,7 @@ def run(cfg: FullConfig) -> dict:
         hml = timed(timings, cache.run("hml", phase_key(cfg.hml), hml_phase, [data]))
         summary["sgg"] = hml.result
         summary["outputs"]["hml"] = str(hml.path)
-        for png in sgg_plots(hml.path, data.result["store"], run_root):
+        for png in sgg_plots(hml.path, run_root):
             tracker.log_artifact(parent, png, "plots")
 
     if "diffaug" in cfg.phases:
@@ -195,24 +195,17 @@ def run(cfg: FullConfig) -> dict:
     return summary
 
 
-def sgg_plots(hml_dir: Path, store_root: str, out: Path) -> list[Path]:
-    """Per-predicate R@100 by training frequency: HML against each baseline (PNG per pair)."""
-    import numpy as np
-
-    from components.data.store import FeatureStore, scene_graphs
+def sgg_plots(hml_dir: Path, out: Path) -> list[Path]:
+    """Per-predicate R@100 by training frequency: HML against each baseline (PNG per pair). Training counts
+    come from the phase's tree.json (the counts the tree was built from), so the store is not read again."""
     from components.evaluation.plots import plot_per_predicate_recall
 
     metrics = {p.parent.name: json.loads(p.read_text()) for p in sorted(hml_dir.glob("*/metrics.json"))}
     if "hml" not in metrics:
         return []
-    store = FeatureStore(store_root)
-    names = store.manifest.predicates
-    counts = np.zeros(len(names), np.int64)
-    for table in store.iter_tables("train", check_sum=False):
-        for g in scene_graphs(table):
-            counts += np.bincount(g["rels"][:, 2] - 1, minlength=len(names))
-    return [plot_per_predicate_recall(metrics["hml"], m, counts.tolist(), out / f"per_predicate_R100_hml_vs_{b}.png",
-                                      ("HML", b.upper()), names) for b, m in metrics.items() if b != "hml"]
+    tree = json.loads((hml_dir / "tree.json").read_text())
+    return [plot_per_predicate_recall(metrics["hml"], m, tree["counts"], out / f"per_predicate_R100_hml_vs_{b}.png",
+                                      ("HML", b.upper()), tree["predicates"]) for b, m in metrics.items() if b != "hml"]
 
 
 def ltvrr_plots(results: dict, out: Path) -> list[Path]:
