@@ -22,6 +22,7 @@ from components.errors import InputError
 from components.evaluation.ltvrr import BANDS, ltvrr_report
 from components.evaluation.predictions import iter_sgg_predictions, load_ltvrr_predictions, read_sgg_manifest
 from components.evaluation.sgg import evaluate_sgg
+from pipelines.cli import exit_code
 
 
 def load_tree(path: Path) -> dict[int, int]:
@@ -100,12 +101,7 @@ def run(argv: list[str] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        print(run(argv))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: print(run(argv)))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from components.data import gqa_lt, vg150
 from components.data.detector import BoxFeatureExtractor, DetectorConfig
 from components.data.schema import RELATION_SAMPLE, SCENE_GRAPH, schema_for
 from components.data.store import StoreWriter, rows_to_table
-from components.errors import ConfigError, DataError, InputError
+from components.errors import ConfigError, DataError
+from pipelines.cli import exit_code
 from pipelines.ray_runtime import init_ray
 
 DATASETS = ("vg150", "gqa_lt")
@@ -228,15 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     overrides = [f"dataset={args.dataset}", f"data={args.data}", f"images={args.images}", f"out={args.out}",
                  *args.overrides]
-    try:
+    def action() -> None:
         cfg = load_config(FeaturesConfig, args.config, overrides)
         init_ray(args.ray_address)
-        root = write_features(cfg)
-        print(json.dumps({"store": str(root)}))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        print(json.dumps({"store": str(write_features(cfg))}))
+
+    return exit_code(action)
 
 
 if __name__ == "__main__":

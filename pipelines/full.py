@@ -27,8 +27,8 @@ from components.atomic import ensure_writable_dir, write_json
 from components.config import config_hash, load_config, to_dict
 from components.data.planted_sgg import PlantedSGGConfig
 from components.data.planted_vrr import PlantedVRRConfig
-from components.errors import InputError
 from components.stages import StageCache, StageResult
+from pipelines.cli import exit_code
 from pipelines.diffaug import DiffAugConfig, run_diffaug
 from pipelines.hml import HMLConfig
 from pipelines.hml import run as run_hml
@@ -255,12 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--config", help="YAML with FullConfig fields")
     ap.add_argument("overrides", nargs="*", help="key=value, e.g. hml.lam=0.25 run_name=ablation")
     args = ap.parse_args(argv)
-    try:
-        run(load(args.preset, args.config, args.overrides))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: run(load(args.preset, args.config, args.overrides)))
 
 
 if __name__ == "__main__":

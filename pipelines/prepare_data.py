@@ -27,7 +27,8 @@ from components.data.planted_sgg import PlantedSGGConfig
 from components.data.planted_vrr import PlantedVRRConfig
 from components.data.schema import RELATION_SAMPLE, SCENE_GRAPH
 from components.data.store import FeatureStore, StoreWriter, relation_arrays, scene_graphs
-from components.errors import ConfigError, InputError
+from components.errors import ConfigError
+from pipelines.cli import exit_code
 
 DATASETS = ("sgg-planted", "vrr-planted")
 SPLITS = ("train", "val", "test")
@@ -114,14 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = [f"dataset={args.dataset}", f"out={args.out}", *args.overrides]
     overrides += [f"{key}.seed={args.seed}"] if args.seed is not None else []
     overrides += [f"{key}.scale={args.scale}"] if args.scale is not None else []
-    try:
-        cfg = load_config(PrepareDataConfig, args.config, overrides)
-        root = write_store(cfg)
-        print(json.dumps(summarize(root), indent=1))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: print(json.dumps(summarize(write_store(
+        load_config(PrepareDataConfig, args.config, overrides))), indent=1)))
 
 
 if __name__ == "__main__":
