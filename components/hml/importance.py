@@ -27,7 +27,7 @@ Choices where the paper is ambiguous (and where we differ from the authors' code
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
@@ -71,37 +71,50 @@ def normalize_importance(omega: torch.Tensor | Mapping[str, torch.Tensor]):
 
 
 class _WeightedSquaredDistance(torch.autograd.Function):
-    """sum((F + Omega) * (theta - theta*)^2), differentiable in theta only (anchors, F, Omega are constants).
+    """sum(w * (theta - theta*)^2) over all params as one flat vector, differentiable in the params only.
 
-    Hand-written backward 2 (F + Omega)(theta - theta*) from one saved tensor: three temporaries per
-    step instead of autograd's eight (this runs over every MR parameter, e.g. a 1M-entry frequency bias)."""
+    `anchor` and `weight` (= F + Omega, precomputed once per stage) are flat in the params' order. The
+    params are concatenated once per step, so the cost is a handful of whole-vector ops whatever the number
+    of parameter tensors; the hand-written backward 2 w (theta - theta*) comes from one saved tensor and
+    reaches each param as a view of one buffer."""
 
     @staticmethod
-    def forward(ctx, theta: torch.Tensor, anchor: torch.Tensor, fisher: torch.Tensor,
-                importance: torch.Tensor) -> torch.Tensor:
-        diff = theta - anchor
-        weighted = torch.add(fisher, importance).mul_(diff)
+    def forward(ctx, anchor: torch.Tensor, weight: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        diff = torch.cat([p.reshape(-1) for p in params]).sub_(anchor)
+        weighted = torch.mul(weight, diff)
         ctx.save_for_backward(weighted)
-        return torch.dot(weighted.reshape(-1), diff.reshape(-1))
+        ctx.shapes = [p.shape for p in params]
+        return torch.dot(weighted, diff)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         (weighted,) = ctx.saved_tensors
-        return weighted * (2.0 * grad), None, None, None
+        flat = weighted * (2.0 * grad)
+        parts = flat.split([s.numel() for s in ctx.shapes])
+        return (None, None, *(g.view(s) for g, s in zip(parts, ctx.shapes)))
+
+
+def mr_buffers(names: Sequence[str], anchors: Mapping[str, torch.Tensor], fisher: Mapping[str, torch.Tensor],
+               importance: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat anchor theta* and weight F + Omega over `names` in order (computed once per stage, not per step)."""
+    missing = [n for n in names if n not in anchors or n not in fisher or n not in importance]
+    if missing:
+        raise InputError("MR parameters", f"no anchor/Fisher/importance for {missing[:5]}",
+                         "the previous stage's checkpoint of the same model")
+    if not names:
+        raise InputError("MR parameters", "empty", "at least one parameter")
+    anchor = torch.cat([anchors[n].detach().reshape(-1) for n in names])
+    weight = torch.cat([torch.add(fisher[n], importance[n]).reshape(-1) for n in names])
+    return anchor, weight
+
+
+def mr_loss_flat(params: Sequence[torch.Tensor], anchor: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """MR of `params` against flat buffers from `mr_buffers` (same order): sum w (theta - theta*)^2 / P."""
+    return _WeightedSquaredDistance.apply(anchor, weight, *params) / anchor.numel()
 
 
 def mr_loss(params: Mapping[str, torch.Tensor], anchors: Mapping[str, torch.Tensor],
             fisher: Mapping[str, torch.Tensor], importance: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """sum_p (F_p + Omega_p) * (theta_p - theta*_p)^2 / P over the named params (P = their element count)."""
-    missing = [n for n in params if n not in anchors or n not in fisher or n not in importance]
-    if missing:
-        raise InputError("MR parameters", f"no anchor/Fisher/importance for {missing[:5]}",
-                         "the previous stage's checkpoint of the same model")
-    total, count = None, 0
-    for name, p in params.items():
-        term = _WeightedSquaredDistance.apply(p, anchors[name], fisher[name], importance[name])
-        total = term if total is None else total + term
-        count += p.numel()
-    if total is None:
-        raise InputError("MR parameters", "empty", "at least one parameter")
-    return total / count
+    anchor, weight = mr_buffers(list(params), anchors, fisher, importance)
+    return mr_loss_flat(list(params.values()), anchor, weight)

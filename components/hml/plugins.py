@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.errors import DataError, InputError
-from components.hml.importance import EPS, importance_increment, mr_loss, normalize_importance
+from components.hml.importance import EPS, importance_increment, mr_buffers, mr_loss_flat, normalize_importance
 from components.models.base import SGBatch
 
 
@@ -96,15 +96,14 @@ class ClassBalancedCE(Plugin):
             norm = sum((1.0 - gamma) / (1.0 - gamma ** n) for n in cnt.values()) / len(cnt)
             w[0] = (1.0 - gamma) / norm
         self.weight = torch.tensor([w.get(c, 1.0) for c in self.span], dtype=torch.float32)
-        self._to_span = {c: i for i, c in enumerate(self.span)}
+        lut = torch.full((max(self.span) + 2,), -2, dtype=torch.long)  # last entry: any label above the span
+        lut[self.span] = torch.arange(len(self.span))
+        self._lut = lut
 
     def span_targets(self, labels: torch.Tensor) -> torch.Tensor:
         """Map batch labels (0, seen ids, -1) to positions in the span (-1 stays ignored)."""
-        lut = torch.full((int(labels.max().clamp(min=0)) + 1,), -2, dtype=torch.long, device=labels.device)
-        for c, i in self._to_span.items():
-            if c < lut.numel():
-                lut[c] = i
-        out = torch.where(labels >= 0, lut[labels.clamp(min=0)], labels)
+        lut = self._lut if self._lut.device == labels.device else self._lut.to(labels.device)
+        out = torch.where(labels >= 0, lut[labels.clamp(0, len(lut) - 1)], labels)
         if (out == -2).any():
             bad = sorted(set(labels[out == -2].tolist()))
             raise DataError("batch pair_labels", f"labels {bad} outside this stage's span",
@@ -113,11 +112,19 @@ class ClassBalancedCE(Plugin):
 
     def loss_terms(self, ctx: StepContext) -> list[LossTerm]:
         targets = self.span_targets(ctx.batch.pair_labels)
-        logits = ctx.logits[:, self.span]
+        logits = span_columns(ctx.logits, self.span)
         if not (targets >= 0).any():
             return [LossTerm(self.name, logits.sum() * 0.0, 1.0)]
-        loss = F.cross_entropy(logits, targets, weight=self.weight.to(logits.device), ignore_index=-1)
+        self.weight = self.weight.to(logits.device)
+        loss = F.cross_entropy(logits, targets, weight=self.weight, ignore_index=-1)
         return [LossTerm(self.name, loss, 1.0)]
+
+
+def span_columns(logits: torch.Tensor, span: Sequence[int]) -> torch.Tensor:
+    """logits[:, span]; a view (no copy, no scatter in backward) when span is 0..k, the usual case."""
+    if list(span) == list(range(len(span))):
+        return logits[:, : len(span)]
+    return logits[:, list(span)]
 
 
 class ConceptReconstruction(Plugin):
@@ -141,15 +148,18 @@ class ConceptReconstruction(Plugin):
 
     def loss_terms(self, ctx: StepContext) -> list[LossTerm]:
         with torch.no_grad():
-            old = torch.softmax(self.old_model(ctx.batch)[:, self.span], dim=1)
-        new = torch.softmax(ctx.logits[:, self.span], dim=1)
+            old = torch.softmax(span_columns(self.old_model(ctx.batch), self.span), dim=1)
+        new = torch.softmax(span_columns(ctx.logits, self.span), dim=1)
         n = max(ctx.logits.shape[0], 1)
         value = (old[:, 1:] - new[:, 1:]).pow(2).sum() / n
         return [LossTerm(self.name, value, self.weight)]
 
 
 class ModelReconstruction(Plugin):
-    """MR = sum_p (F_p + Omega_p) (theta_p - theta*_p)^2 / P towards the previous stage's parameters."""
+    """MR = sum_p (F_p + Omega_p) (theta_p - theta*_p)^2 / P towards the previous stage's parameters.
+
+    theta* and F + Omega are flattened once (on the first step, in the model's parameter order, on the
+    logits' device), so a step costs a few whole-vector ops (see `mr_loss_flat`)."""
 
     name = "mr"
 
@@ -157,14 +167,18 @@ class ModelReconstruction(Plugin):
                  importance: Mapping[str, torch.Tensor], lam: float) -> None:
         self.anchors, self.fisher, self.importance = dict(anchors), dict(fisher), dict(importance)
         self.lam = float(lam)
+        self._model: nn.Module | None = None
+        self._params: list[torch.Tensor] = []
+        self._anchor = self._weight = torch.zeros(0)
 
     def loss_terms(self, ctx: StepContext) -> list[LossTerm]:
-        params = dict(relation_parameters(ctx.model))
         dev = ctx.logits.device
-        to = lambda d: {k: v.to(dev) for k, v in d.items()}  # noqa: E731
-        if next(iter(self.anchors.values())).device != dev:
-            self.anchors, self.fisher, self.importance = to(self.anchors), to(self.fisher), to(self.importance)
-        return [LossTerm(self.name, mr_loss(params, self.anchors, self.fisher, self.importance), self.lam)]
+        if ctx.model is not self._model or self._anchor.device != dev:
+            named = relation_parameters(ctx.model)
+            anchor, weight = mr_buffers([n for n, _ in named], self.anchors, self.fisher, self.importance)
+            self._model, self._params = ctx.model, [p for _, p in named]
+            self._anchor, self._weight = anchor.to(dev), weight.to(dev)
+        return [LossTerm(self.name, mr_loss_flat(self._params, self._anchor, self._weight), self.lam)]
 
 
 def relation_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -179,74 +193,66 @@ class ImportanceTracker(Plugin):
     """Accumulates the Fisher running mean and RWalk importance from each step's gradient (read after
     backward, i.e. after DDP's all-reduce) and parameter move; `result()` gives F and normalised Omega.
 
-    Speed (same values as the dense formulas, tested): the tracker keeps S_t = sum of g^2, so
-    F_t = S_t / t (the closed form of `fisher_running_mean`) and only rows with a non-zero gradient
-    are touched. Elsewhere g = 0, so S is unchanged and max(0, -g * dtheta) = 0 whatever the
-    optimiser's move (Adam moves untouched embedding rows by momentum). A frequency-bias table is ~95%
-    of an MLP predictor's MR parameters and one batch touches a few % of its rows."""
+    Speed (same values as the per-tensor formulas, tested): every quantity lives in one flat buffer over
+    all MR parameters, so a step is a few whole-vector ops whatever the number of parameter tensors, and
+    the tracker keeps S_t = sum of g^2, so F_t = S_t / t (the closed form of `fisher_running_mean`).
+    A parameter without gradient (g = 0) adds 0 to S and max(0, -g * dtheta) = 0 to Omega."""
 
     def __init__(self, model: nn.Module, eps: float = EPS) -> None:
-        self.names = [n for n, _ in relation_parameters(model)]
+        named = relation_parameters(model)
+        self.names = [n for n, _ in named]
+        self._params = [p for _, p in named]
         self.t = 0
         self.eps = eps
-        zeros = lambda p: torch.zeros_like(p.detach(), memory_format=torch.contiguous_format)  # noqa: E731
-        self.sq_sum = {n: zeros(p) for n, p in relation_parameters(model)}  # contiguous: _rows() is a view
-        self.omega = {n: zeros(p) for n, p in relation_parameters(model)}
-        self._pending: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        like = self._params[0].detach() if self._params else torch.zeros(0)
+        zeros = lambda: like.new_zeros(sum(p.numel() for p in self._params))  # noqa: E731
+        self.sq_sum, self.omega = zeros(), zeros()
+        self._grad, self._before, self._delta = zeros(), zeros(), zeros()
+        self._pending = False
 
-    @staticmethod
-    def _rows(x: torch.Tensor) -> torch.Tensor:
-        """(rows, rest) view: first dimension = rows (a 0/1-D tensor is one row)."""
-        return x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)
-
-    @staticmethod
-    def _take(x: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-        """Rows `rows` of x (a copy), or a copy of all of x when rows is None."""
-        return x.clone() if rows is None else x.index_select(0, rows)
-
-    @staticmethod
-    def _add_(x: torch.Tensor, rows: torch.Tensor | None, value: torch.Tensor) -> None:
-        """x[rows] += value in place (all rows when rows is None)."""
-        x.add_(value) if rows is None else x.index_add_(0, rows, value)
+    def _flatten_into(self, tensors: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        """Concatenate `tensors` (one per MR parameter) into the preallocated flat buffer `out`."""
+        return torch.cat([x.detach().reshape(-1) for x in tensors], out=out)
 
     def after_backward(self, ctx: StepContext) -> None:
-        for n, p in relation_parameters(ctx.model):
-            if p.grad is None:
-                continue  # g = 0 everywhere: nothing to add
-            g = self._rows(p.grad.detach())
-            rows = g.abs().sum(1).nonzero().squeeze(1)  # faster than count_nonzero; sum |g| > 0 cannot underflow
-            rows = None if rows.numel() == g.shape[0] else rows  # all rows (e.g. under MR): no index ops
-            g = self._take(g, rows)
-            self._add_(self._rows(self.sq_sum[n]), rows, g.square())
-            self._pending[n] = (rows, g, self._take(self._rows(p.detach()), rows))
+        if not self._params:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._params]
+        g = self._flatten_into(grads, self._grad)
+        self.sq_sum.addcmul_(g, g)
+        self._flatten_into(self._params, self._before)
+        self._pending = True
 
     def after_step(self, ctx: StepContext) -> None:
         self.t += 1
-        for n, p in relation_parameters(ctx.model):
-            if n not in self._pending:
-                continue
-            rows, g, before = self._pending[n]
-            delta = self._take(self._rows(p.detach()), rows).sub_(before)
-            fisher = self._take(self._rows(self.sq_sum[n]), rows).div_(self.t)
-            self._add_(self._rows(self.omega[n]), rows, importance_increment(g, delta, fisher, self.eps))
-        self._pending = {}
+        if not self._pending:
+            return  # no backward this step: g = 0, nothing to add
+        delta = self._flatten_into(self._params, self._delta).sub_(self._before)
+        fisher = torch.div(self.sq_sum, self.t)
+        self.omega.add_(importance_increment(self._grad, delta, fisher, self.eps))
+        self._pending = False
+
+    def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-parameter tensors (own storage, the parameters' shapes) of a flat buffer."""
+        parts = flat.split([p.numel() for p in self._params])
+        return {n: x.reshape(p.shape).clone() for n, x, p in zip(self.names, parts, self._params)}
 
     def result(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(F, normalised Omega) of the stage so far."""
-        return self._fisher(), normalize_importance(self.omega)
+        return self._fisher(), self._split(normalize_importance(self.omega))
 
     def _fisher(self) -> dict[str, torch.Tensor]:
         """F_t = S_t / t (zeros before the first step)."""
-        return {n: v / max(self.t, 1) for n, v in self.sq_sum.items()}
+        return self._split(self.sq_sum / max(self.t, 1))
 
     def state_dict(self) -> dict:
         cpu = lambda d: {k: v.cpu() for k, v in d.items()}  # noqa: E731
-        return {"t": self.t, "fisher": cpu(self._fisher()), "omega": cpu(self.omega)}
+        return {"t": self.t, "fisher": cpu(self._fisher()), "omega": cpu(self._split(self.omega))}
 
     def load_state_dict(self, state: Mapping) -> None:
         if set(state["fisher"]) != set(self.names):
             raise InputError("ImportanceTracker state", "parameter names differ", f"{self.names[:3]}...")
         self.t = int(state["t"])
-        self.sq_sum = {k: (v.to(self.sq_sum[k].device) * max(self.t, 1)).contiguous()
-                       for k, v in state["fisher"].items()}
-        self.omega = {k: v.to(self.omega[k].device, copy=True).contiguous() for k, v in state["omega"].items()}
+        dev = self.sq_sum.device
+        self.sq_sum = torch.cat([state["fisher"][n].reshape(-1) for n in self.names]).to(dev) * max(self.t, 1)
+        self.omega = torch.cat([state["omega"][n].reshape(-1) for n in self.names]).to(dev)

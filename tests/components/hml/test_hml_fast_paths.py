@@ -1,5 +1,5 @@
-"""The fast paths of HML's MR bookkeeping equal the plain formulas: the hand-written MR backward, and the
-row-sparse importance tracker (Fisher as sum/t, rows without gradient skipped) under Adam with embeddings."""
+"""The fast paths of HML's MR bookkeeping equal the plain formulas: the flat hand-written MR backward, and the
+flat-buffer importance tracker (Fisher as sum/t, rows without gradient adding 0) under Adam with embeddings."""
 import copy
 
 import numpy as np
@@ -42,7 +42,7 @@ def _images(n: int, rng: np.random.Generator) -> list[dict]:
     return out
 
 
-def test_sparse_importance_tracker_equals_dense_formulas_under_adam_and_resumes():
+def test_flat_importance_tracker_equals_per_tensor_formulas_under_adam_and_resumes():
     rng = np.random.default_rng(0)
     batches = [sample_pairs(_images(3, rng), rng, 8, 4) for _ in range(6)]
     torch.manual_seed(0)
@@ -70,7 +70,7 @@ def test_sparse_importance_tracker_equals_dense_formulas_under_adam_and_resumes(
             tracker = resumed
     table_grad_rows = (grads["encoder.label_embed.weight"].abs().sum(1) > 0)
     moved_rows = ((model.encoder.label_embed.weight.detach() - before["encoder.label_embed.weight"]).abs().sum(1) > 0)
-    assert (moved_rows & ~table_grad_rows).any()  # Adam moved rows without gradient: the case skipped rows cover
+    assert (moved_rows & ~table_grad_rows).any()  # Adam moved rows without gradient: they must add 0
     f, o = tracker.result()
     want_o = normalize_importance(omega)
     for n, want_f in fisher.items():
