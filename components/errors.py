@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 
+def _one_line(text: str) -> str:
+    """`text` with every run of whitespace (newlines of wrapped library messages too) as one space."""
+    return " ".join(str(text).split())
+
+
 class InputError(ValueError):
     """Bad user input (file, array, name or config value); message names the input and the expectation."""
 
     def __init__(self, where: str, problem: str, expected: str | None = None) -> None:
+        where, problem = _one_line(where), _one_line(problem)
+        expected = _one_line(expected) if expected else expected
         msg = f"{where}: {problem}"
         if expected:
             msg += f" (expected {expected})"

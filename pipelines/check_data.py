@@ -71,6 +71,8 @@ def check_store(root: Path) -> dict:
     """Summary of a feature store after a deep check of every shard; counts from its train split."""
     store = FeatureStore(root)
     m = store.manifest
+    if not store.splits:
+        raise DataError(str(root / MANIFEST), "lists no splits", "at least one split with shards")
     counts_split = "train" if "train" in store.splits else store.splits[0]
     out: dict = {"kind": f"feature_store:{m.kind}", "feature_dim": m.feature_dim, "dtype": m.dtype,
                  "splits": {}, "counts_from": f"{counts_split} split"}

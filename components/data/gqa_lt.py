@@ -117,6 +117,8 @@ def read_split(root: str | Path, split: str, objects: list[str], predicates: lis
             raise DataError(f"{path}[{image!r}]", "not a list", "a list of relations")
         for k, r in enumerate(rels):
             where = f"{path}[{image!r}][{k}]"
+            if not isinstance(r, dict):
+                raise DataError(where, f"is {type(r).__name__} {r!r}", "a relation {subject, object, predicate}")
             try:
                 sub, obj, pred = r["subject"], r["object"], r["predicate"]
                 row = {"sample_id": first_sample_id + len(out), "image_id": str(image), "split": split,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -55,19 +56,39 @@ class Manifest:
                 "meta": self.meta}
 
     @classmethod
-    def from_json(cls, where: str, d: dict) -> "Manifest":
+    def from_json(cls, where: str, d: dict) -> Manifest:
         need = ("kind", "version", "feature_dim", "dtype", "objects", "predicates", "splits")
         missing = [k for k in need if k not in d]
         if missing:
             raise DataError(where, f"manifest misses keys {missing}", f"keys {list(need)}")
         if d["kind"] not in S.KINDS:
             raise DataError(where, f"unknown record kind {d['kind']!r}", f"one of {S.KINDS}")
-        if int(d["version"]) != S.SCHEMA_VERSION:
-            raise DataError(where, f"schema version {d['version']}", f"version {S.SCHEMA_VERSION}")
-        return cls(kind=d["kind"], feature_dim=int(d["feature_dim"]), dtype=d["dtype"],
+        if d["version"] != S.SCHEMA_VERSION:
+            raise DataError(where, f"schema version {d['version']!r}", f"version {S.SCHEMA_VERSION}")
+        fdim = d["feature_dim"]
+        if not isinstance(fdim, int) or isinstance(fdim, bool) or fdim < 1:
+            raise DataError(where, f"feature_dim {fdim!r}", "a positive integer")
+        if d["dtype"] not in ("float16", "float32"):
+            raise DataError(where, f"dtype {d['dtype']!r}", "'float16' or 'float32'")
+        return cls(kind=d["kind"], feature_dim=fdim, dtype=d["dtype"],
                    objects=list(d["objects"]), predicates=list(d["predicates"]),
-                   splits={k: list(v["files"]) for k, v in d["splits"].items()},
-                   version=int(d["version"]), meta=dict(d.get("meta", {})))
+                   splits=_split_files(where, d["splits"]), version=d["version"], meta=dict(d.get("meta", {})))
+
+
+def _split_files(where: str, splits: Any) -> dict[str, list[dict]]:
+    """Shard entries per split from a manifest's "splits", each checked to hold path, rows and sha256."""
+    if not isinstance(splits, dict):
+        raise DataError(where, f"'splits' is {type(splits).__name__}", "{split: {rows, files: [...]}}")
+    out: dict[str, list[dict]] = {}
+    for split, v in splits.items():
+        files = v.get("files") if isinstance(v, dict) else None
+        if not isinstance(files, list):
+            raise DataError(where, f"split {split!r} has no 'files' list", "{rows, files: [{path, rows, sha256}]}")
+        for i, f in enumerate(files):
+            if not isinstance(f, dict) or any(k not in f for k in ("path", "rows", "sha256")):
+                raise DataError(where, f"split {split!r} file entry {i} is {f!r}", "{path, rows, sha256}")
+        out[split] = list(files)
+    return out
 
 
 class StoreWriter:

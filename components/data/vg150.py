@@ -110,6 +110,11 @@ def _read_h5(path: Path, box_scale: int) -> dict[str, np.ndarray]:
             a["boxes"] = np.asarray(f[box_key][()], dtype=np.float64)
     except OSError as e:
         raise DataError(str(path), f"unreadable HDF5 (truncated or not HDF5): {e}", "a complete h5 file") from e
+    for k in (*H5_KEYS, "boxes"):
+        if not np.issubdtype(a[k].dtype, np.number):
+            raise DataError(str(path), f"{k!r} has dtype {a[k].dtype}", "numeric arrays")
+    if a["split"].ndim != 1:
+        raise DataError(str(path), f"'split' has shape {a['split'].shape}", "(N_images,)")
     n_img = a["split"].shape[0]
     checks = {"labels": (None, 1), "boxes": (None, 4), "relationships": (None, 2), "predicates": (None, 1)}
     for k, (_, cols) in checks.items():
@@ -158,6 +163,10 @@ def _align_image_data(path: Path, entries: Any, n_img: int) -> list[dict]:
     for i, e in enumerate(entries):
         if not isinstance(e, dict) or any(k not in e for k in ("width", "height", "image_id")):
             raise DataError(str(path), f"entry {i} lacks width/height/image_id", "{width, height, image_id, url}")
+        if not all(isinstance(e[k], (int, float)) and not isinstance(e[k], bool) and e[k] > 0
+                   for k in ("width", "height")):
+            raise DataError(str(path), f"entry {i} has width {e['width']!r}, height {e['height']!r}",
+                            "positive numbers")
     return entries
 
 
@@ -166,6 +175,8 @@ def split_indices(split_col: np.ndarray, has_boxes: np.ndarray, has_rels: np.nda
     """h5 row indices of `split` in file order, following the benchmark's filtering and val carving."""
     if split not in SPLITS:
         raise DataError("split", f"unknown split {split!r}", f"one of {SPLITS}")
+    if num_val < 0:
+        raise DataError("num_val", f"{num_val} is negative", "a number of validation images >= 0")
     mask = (split_col == (2 if split == "test" else 0)) & has_boxes
     if filter_empty_rels:
         mask &= has_rels
