@@ -19,21 +19,24 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from components.atomic import atomic_path, ensure_writable_dir, write_bytes, write_json, write_text
 from components.config import config_hash, load_config
+from components.data.schema import SCENE_GRAPH
 from components.data.store import FeatureStore, scene_graphs
-from components.errors import ConfigError, InputError
+from components.errors import ConfigError, DataError, InputError
 from components.hml.checkpoint import load_checkpoint, save_checkpoint
 from components.hml.trainer import PreviousStage, stage_plugins, summarize, train_stage, unwrap
 from components.models.registry import PREDICTORS, build_predictor
 from components.stages import StageCache, StageResult
 from components.taxonomy.tree import PredicateTree, build_predicate_tree
+from pipelines.cli import exit_code
 
 METHODS = ("hml", "ce", "cb")
 STATE_FILE = "state.pt"
@@ -284,8 +287,8 @@ def _fit_stage(stage_dir: Path, cfg: HMLConfig, loop_cfg: dict, train_ds) -> dic
     return {"checkpoint": str(final), "steps": int(meta["step"]), "summary": summarize(state["history"])}
 
 
-def build_tree(cfg: HMLConfig, predicates: list[str], counts: np.ndarray, out: Path) -> PredicateTree:
-    """The predicate tree (from `cfg.tree` or built from word vectors), saved as JSON and PNG."""
+def build_tree(cfg: HMLConfig, predicates: list[str], counts: np.ndarray) -> PredicateTree:
+    """The predicate tree, from `cfg.tree` or built from word vectors (nothing written yet)."""
     if cfg.tree:
         tree = PredicateTree.load(cfg.tree)
         if tree.predicates != predicates:
@@ -295,8 +298,6 @@ def build_tree(cfg: HMLConfig, predicates: list[str], counts: np.ndarray, out: P
 
         tree = build_predicate_tree(predicates, [int(c) for c in counts[1:]], load_word_vectors(cfg.vectors),
                                     cfg.threshold, cfg.stages, cfg.overrides)
-    tree.save(out / "tree.json")
-    tree.draw(out / "tree.png")
     return tree
 
 
@@ -329,16 +330,20 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
     from pipelines.ray_runtime import init_ray
     from pipelines.streaming import dataset_from_store
 
-    out = ensure_writable_dir(cfg.output_dir)
     store = FeatureStore(cfg.store)
     man = store.manifest
+    if man.kind != SCENE_GRAPH:
+        raise DataError(cfg.store, f"store kind {man.kind!r}", f"a {SCENE_GRAPH!r} store (e.g. sgg-planted)")
     counts, fb = train_statistics(store, cfg.freq_bias)
+    tree = build_tree(cfg, man.predicates, counts)
+    out = ensure_writable_dir(cfg.output_dir)  # created only once the inputs have been read and checked
+    tree.save(out / "tree.json")
+    tree.draw(out / "tree.png")
     fb_path = None
     if fb is not None:
         fb_path = out / "freq_bias.npy"
         with atomic_path(fb_path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, fb)
-    tree = build_tree(cfg, man.predicates, counts, out)
     model_cfg = {"predictor": cfg.predictor, "num_objects": len(man.objects), "num_predicates": len(man.predicates),
                  "feature_dim": man.feature_dim, "hidden_dim": cfg.hidden_dim}
     base_cfg = {**model_cfg, "model_hash": config_hash({**model_cfg, "freq_bias": cfg.freq_bias}),
@@ -366,7 +371,7 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
 
 def load_stage_model(path: str | Path, model_cfg: dict, fb_path: Path | None):
     """The predictor stored in a stage checkpoint (final model of a method), in eval mode."""
-    meta, state = load_checkpoint(path, expect={"model_hash": config_hash({**model_cfg, "freq_bias": fb_path is not None})})
+    _, state = load_checkpoint(path, expect={"model_hash": config_hash({**model_cfg, "freq_bias": fb_path is not None})})
     model = _build({**model_cfg, "freq_bias_path": str(fb_path) if fb_path else None})
     model.load_state_dict(state["model"])
     return model.eval()
@@ -491,14 +496,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config (HMLConfig fields)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lam=1.0 stages=2")
     args = parser.parse_args(argv)
-    try:
+
+    def action() -> None:
         cfg = load_config(HMLConfig, args.config, args.overrides)
-        results = run(cfg)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summary_table(results, cfg.ks))
-    return 0
+        print(summary_table(run(cfg), cfg.ks))
+
+    return exit_code(action)
 
 
 if __name__ == "__main__":
