@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from components.atomic import atomic_path, ensure_writable_dir, write_text
 from components.errors import InputError
 from components.tracking import mlflow_name, tracking_uri
+from pipelines.cli import exit_code
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
@@ -131,6 +132,30 @@ def plot_metric(df: pd.DataFrame, metric: str, param: str, out: Path) -> Path:
     return target
 
 
+def compare(args: argparse.Namespace) -> None:
+    """Select the runs, print the table, write compare.csv / compare.md and the plots."""
+    uri = args.tracking_uri or tracking_uri("runs")
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise InputError(uri, "tracking database does not exist", "a run directory with mlflow.db")
+    client = MlflowClient(uri)
+    runs = select_runs(client, args.experiment, [r for r in (args.runs or "").split(",") if r], args.sweep)
+    # names as logged: MLflow names cannot hold '@' (mR@50 is stored as mR_at_50)
+    metric = mlflow_name(args.metric) if args.metric else None
+    params = [mlflow_name(p) for p in args.param]
+    df, shown = runs_table(runs, params, metric)
+    out = ensure_writable_dir(args.out)
+    text = to_markdown(df)
+    write_text(out / "compare.csv", df.to_csv(index=False))
+    write_text(out / "compare.md", text)
+    print(text, end="")
+    plots = []
+    if metric:
+        numeric = [p for p in shown if pd.api.types.is_numeric_dtype(df[p])]
+        plots = [plot_metric(df, metric, p, out) for p in (params or numeric)]
+    print(f"{len(df)} runs; wrote {out / 'compare.csv'}, {out / 'compare.md'}"
+          + "".join(f", {p}" for p in plots))
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints the table, writes compare.csv / compare.md and plots."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,31 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/compare", help="output directory (default runs/compare)")
     ap.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///runs/mlflow.db")
     args = ap.parse_args(argv)
-    try:
-        uri = args.tracking_uri or tracking_uri("runs")
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-            raise InputError(uri, "tracking database does not exist", "a run directory with mlflow.db")
-        client = MlflowClient(uri)
-        runs = select_runs(client, args.experiment, [r for r in (args.runs or "").split(",") if r], args.sweep)
-        # names as logged: MLflow names cannot hold '@' (mR@50 is stored as mR_at_50)
-        metric = mlflow_name(args.metric) if args.metric else None
-        params = [mlflow_name(p) for p in args.param]
-        df, shown = runs_table(runs, params, metric)
-        out = ensure_writable_dir(args.out)
-        text = to_markdown(df)
-        write_text(out / "compare.csv", df.to_csv(index=False))
-        write_text(out / "compare.md", text)
-        print(text, end="")
-        plots = []
-        if metric:
-            numeric = [p for p in shown if pd.api.types.is_numeric_dtype(df[p])]
-            plots = [plot_metric(df, metric, p, out) for p in (params or numeric)]
-        print(f"{len(df)} runs; wrote {out / 'compare.csv'}, {out / 'compare.md'}"
-              + "".join(f", {p}" for p in plots))
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(lambda: compare(args))
 
 
 if __name__ == "__main__":
