@@ -242,15 +242,24 @@ def train_loop_per_worker(cfg: dict) -> None:
             report({**summarize(history, cfg["checkpoint_every"]), "step": m["step"], "stage": cfg["stage"]})
 
     shard = ray.train.get_dataset_shard("train")
-    rng = np.random.default_rng([cfg["seed"], cfg["stage"], rank, start])
     lm = np.asarray(cfg["label_map"], dtype=np.int64)
 
     def batches():
+        """Step k trains on the k-th batch of the shard stream (a resumed stage skips the `start` batches it
+        already trained on) with pair sampling and dropout seeded by (seed, stage, rank, k): a resumed
+        stage replays the uninterrupted run as long as the shard yields rows in the same order."""
+        step = 0
         while True:
             n = 0
             for images in iter_scene_graph_batches(shard, cfg["batch_size"]):
                 n += 1
-                yield sample_pairs(images, rng, cfg["max_fg"], cfg["max_bg"], lm).to(device)
+                step += 1
+                if step <= start:
+                    continue
+                seeds = [cfg["seed"], cfg["stage"], rank, step]
+                torch.manual_seed(int(np.random.SeedSequence(seeds).generate_state(1)[0]))  # step's dropout
+                pairs = sample_pairs(images, np.random.default_rng(seeds), cfg["max_fg"], cfg["max_bg"], lm)
+                yield pairs.to(device)
             if n == 0:
                 raise InputError("train split", "no images reached this worker", "at least one image per worker")
 
