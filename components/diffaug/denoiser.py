@@ -17,12 +17,22 @@ epsilon or v) is the caller's prediction type.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
 from components.errors import InputError
+
+
+class Condition(NamedTuple):
+    """Timestep-independent condition of a batch: text (+position) and hardness tokens (B, L, H), which of
+    them are kept (B, L) bool (False = padding or dropped for guidance), and their pooled vector (B, H)."""
+
+    tokens: torch.Tensor
+    keep: torch.Tensor
+    pooled: torch.Tensor
 
 
 class _Block(nn.Module):
@@ -87,22 +97,21 @@ class Denoiser(nn.Module):
         self.out_ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
         self.out = nn.Linear(hidden, self.chunk)
 
-    def _context(self, temb: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None,
-                 hardness: torch.Tensor | None, drop: torch.Tensor | None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Condition tokens (B, L, H), their padding mask (B, L) (True = ignore) and pooled condition (B, H)."""
-        b = temb.shape[0]
+    def encode_condition(self, text: torch.Tensor, text_mask: torch.Tensor | None = None,
+                         hardness: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> Condition:
+        """The timestep-independent part of the condition (computed once per batch when sampling many steps)."""
+        b = text.shape[0]
         if text.dim() == 2:
             text, text_mask = text[:, None, :], None
         max_t = self.text_pos.shape[1]
-        if text.dim() != 3 or text.shape[0] != b or text.shape[2] != self.cond_dim or text.shape[1] > max_t:
+        if text.dim() != 3 or text.shape[2] != self.cond_dim or text.shape[1] > max_t:
             raise InputError("text", f"shape {tuple(text.shape)}",
                              f"(B, T <= {max_t}, {self.cond_dim}) or (B, {self.cond_dim})")
         if text_mask is None:
             text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
         elif text_mask.shape != text.shape[:2]:
             raise InputError("text_mask", f"shape {tuple(text_mask.shape)}", f"{tuple(text.shape[:2])}")
-        parts = [self.null.expand(b, 1, -1), temb[:, None, :], self.text_proj(text) + self.text_pos[:, : text.shape[1]]]
+        parts = [self.text_proj(text) + self.text_pos[:, : text.shape[1]]]
         keep = [text_mask.bool()]
         if self.hard_proj is not None:
             if hardness is None or hardness.shape != (b, self.hardness_dim):
@@ -113,24 +122,40 @@ class Denoiser(nn.Module):
         cond_keep = torch.cat(keep, dim=1)
         if drop is not None:
             cond_keep = cond_keep & ~drop.bool()[:, None]
-        always = torch.ones(b, 2, dtype=torch.bool, device=text.device)
-        cond = torch.cat(parts[2:], dim=1)
+        cond = torch.cat(parts, dim=1)
         w = cond_keep.to(cond.dtype)[..., None]
         pooled = (self.pool_mlp(cond) * w).sum(1) / w.sum(1).clamp_min(1.0)
         pooled = torch.where(cond_keep.any(1)[:, None], pooled, self.null[:, 0].to(pooled.dtype))
-        return torch.cat(parts, dim=1), ~torch.cat([always, cond_keep], dim=1), pooled
+        return Condition(cond, cond_keep, pooled)
+
+    def _context(self, temb: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Condition tokens (B, L, H), their padding mask (B, L) (True = ignore) and pooled condition (B, H)."""
+        b = temb.shape[0]
+        if cond.tokens.shape[0] != b:
+            raise InputError("text", f"{cond.tokens.shape[0]} rows", f"{b} rows, one per row of x")
+        always = torch.ones(b, 2, dtype=torch.bool, device=temb.device)
+        ctx = torch.cat([self.null.expand(b, 1, -1), temb[:, None, :], cond.tokens], dim=1)
+        return ctx, ~torch.cat([always, cond.keep], dim=1), cond.pooled
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None,
                 hardness: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
         """Model output for noisy features `x` (B, D) at integer timesteps `t` (B,)."""
+        self._check_x(x)
+        return self.denoise(x, t, self.encode_condition(text, text_mask, hardness, drop))
+
+    def _check_x(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.feature_dim:
             raise InputError("x", f"shape {tuple(x.shape)}", f"(B, {self.feature_dim})")
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """`forward` with a condition from `encode_condition` (sampling reuses it across all timesteps)."""
+        self._check_x(x)
         b = x.shape[0]
         pad = self.tokens * self.chunk - self.feature_dim
         xs = nn.functional.pad(x, (0, pad)).view(b, self.tokens, self.chunk)
         temb = self.t_embed(self.t_proj(t.reshape(-1).expand(b)).to(x.dtype))
         h = self.inp(xs) + self.pos
-        ctx, ctx_pad, pooled = self._context(temb, text, text_mask, hardness, drop)
+        ctx, ctx_pad, pooled = self._context(temb, cond)
         cvec = temb + pooled
         for blk in self.blocks:
             h = blk(h, cvec, ctx, ctx_pad)

@@ -33,9 +33,10 @@ def per_sample_noise(sample_ids: np.ndarray, dim: int, seed: int) -> np.ndarray:
                      for s in sample_ids]) if len(sample_ids) else np.zeros((0, dim), np.float32)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _denoise(bundle: DiffusionBundle, sched: DDIMScheduler, x: torch.Tensor, steps: torch.Tensor,
              text: torch.Tensor, mask: torch.Tensor | None, hard: torch.Tensor | None, g: float) -> torch.Tensor:
+    """DDIM chain from x over `steps`; the condition (and its guidance copy) is encoded once, not per step."""
     model, dtype = bundle.model, autocast_dtype(bundle.cfg)
     b = len(x)
     guided = g != 1.0
@@ -44,10 +45,16 @@ def _denoise(bundle: DiffusionBundle, sched: DDIMScheduler, x: torch.Tensor, ste
         drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)])
     else:
         drop = None
+    autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
+    with autocast:
+        cond = model.encode_condition(text, mask, hard, drop)
+    xin = torch.empty((2 * b if guided else b, x.shape[1]), dtype=x.dtype)
     for t in steps:
-        xin = torch.cat([x, x]) if guided else x
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            out = model(xin, t.expand(len(xin)), text, mask, hard, drop).float()
+        xin[:b] = x
+        if guided:
+            xin[b:] = x
+        with autocast:
+            out = model.denoise(xin, t.expand(len(xin)), cond).float()
         if guided:
             out = out[b:] + g * (out[:b] - out[b:])
         x = sched.step(out, t, x, eta=0.0).prev_sample
