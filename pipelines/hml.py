@@ -67,6 +67,7 @@ class HMLConfig:
     lam: float = field(default=0.5, metadata={"range": (0.0, None)})
     cr_weight: float = field(default=30.0, metadata={"range": (0.0, None)})
     background_weight: str = field(default="cb", metadata={"choices": ("cb", "one")})
+    cr_span: str = field(default="stage", metadata={"choices": ("stage", "old")})  # see ConceptReconstruction
     # Optimisation
     steps_per_stage: int = field(default=300, metadata={"range": (1, None)})
     batch_size: int = field(default=8, metadata={"range": (1, None)})  # images per worker per step
@@ -203,7 +204,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     counts = {int(k): int(v) for k, v in cfg["counts"].items()}
     plugins, tracker = stage_plugins(base, counts, cfg["seen"], cfg["gamma"], previous, cfg["cr_weight"], cfg["lam"],
-                                     background=cfg["background_weight"])
+                                     background=cfg["background_weight"], cr_span=cfg["cr_span"])
     expect = {"model_hash": cfg["model_hash"], "stage_key": cfg["stage_key"]}
     start, history = 0, []
     resumed = ray.train.get_checkpoint()
@@ -359,7 +360,7 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
                 "freq_bias_path": str(fb_path.resolve()) if fb_path else None,
                 "data": [f["sha256"] for f in man.splits["train"]], "batch_size": cfg.batch_size,
                 "max_fg_per_image": cfg.max_fg_per_image, "max_bg_per_image": cfg.max_bg_per_image,
-                "lr": cfg.lr, "seed": cfg.seed, "background_weight": cfg.background_weight,
+                "lr": cfg.lr, "seed": cfg.seed, "background_weight": cfg.background_weight, "cr_span": cfg.cr_span,
                 "num_workers": cfg.num_workers,
                 "checkpoint_every": cfg.checkpoint_every, "threads": cfg.threads_per_worker}
     init_ray(cfg.ray_address, cfg.num_cpus)

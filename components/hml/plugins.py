@@ -130,28 +130,37 @@ def span_columns(logits: torch.Tensor, span: Sequence[int]) -> torch.Tensor:
 class ConceptReconstruction(Plugin):
     """CR = sum_{i, j in old classes} (softmax(x_old)_ij - softmax(z_new)_ij)^2 / N on the SAME pairs.
 
-    Both softmaxes span the previous stage's CE span (background + `old_classes`): that is the output
-    space the old model was trained on, and the new model's not-yet-seen columns would otherwise leak
-    into the comparison. The squared differences are summed over the old (non-background) classes,
-    N = number of pairs in the batch (all pairs: fine-annotated, other-stage (-1) and background)."""
+    The old model's softmax spans its own CE span (background + `old_classes`), the output space it was
+    trained on. Eq. 5 leaves the new model's span open; `new_span` chooses it:
+    - None ("old" mode): the same old span, renormalised. CR then fixes only how old classes compare
+      with background, not with the new classes, which the stage's CE pushes down as never-target
+      negatives: on sgg-planted the final model's stage-1 classes fell to ~8% recall.
+    - the stage's CE span (background + all seen classes; "stage" mode, the pipeline's default): the new
+      model must give each old class the old model's absolute probability, so new classes can only
+      take the mass the old model gave to background and to other old classes.
+    The squared differences are summed over the old (non-background) classes, N = number of pairs in
+    the batch (all pairs: fine-annotated, other-stage (-1) and background)."""
 
     name = "cr"
 
-    def __init__(self, old_model: nn.Module, old_classes: Sequence[int], weight: float) -> None:
+    def __init__(self, old_model: nn.Module, old_classes: Sequence[int], weight: float,
+                 new_span: Sequence[int] | None = None) -> None:
         if not old_classes:
             raise InputError("ConceptReconstruction.old_classes", "empty", "the previous stages' classes")
         self.old_model = old_model.eval()
         for p in self.old_model.parameters():
             p.requires_grad_(False)
         self.span = [0] + sorted(int(c) for c in old_classes)
+        self.new_span = sorted(set(self.span) | {int(c) for c in new_span}) if new_span is not None else self.span
+        self._old_in_new = [self.new_span.index(c) for c in self.span[1:]]
         self.weight = float(weight)
 
     def loss_terms(self, ctx: StepContext) -> list[LossTerm]:
         with torch.no_grad():
             old = torch.softmax(span_columns(self.old_model(ctx.batch), self.span), dim=1)
-        new = torch.softmax(span_columns(ctx.logits, self.span), dim=1)
+        new = torch.softmax(span_columns(ctx.logits, self.new_span), dim=1)
         n = max(ctx.logits.shape[0], 1)
-        value = (old[:, 1:] - new[:, 1:]).pow(2).sum() / n
+        value = (old[:, 1:] - span_columns(new, self._old_in_new)).pow(2).sum() / n
         return [LossTerm(self.name, value, self.weight)]
 
 

@@ -103,12 +103,18 @@ class PreviousStage:
 
 def stage_plugins(model: nn.Module, counts: Mapping[int, int], seen: Sequence[int], gamma: float,
                   previous: PreviousStage | None = None, cr_weight: float = 1.0, lam: float = 0.5,
-                  track_importance: bool = True, background: str = "cb") -> tuple[list[Plugin], ImportanceTracker | None]:
-    """Plugins of one HML stage: CB-CE (+ CR + lambda MR after stage 1) and the importance tracker."""
+                  track_importance: bool = True, background: str = "cb",
+                  cr_span: str = "stage") -> tuple[list[Plugin], ImportanceTracker | None]:
+    """Plugins of one HML stage: CB-CE (+ CR + lambda MR after stage 1) and the importance tracker.
+    `cr_span`: "stage" compares old classes inside the stage's whole CE span, "old" inside the old span
+    (see ConceptReconstruction)."""
+    if cr_span not in ("stage", "old"):
+        raise InputError("cr_span", f"{cr_span!r}", "'stage' or 'old'")
     plugins: list[Plugin] = [ClassBalancedCE(counts, gamma, seen=seen, background=background)]
     if previous is not None:
         if cr_weight > 0:
-            plugins.append(ConceptReconstruction(previous.model, previous.classes, cr_weight))
+            plugins.append(ConceptReconstruction(previous.model, previous.classes, cr_weight,
+                                                 new_span=seen if cr_span == "stage" else None))
         if lam > 0:
             plugins.append(ModelReconstruction(previous.anchors, previous.fisher, previous.importance, lam))
     tracker = ImportanceTracker(unwrap(model)) if track_importance else None

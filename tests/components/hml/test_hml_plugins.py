@@ -107,6 +107,33 @@ def test_cr_zero_for_identical_models_positive_otherwise_on_same_pairs():
     assert all(h["weighted_cr"] == pytest.approx(2.0 * h["loss_cr"]) for h in hist)
 
 
+class _Fixed(torch.nn.Module):
+    """A 'model' whose logits are a fixed tensor (for hand-computed CR values)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, batch):
+        return self.logits
+
+
+def test_cr_spans_hand_values():
+    """Old span: both softmaxes over [bg, old]; stage span: the new softmax over the stage's whole span."""
+    old_logits = torch.tensor([[0.0, 1.0, 2.0, 0.0, 0.0], [1.0, 0.0, -1.0, 0.0, 0.0]])
+    new_logits = torch.tensor([[0.5, 0.0, 1.0, 2.0, -1.0], [0.0, 1.0, 0.0, 3.0, 0.0]])
+    batch = next(_batches(np.array([0, 1, -1, -1, -1])))
+    ctx = StepContext(batch, new_logits, _Fixed(new_logits), 1)
+    old_p = torch.softmax(old_logits[:, [0, 1, 2]], 1)
+    want_old = ((old_p[:, 1:] - torch.softmax(new_logits[:, [0, 1, 2]], 1)[:, 1:]) ** 2).sum() / 2
+    want_stage = ((old_p[:, 1:] - torch.softmax(new_logits[:, [0, 1, 2, 3]], 1)[:, 1:3]) ** 2).sum() / 2
+    old_mode = ConceptReconstruction(_Fixed(old_logits), [2, 1], weight=1.0)
+    stage_mode = ConceptReconstruction(_Fixed(old_logits), [1, 2], weight=1.0, new_span=[1, 2, 3])
+    assert old_mode.loss_terms(ctx)[0].value.item() == pytest.approx(want_old.item(), rel=1e-6)
+    assert stage_mode.loss_terms(ctx)[0].value.item() == pytest.approx(want_stage.item(), rel=1e-6)
+    assert want_old.item() != pytest.approx(want_stage.item(), rel=1e-3)
+
+
 def test_importance_tracker_matches_hand_formulas():
     model = _model(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
