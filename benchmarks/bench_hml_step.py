@@ -139,7 +139,7 @@ def run(quick: bool = False) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one training thread, as in the pipeline's workers (threads_per_worker=1)
     try:
-        n_images, rounds, warmup = (64, 30, 5) if quick else (800, 400, 30)
+        n_images, rounds, warmup = (64, 100, 10) if quick else (800, 400, 30)
         batch_size, hidden_dim, feature_dim = 8, 128, 64
         images, n_obj, n_pred = _images(n_images, feature_dim)
         variants, batches = build_variants(images, n_obj, n_pred, feature_dim, batch_size, hidden_dim,
