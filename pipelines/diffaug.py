@@ -67,7 +67,8 @@ ENCODERS = ("minilm", "glove-roles", "glove-mean", "openclip")
 
 @dataclass
 class DiffAugConfig:
-    """Everything the DiffAugment phase needs; defaults are scaled down from the paper for 2 CPU cores."""
+    """Everything the DiffAugment phase needs; defaults are scaled down from the paper so the phase fits
+    about 6 minutes on 2 CPU cores (full.py's `paper` preset restores the paper's sizes)."""
 
     store: str = ""
     out: str = ""
@@ -81,11 +82,13 @@ class DiffAugConfig:
     hardness_k: int = field(default=64, metadata={"range": (1, 100000)})  # paper: 1200
     embed_dim: int = field(default=256, metadata={"range": (1, None)})
     hidden: int = field(default=512, metadata={"range": (1, None)})
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20))  # baselines; was 30
     finetune_epochs: int = field(default=10, metadata={"range": (1, None)})  # paper: 10
     finetune_batch: int = field(default=256, metadata={"range": (1, None)})  # paper: 256
     finetune_lr: float = field(default=1e-4, metadata={"range": (0.0, 1.0)})
-    finetune_real_fraction: float = field(default=0.0, metadata={"range": (0.0, 0.95)})
+    # share of random real training samples added to every fine-tuning set (real_balanced_ft too): with 0 the
+    # many band collapses, since fine-tuning then sees only tail samples
+    finetune_real_fraction: float = field(default=0.5, metadata={"range": (0.0, 0.95)})
     n_generated: int = field(default=4000, metadata={"range": (2, None)})  # paper: 96K (half few, half medium)
     strength: float = field(default=0.7, metadata={"range": (0.0, 1.0)})
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
