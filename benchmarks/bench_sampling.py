@@ -1,21 +1,35 @@
 """Diffusion sampling benchmark: Ray actor pool vs one in-process loop, and achieved FLOP/s vs the matmul ceiling.
 
-`sampling_pool_ratio` = vectors/s of `pipelines.diffusion.sample_on_ray` (one 1-thread actor per core,
-parquet shards written, actor start-up included) / vectors/s of `sample_features` in this process with
-torch threads = cores (goal >= 0.9). `sampling_flops_fraction` = denoiser matmul FLOPs (counted by
-torch.utils.flop_counter.FlopCounterMode on one forward, times steps and the 2x of guidance) per second of
-the in-process loop / this machine's matmul ceiling in the same dtype, measured in the same run (goal
->= 0.7). The model is untrained (speed does not depend on the weights).
+`sampling_pool_ratio` = vectors/s of `pipelines.diffusion.sample_on_ray` (one 1-CPU, 1-thread actor per
+core, parquet shards written, actor start-up included) / vectors/s of `sample_features` in this process
+with torch threads = cores (same total threads; goal >= 0.9). `sampling_pool_compute_ratio` leaves out the
+pool's start-up: the actors' own per-shard sampling seconds (from the manifest), summed and divided by the
+number of actors. The two are measured alternately `repeats` times; medians are reported.
+
+`sampling_flops_fraction` = the denoiser's matmul FLOPs per second of the in-process loop / this machine's
+matmul ceiling (n x n fp32/bf16 matmul, all threads) in the same dtype, measured in the same run (goal >=
+0.7). The FLOPs are counted analytically from the modules that run (every nn.Linear: 2 * rows * in * out;
+every nn.MultiheadAttention: its q/k/v/out projections and 4 * B * Tq * Tk * E for scores and mixing), with
+the condition encoded once per batch and the denoiser once per step (x2 rows under guidance), exactly what
+`sample_features` executes. torch.utils.flop_counter.FlopCounterMode is reported next to it: it misses the
+self-attention fast path (`_native_multi_head_attention` is one opaque op to it) and so undercounts.
+Why the fraction is what it is: `sampling_matmul_time_share` (profiler: share of self CPU time in matmul ops
+during one guided denoiser step) and `sampling_gemm_fraction` (the denoiser's largest GEMM shape alone, as
+a fraction of the ceiling); the fraction cannot exceed roughly their product. The model is untrained (speed
+does not depend on the weights).
 """
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.machine import matmul_ceiling
@@ -23,6 +37,7 @@ from components.diffaug.diffusion import DiffusionBundle, DiffusionConfig, autoc
 from components.diffaug.sampling import sample_features
 
 FEATURE_DIM, COND_DIM, TEXT_TOKENS, HARDNESS_DIM = 128, 384, 3, 32
+MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
 
 
 def _setup(quick: bool) -> tuple[DiffusionBundle, dict, int]:
@@ -39,59 +54,173 @@ def _setup(quick: bool) -> tuple[DiffusionBundle, dict, int]:
     return bundle, req, 256 if quick else 512
 
 
-def _flops_per_sample(bundle: DiffusionBundle, req: dict, batch: int) -> float:
-    """Matmul FLOPs of one full sampling chain per sample (forward count x steps x guidance factor)."""
-    m = bundle.model
-    dtype = autocast_dtype(bundle.cfg)
-    with torch.no_grad(), FlopCounterMode(display=False) as fc, \
-            torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-        m(torch.randn(batch, FEATURE_DIM), torch.full((batch,), 500), torch.from_numpy(req["text"][:batch]),
-          torch.from_numpy(req["text_mask"][:batch]), torch.from_numpy(req["hardness"][:batch]))
+class AnalyticFlops:
+    """Counts matmul FLOPs of the nn.Linear and nn.MultiheadAttention modules a model runs (forward hooks)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.flops, self._hooks = model, 0, []
+
+    def _linear(self, m: nn.Linear, args: tuple, _out: torch.Tensor) -> None:
+        self.flops += 2 * (args[0].numel() // m.in_features) * m.in_features * m.out_features
+
+    def _mha(self, m: nn.MultiheadAttention, args: tuple, _out: object) -> None:
+        q, k = args[0], args[1]  # batch_first (B, T, E)
+        e, tq, tk, b = m.embed_dim, q.shape[1], k.shape[1], q.shape[0]
+        self.flops += 2 * e * e * b * (2 * tq + 2 * tk) + 4 * b * tq * tk * e
+
+    def __enter__(self) -> "AnalyticFlops":
+        for mod in self.model.modules():
+            if isinstance(mod, nn.MultiheadAttention):
+                self._hooks.append(mod.register_forward_hook(self._mha))
+            elif isinstance(mod, nn.Linear) and not isinstance(mod, nn.modules.linear.NonDynamicallyQuantizableLinear):
+                self._hooks.append(mod.register_forward_hook(self._linear))  # MHA's out_proj runs functionally
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
+def _inputs(req: dict, rows: int) -> tuple[torch.Tensor, ...]:
+    """Guided-batch inputs of the denoiser (`rows` = 2 x batch: conditional and unconditional halves)."""
+    take = lambda k: torch.from_numpy(req[k][: rows // 2]).repeat(2, *([1] * (req[k].ndim - 1)))  # noqa: E731
+    drop = torch.cat([torch.zeros(rows // 2, dtype=torch.bool), torch.ones(rows // 2, dtype=torch.bool)])
+    return torch.randn(rows, FEATURE_DIM), torch.full((rows,), 500), take("text"), take("text_mask"), take("hardness"), drop
+
+
+def flops_per_sample(bundle: DiffusionBundle, req: dict, batch: int) -> dict[str, float]:
+    """Matmul FLOPs of one full sampling chain per sample: analytic (used) and FlopCounterMode (reported)."""
+    m, dtype, steps = bundle.model, autocast_dtype(bundle.cfg), bundle.cfg.num_inference_steps
     guided = 2 if bundle.cfg.guidance_scale != 1.0 else 1
-    return fc.get_total_flops() / batch * bundle.cfg.num_inference_steps * guided
+    x, t, text, mask, hard, drop = _inputs(req, guided * batch)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        with AnalyticFlops(m) as enc:
+            cond = m.encode_condition(text, mask, hard, drop)
+        with AnalyticFlops(m) as den:
+            m.denoise(x, t, cond)
+        with FlopCounterMode(display=False) as fc:
+            m.denoise(x, t, cond)
+    return {"analytic": (enc.flops + steps * den.flops) / batch,
+            "flop_counter_mode": (enc.flops + steps * fc.get_total_flops()) / batch}
 
 
-def run(quick: bool = False) -> dict:
+def matmul_time_share(bundle: DiffusionBundle, req: dict, batch: int) -> float:
+    """Share of self CPU time in matmul ops during one guided denoiser step (profiler, after a warm-up)."""
+    m, dtype = bundle.model, autocast_dtype(bundle.cfg)
+    x, t, text, mask, hard, drop = _inputs(req, 2 * batch)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        cond = m.encode_condition(text, mask, hard, drop)
+        m.denoise(x, t, cond)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            m.denoise(x, t, cond)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / max(total, 1e-9)
+
+
+def _ceiling(dtype: torch.dtype, threads: int) -> float:
+    """The matmul ceiling (FLOP/s) with `threads` torch threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return matmul_ceiling(dtype, repeats=3)
+    finally:
+        torch.set_num_threads(old)
+
+
+def gemm_fraction(rows: int, hidden: int, dtype: torch.dtype, ceiling: float, threads: int, repeats: int = 3) -> float:
+    """Best FLOP/s of the denoiser's largest GEMM, (rows, hidden) @ (hidden, 4 hidden), as a fraction of the ceiling."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(rows, hidden).to(dtype), torch.randn(hidden, 4 * hidden).to(dtype)
+        torch.matmul(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+    return 2.0 * rows * hidden * 4 * hidden / best / ceiling
+
+
+def _inprocess_seconds(bundle: DiffusionBundle, req: dict, batch: int, threads: int) -> float:
+    """Wall seconds of `sample_features` over all requests in this process with `threads` torch threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        t0 = time.perf_counter()
+        sample_features(bundle, req["text"], req["text_mask"], req["hardness"], req["sample_id"], batch_size=batch)
+        return time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old)
+
+
+def _pool_seconds(path: Path, req: dict, out: Path, cores: int, batch: int) -> tuple[float, float]:
+    """(wall seconds incl. actor start-up, per-actor sampling seconds) of `sample_on_ray` with one actor per core."""
+    from pipelines.diffusion import sample_on_ray
+
+    n = len(req["sample_id"])
+    t0 = time.perf_counter()
+    manifest = sample_on_ray(path, req, out, num_actors=cores, shard_size=max(batch, n // (2 * cores)),
+                             cpus_per_actor=1.0, batch_size=batch, progress=False)
+    wall = time.perf_counter() - t0
+    return wall, sum(s["seconds"] for s in manifest["shards"]) / cores
+
+
+def run(quick: bool = False, repeats: int | None = None) -> dict:
     """Measure pool vs in-process sampling throughput and the FLOP/s fraction of the matmul ceiling."""
     import ray
 
-    from pipelines.diffusion import sample_on_ray
-
     cores = os.cpu_count() or 1
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(cores)
+    repeats = repeats or (2 if quick else 5)
     bundle, req, batch = _setup(quick)
     dtype = autocast_dtype(bundle.cfg)
     n = len(req["sample_id"])
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(cores)
     try:
-        sample_features(bundle, req["text"][:batch], req["text_mask"][:batch], req["hardness"][:batch],
-                        req["sample_id"][:batch], batch_size=batch)  # warm-up
-        t0 = time.perf_counter()
-        sample_features(bundle, req["text"], req["text_mask"], req["hardness"], req["sample_id"], batch_size=batch)
-        t_inproc = time.perf_counter() - t0
-        flops = _flops_per_sample(bundle, req, batch) * n
-        ceiling = matmul_ceiling(dtype)
+        _inprocess_seconds(bundle, {k: v[:batch] for k, v in req.items()}, batch, cores)  # warm-up
+        flops = flops_per_sample(bundle, req, batch)
+        share = matmul_time_share(bundle, req, batch)
     finally:
         torch.set_num_threads(old_threads)
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
+    inproc, pool_wall, pool_compute, ceil, ceil_1, gemm = [], [], [], [], [], []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = save_bundle(bundle, Path(tmp) / "bundle.safetensors")
-            t0 = time.perf_counter()
-            sample_on_ray(path, req, Path(tmp) / "out", num_actors=cores, shard_size=max(batch, n // (2 * cores)),
-                          cpus_per_actor=0.5, batch_size=batch, progress=False)
-            t_pool = time.perf_counter() - t0
+            for r in range(repeats):  # alternate everything so load from other processes hits all alike
+                wall, compute = _pool_seconds(path, req, Path(tmp) / f"out{r}", cores, batch)
+                pool_wall.append(wall)
+                pool_compute.append(compute)
+                ceil.append(_ceiling(dtype, cores))
+                inproc.append(_inprocess_seconds(bundle, req, batch, cores))
+                ceil_1.append(_ceiling(dtype, 1))
+                gemm.append(gemm_fraction(2 * batch * bundle.model.tokens, bundle.cfg.hidden, dtype, ceil[-1], cores))
     finally:
         if started:
             ray.shutdown()
-    return {"sampling_pool_ratio": (n / t_pool) / (n / t_inproc), "sampling_flops_fraction": flops / t_inproc / ceiling,
-            "sampling_inprocess_vectors_per_s": n / t_inproc, "sampling_pool_vectors_per_s": n / t_pool,
-            "sampling_achieved_gflops": flops / t_inproc / 1e9, "sampling_ceiling_gflops": ceiling / 1e9,
-            "sampling_dtype": str(dtype).replace("torch.", ""), "sampling_n": n,
-            "sampling_steps": bundle.cfg.num_inference_steps}
+    fractions = [flops["analytic"] * n / t / c for t, c in zip(inproc, ceil)]
+    t_in, t_pool, t_comp, ceiling, ceiling_1 = (statistics.median(v) for v in (inproc, pool_wall, pool_compute,
+                                                                                ceil, ceil_1))
+    achieved = flops["analytic"] * n / t_in
+    return {"sampling_pool_ratio": t_in / t_pool, "sampling_pool_compute_ratio": t_in / t_comp,
+            "sampling_flops_fraction": statistics.median(fractions),
+            "sampling_inprocess_vectors_per_s": n / t_in, "sampling_pool_vectors_per_s": n / t_pool,
+            "sampling_achieved_gflops": achieved / 1e9, "sampling_ceiling_gflops": ceiling / 1e9,
+            "sampling_ceiling_1thread_gflops": ceiling_1 / 1e9,
+            "sampling_flops_fraction_per_repeat": [round(f, 3) for f in fractions],
+            "sampling_matmul_time_share": share, "sampling_gemm_fraction": statistics.median(gemm),
+            "sampling_flops_per_sample_analytic": flops["analytic"],
+            "sampling_flops_per_sample_flop_counter_mode": flops["flop_counter_mode"],
+            "sampling_dtype": str(dtype).replace("torch.", ""), "sampling_n": n, "sampling_batch": batch,
+            "sampling_steps": bundle.cfg.num_inference_steps, "sampling_repeats": repeats,
+            "sampling_loadavg_1min": os.getloadavg()[0]}
 
 
 if __name__ == "__main__":
@@ -99,7 +228,9 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
-    res = run(quick=ap.parse_args().quick)
+    ap.add_argument("--repeats", type=int, default=None)
+    args = ap.parse_args()
+    res = run(quick=args.quick, repeats=args.repeats)
     print("| key | value |\n|---|---|")
     for k, v in res.items():
         print(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")

@@ -158,6 +158,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
     todo = [b for b in bounds if not _shard_complete(paths[b[0]], ids[b[1]:b[2]])]
     t0 = time.perf_counter()
     nodes: dict[int, str] = {}  # shard -> Ray node that sampled it in this call (skipped shards: absent)
+    seconds: dict[int, float] = {}  # shard -> the actor's sampling + writing seconds (skipped shards: absent)
     if todo:
         ref = ray.put(req)
         actors = [_SampleActor.options(num_cpus=cpus_per_actor).remote(str(bundle_path), _threads(cpus_per_actor))
@@ -167,6 +168,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
             work = pool.map_unordered(lambda a, b: a.shard.remote(ref, b[0], b[1], b[2], str(paths[b[0]]), params), todo)
             for done in tqdm(work, total=len(todo), desc="diffusion shards", disable=not progress):
                 nodes[done["index"]] = done["node"]
+                seconds[done["index"]] = done["seconds"]
         finally:
             for a in actors:
                 ray.kill(a)
@@ -174,7 +176,8 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
                 "n_samples": int(len(ids)), "feature_dim": bundle.model.feature_dim, "shard_size": shard_size,
                 "params": params, "skipped_shards": len(bounds) - len(todo), "seconds": round(time.perf_counter() - t0, 3),
                 "shards": [{"index": i, "path": paths[i].name, "rows": hi - lo, "first_id": int(ids[lo]),
-                            "last_id": int(ids[hi - 1]), "node": nodes.get(i)} for i, lo, hi in bounds]}
+                            "last_id": int(ids[hi - 1]), "node": nodes.get(i), "seconds": seconds.get(i)}
+                           for i, lo, hi in bounds]}
     write_json(out / "manifest.json", manifest)
     return manifest
 

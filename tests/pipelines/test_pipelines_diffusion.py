@@ -48,6 +48,7 @@ def test_pool_sampling_writes_every_id_once_equal_to_in_process(trained, tmp_pat
     req = _requests()
     manifest = sample_on_ray(res["bundle"], req, tmp_path, num_actors=2, shard_size=5, batch_size=4, progress=False)
     assert len(manifest["shards"]) == 5 and manifest["skipped_shards"] == 0
+    assert all(s["seconds"] > 0 for s in manifest["shards"])  # each actor's own time per shard
     table = load_samples(tmp_path)
     ids = table.column("sample_id").to_numpy()
     assert sorted(ids.tolist()) == req["sample_id"].tolist()
@@ -63,6 +64,7 @@ def test_pool_sampling_writes_every_id_once_equal_to_in_process(trained, tmp_pat
     (tmp_path / "shard-00003.parquet").write_bytes(b"truncated")
     redo = sample_on_ray(res["bundle"], req, tmp_path, num_actors=1, shard_size=5, progress=False)
     assert redo["skipped_shards"] == 3
+    assert [s["seconds"] is None for s in redo["shards"]] == [True, True, False, False, True]
     table2 = load_samples(tmp_path)
     assert np.allclose(np.stack(table2.column("feature").to_numpy(zero_copy_only=False)), got, atol=1e-5)
 
