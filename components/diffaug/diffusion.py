@@ -40,7 +40,7 @@ class DiffusionConfig:
     prediction_type: str = field(default="sample", metadata={"choices": ("sample", "epsilon", "v_prediction")})
     lr: float = field(default=3e-4, metadata={"range": (0.0, 1.0)})
     weight_decay: float = field(default=0.0, metadata={"range": (0.0, 1.0)})
-    # 2 cores: training dominated the phase (2000 x 256 at hidden 256 was ~65% of 36 min)
+    # sized for 2 cores: the old 2000 steps x 256 at hidden 256 were ~65% of the phase's CPU time
     steps: int = field(default=1000, metadata={"range": (1, None)})
     batch_size: int = field(default=128, metadata={"range": (1, None)})
     hidden: int = field(default=128, metadata={"range": (1, None)})
