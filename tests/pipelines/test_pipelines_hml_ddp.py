@@ -4,14 +4,14 @@ import json
 
 import pytest
 import torch
+from test_pipelines_hml import store  # noqa: F401  (the tiny planted store fixture)
 
 from components.hml.checkpoint import load_checkpoint
 from pipelines.hml import HMLConfig, run
-from test_pipelines_hml import store  # noqa: F401  (the tiny planted store fixture)
 
 
 @pytest.mark.ray
-def test_two_workers_two_stages_complete_with_finite_nonzero_fisher_and_importance(ray_local, store, tmp_path):  # noqa: F811
+def test_two_workers_two_stages_finite_nonzero_fisher_and_importance(ray_local, store, tmp_path):  # noqa: F811
     cfg = HMLConfig(store=str(store), output_dir=str(tmp_path / "out"), methods=["hml"], hidden_dim=8,
                     steps_per_stage=4, checkpoint_every=2, batch_size=4, max_bg_per_image=16, num_workers=2,
                     cpus_per_worker=0.5, max_failures=0, stages=2, track=False, progress=False, ks=[20, 50])
