@@ -70,6 +70,10 @@ class HMLConfig:
     cr_span: str = field(default="stage", metadata={"choices": ("stage", "old")})  # see ConceptReconstruction
     # Optimisation
     steps_per_stage: int = field(default=300, metadata={"range": (1, None)})
+    # Share of the total budget (stages x steps_per_stage) given to stage 1; the other stages split the rest
+    # equally (None = every stage steps_per_stage). Stage 1 of the default tree holds the few head classes
+    # and learns them fast: on sgg-planted val, 0.15 raised HML's Mean@100 from 33.0 to 37.5 (see README).
+    stage1_share: float | None = field(default=0.15, metadata={"range": (0.01, 0.99)})
     batch_size: int = field(default=8, metadata={"range": (1, None)})  # images per worker per step
     max_fg_per_image: int = field(default=64, metadata={"range": (0, None)})
     max_bg_per_image: int = field(default=64, metadata={"range": (0, None)})
@@ -123,9 +127,25 @@ def stage_plan(method: str, tree: PredicateTree, cfg: HMLConfig) -> list[StageSp
         return [StageSpec("ce", 1, all_ids, all_ids, 0.0, budget)]
     if method == "cb":
         return [StageSpec("cb", 1, all_ids, all_ids, cfg.gamma, budget)]
-    return [StageSpec("hml", s, tree.stage_predicates(s), tree.seen_predicates(s), cfg.gamma, cfg.steps_per_stage,
+    steps = stage_steps(tree.num_stages, cfg.steps_per_stage, cfg.stage1_share)
+    return [StageSpec("hml", s, tree.stage_predicates(s), tree.seen_predicates(s), cfg.gamma, steps[s - 1],
                       cfg.cr_weight if s > 1 else 0.0, cfg.lam if s > 1 else 0.0)
             for s in range(1, tree.num_stages + 1)]
+
+
+def stage_steps(num_stages: int, steps_per_stage: int, stage1_share: float | None) -> list[int]:
+    """Steps of each HML stage: the budget num_stages x steps_per_stage, `stage1_share` of it to stage 1
+    and the rest split equally (the last stage takes the rounding remainder); equal with None or 1 stage."""
+    budget = num_stages * steps_per_stage
+    if stage1_share is None or num_stages == 1:
+        return [steps_per_stage] * num_stages
+    first = max(1, round(budget * stage1_share))
+    rest = [(budget - first) // (num_stages - 1)] * (num_stages - 1)
+    rest[-1] += budget - first - sum(rest)
+    if min(rest) < 1:
+        raise ConfigError("stage1_share", f"{stage1_share} leaves no steps for later stages",
+                          "a share that leaves every stage at least one step")
+    return [first, *rest]
 
 
 def label_map(spec: StageSpec, num_predicates: int) -> list[int]:

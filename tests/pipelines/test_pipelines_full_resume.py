@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["--preset", "tiny", "phases=[hml]", "hml.methods=[hml]", "hml.steps_per_stage=60", "hml.checkpoint_every=4",
+ARGS = ["--preset", "tiny", "phases=[hml]", "hml.methods=[hml]", "hml.steps_per_stage=60", "hml.stage1_share=0.5", "hml.checkpoint_every=4",
         "hml.eval_images=20", "sgg.scale=0.04", "num_cpus=2"]
 
 

@@ -11,11 +11,12 @@ import torch
 
 from components.data.planted_sgg import PlantedSGGConfig, build_world, generate_split
 from components.data.store import StoreWriter
+from components.errors import ConfigError
 from components.evaluation.predictions import iter_sgg_predictions
 from components.evaluation.sgg import evaluate_sgg
 from components.hml.checkpoint import load_checkpoint
 from components.taxonomy.tree import build_predicate_tree
-from pipelines.hml import HMLConfig, StageSpec, label_map, main, run, stage_plan
+from pipelines.hml import HMLConfig, StageSpec, label_map, main, run, stage_plan, stage_steps
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def _tree():
 
 
 def test_stage_plan_budgets_and_label_map():
-    cfg = HMLConfig(store="x", steps_per_stage=10, gamma=0.9, lam=2.0, cr_weight=3.0)
+    cfg = HMLConfig(store="x", steps_per_stage=10, gamma=0.9, lam=2.0, cr_weight=3.0, stage1_share=None)
     tree = _tree()
     hml = stage_plan("hml", tree, cfg)
     assert [(s.stage, s.positives, s.seen, s.cr_weight, s.lam) for s in hml] == [
@@ -46,6 +47,17 @@ def test_stage_plan_budgets_and_label_map():
     assert ce.steps == cb.steps == sum(s.steps for s in hml) == 20
     assert ce.gamma == 0.0 and cb.gamma == 0.9 and ce.positives == [1, 2, 3, 4, 5]
     assert label_map(StageSpec("hml", 2, [3, 5], [1, 2, 3, 5], 0.9, 1), 5) == [0, -1, -1, 3, -1, 5]
+
+
+def test_stage1_share_splits_the_same_budget():
+    assert stage_steps(2, 1000, 0.15) == [300, 1700]
+    assert stage_steps(3, 10, 0.5) == [15, 7, 8]  # the last stage takes the rounding remainder
+    assert stage_steps(3, 10, None) == [10, 10, 10] and stage_steps(1, 10, 0.2) == [10]
+    with pytest.raises(ConfigError, match="stage1_share"):
+        stage_steps(2, 1, 0.99)
+    hml = stage_plan("hml", _tree(), HMLConfig(store="x", steps_per_stage=100, stage1_share=0.25))
+    assert [s.steps for s in hml] == [50, 150]
+    assert stage_plan("cb", _tree(), HMLConfig(store="x", steps_per_stage=100))[0].steps == 200
 
 
 def test_cli_reports_bad_config(capsys):
@@ -94,7 +106,8 @@ def test_two_stage_ray_train_resumes_after_worker_failure_and_rerun_skips(ray_lo
     marker = tmp_path / "failed-once"
     cfg = HMLConfig(store=str(store), output_dir=str(tmp_path / "out"), methods=["hml"], hidden_dim=8,
                     steps_per_stage=4, checkpoint_every=2, batch_size=4, max_bg_per_image=16, num_workers=1,
-                    cpus_per_worker=0.5, max_failures=2, stages=2, track=False, progress=False, ks=[20, 50])
+                    cpus_per_worker=0.5, max_failures=2, stages=2, stage1_share=None, track=False, progress=False,
+                    ks=[20, 50])
     res = run(cfg, loop_extra={"fault_injection": {"at_step": 3, "marker": str(marker)}})
     assert marker.is_file()  # the first attempt of stage 1 died at step 3
     stage_dirs = sorted((tmp_path / "out" / "stages").glob("hml-stage*"))

@@ -14,7 +14,7 @@ from pipelines.hml import HMLConfig, run
 def test_two_workers_two_stages_finite_nonzero_fisher_and_importance(ray_local, store, tmp_path):  # noqa: F811
     cfg = HMLConfig(store=str(store), output_dir=str(tmp_path / "out"), methods=["hml"], hidden_dim=8,
                     steps_per_stage=4, checkpoint_every=2, batch_size=4, max_bg_per_image=16, num_workers=2,
-                    cpus_per_worker=0.5, max_failures=0, stages=2, track=False, progress=False, ks=[20, 50])
+                    cpus_per_worker=0.5, max_failures=0, stages=2, stage1_share=None, track=False, progress=False, ks=[20, 50])
     res = run(cfg)
     stage_dirs = sorted((tmp_path / "out" / "stages").glob("hml-stage*"))
     assert [d.name.split("-")[1] for d in stage_dirs] == ["stage1", "stage2"]
