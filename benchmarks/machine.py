@@ -22,18 +22,24 @@ def matmul_ceiling(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: i
 
 
 def facts() -> dict:
-    """Cores, threads, CPU flags of interest and the fp32/bf16 matmul ceilings."""
+    """Cores, threads, CPU flags of interest and the fp32 (and, with native bf16, bf16) matmul ceilings.
+
+    Without avx512_bf16/amx_bf16 torch emulates bf16 matmul (tens of times slower than fp32, minutes
+    per measurement) and nothing here computes in bf16 on such a CPU, so that ceiling is not measured."""
     flags = ""
     try:
         with open("/proc/cpuinfo") as fh:
             flags = next((ln for ln in fh if ln.startswith("flags")), "")
     except OSError:
         pass
+    native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
     return {
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
+        "avx2": "avx2" in flags.split(),
         "avx512_bf16": "avx512_bf16" in flags,
+        "amx_bf16": "amx_bf16" in flags,
         "matmul_fp32_gflops": matmul_ceiling(torch.float32) / 1e9,
-        "matmul_bf16_gflops": matmul_ceiling(torch.bfloat16) / 1e9,
+        "matmul_bf16_gflops": matmul_ceiling(torch.bfloat16) / 1e9 if native_bf16 else None,
     }
