@@ -236,8 +236,8 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     from pipelines.ray_runtime import init_ray
 
     torch.set_num_threads(1)
+    store, train, test = load_splits(cfg.store)  # a bad store fails before anything is written
     out = ensure_writable_dir(cfg.out)
-    store, train, test = load_splits(cfg.store)
     objects, predicates = store.manifest.objects, store.manifest.predicates
     obj_counts, rel_counts = _counts(train, len(objects), len(predicates))
     train_trip = np.unique(_triplets(train), axis=0)

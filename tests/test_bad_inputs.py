@@ -269,6 +269,9 @@ CASES = [
     Case("diffaug-scene-graph-store-keeps-existing-out",
          lambda d, s: ["diffaug.py", "--store", str(copy_store(s, d)), "--out", str(good_output_dir(d))],
          ("store kind 'scene_graph'", "expected a 'relation_sample' store")),
+    Case("diffaug-scene-graph-store-creates-no-out",
+         lambda d, s: ["diffaug.py", "--store", str(copy_store(s, d)), "--out", str(d / "new_out")],
+         ("store kind 'scene_graph'", "expected a 'relation_sample' store")),
     # evaluation inputs
     Case("evaluate-sgg-not-a-predictions-dir", lambda d, s: ["evaluate.py", "sgg", str(copy_store(s, d))],
          ("sgg_store/manifest.json: is not an SGG prediction manifest", "expected format 'hmldiff-sgg-predictions'")),
