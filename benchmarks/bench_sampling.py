@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
@@ -33,7 +34,13 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.machine import matmul_ceiling
-from components.diffaug.diffusion import DiffusionBundle, DiffusionConfig, autocast_dtype, build_denoiser, save_bundle
+from components.diffaug.diffusion import (
+    DiffusionBundle,
+    DiffusionConfig,
+    autocast_dtype,
+    build_denoiser,
+    save_bundle,
+)
 from components.diffaug.sampling import sample_features
 
 FEATURE_DIM, COND_DIM, TEXT_TOKENS, HARDNESS_DIM = 128, 384, 3, 32
@@ -68,7 +75,7 @@ class AnalyticFlops:
         e, tq, tk, b = m.embed_dim, q.shape[1], k.shape[1], q.shape[0]
         self.flops += 2 * e * e * b * (2 * tq + 2 * tk) + 4 * b * tq * tk * e
 
-    def __enter__(self) -> "AnalyticFlops":
+    def __enter__(self) -> Self:
         for mod in self.model.modules():
             if isinstance(mod, nn.MultiheadAttention):
                 self._hooks.append(mod.register_forward_hook(self._mha))
@@ -83,7 +90,7 @@ class AnalyticFlops:
 
 def _inputs(req: dict, rows: int) -> tuple[torch.Tensor, ...]:
     """Guided-batch inputs of the denoiser (`rows` = 2 x batch: conditional and unconditional halves)."""
-    take = lambda k: torch.from_numpy(req[k][: rows // 2]).repeat(2, *([1] * (req[k].ndim - 1)))  # noqa: E731
+    take = lambda k: torch.from_numpy(req[k][: rows // 2]).repeat(2, *([1] * (req[k].ndim - 1)))
     drop = torch.cat([torch.zeros(rows // 2, dtype=torch.bool), torch.ones(rows // 2, dtype=torch.bool)])
     return torch.randn(rows, FEATURE_DIM), torch.full((rows,), 500), take("text"), take("text_mask"), take("hardness"), drop
 

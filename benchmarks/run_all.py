@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from components.atomic import write_json, write_text
 from benchmarks.machine import facts
+from components.atomic import write_json, write_text
 
 HERE = Path(__file__).resolve().parent
 MODULES = ("bench_stream", "bench_hml_step", "bench_sampling", "bench_eval")
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}", flush=True)
         try:
             res = importlib.import_module(f"benchmarks.{name}").run(quick=args.quick)
-        except Exception:  # report every benchmark, even if one fails
+        except Exception:  # noqa: BLE001 (report every benchmark, even if one fails)
             traceback.print_exc()
             failed.append(name)
             continue

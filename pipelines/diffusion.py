@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -35,7 +35,7 @@ MANIFEST_FORMAT = "hmldiff.diffusion-samples/1"
 
 
 def _threads(cpus: float) -> int:
-    return max(1, int(round(cpus)))
+    return max(1, round(cpus))
 
 
 @ray.remote
@@ -152,7 +152,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
     if req_file.exists() and json.loads(req_file.read_text()).get("fingerprint") != fingerprint:
         raise InputError(str(out), "holds shards of another request, bundle or sampling setting",
                          "an empty directory or the same request (to resume)")
-    write_json(req_file, {"fingerprint": fingerprint, "bundle": str(bundle_path), "n": int(len(ids))})
+    write_json(req_file, {"fingerprint": fingerprint, "bundle": str(bundle_path), "n": len(ids)})
     bounds = [(i, lo, min(lo + shard_size, len(ids))) for i, lo in enumerate(range(0, len(ids), shard_size))]
     paths = {i: out / f"shard-{i:05d}.parquet" for i, _, _ in bounds}
     todo = [b for b in bounds if not _shard_complete(paths[b[0]], ids[b[1]:b[2]])]
@@ -173,7 +173,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
             for a in actors:
                 ray.kill(a)
     manifest = {"format": MANIFEST_FORMAT, "bundle": str(bundle_path), "bundle_config_hash": config_hash(bundle.cfg),
-                "n_samples": int(len(ids)), "feature_dim": bundle.model.feature_dim, "shard_size": shard_size,
+                "n_samples": len(ids), "feature_dim": bundle.model.feature_dim, "shard_size": shard_size,
                 "params": params, "skipped_shards": len(bounds) - len(todo), "seconds": round(time.perf_counter() - t0, 3),
                 "shards": [{"index": i, "path": paths[i].name, "rows": hi - lo, "first_id": int(ids[lo]),
                             "last_id": int(ids[hi - 1]), "node": nodes.get(i), "seconds": seconds.get(i)}

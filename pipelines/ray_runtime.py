@@ -11,7 +11,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None) -> dict:
     """Initialise Ray once (idempotent); returns the cluster's resources."""
     if not ray.is_initialized():
         target = address or os.environ.get("RAY_ADDRESS")
-        kwargs = dict(log_to_driver=True, configure_logging=False)
+        kwargs = {"log_to_driver": True, "configure_logging": False}
         if target:
             # An http:// address is the job-submission endpoint, not the GCS: join the running cluster.
             ray.init(address="auto" if target.startswith("http") else target, **kwargs)

@@ -9,10 +9,10 @@ planted 128-d features. Classifier-free guidance: during training the text and h
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -224,7 +224,7 @@ def load_bundle(path: str | Path, expected: DiffusionConfig | None = None) -> Di
     try:
         with safe_open(str(p), framework="pt") as fh:
             meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
+            state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(str(p), f"unreadable or truncated bundle: {e}", "a complete file written by save_bundle") from e
     if meta.get("format") != FORMAT:

@@ -6,7 +6,7 @@ the samples are as recognisable as real features of the same classes.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -32,4 +32,4 @@ def fidelity(classifier_fn: Callable, generated: np.ndarray, intended_labels: np
     gen = _rate(classifier_fn, np.asarray(generated, np.float32), intended_labels, "generated")
     real = _rate(classifier_fn, np.asarray(real_heldout, np.float32), real_labels, "real_heldout")
     return {"generated_rate": gen, "real_rate": real, "ratio": gen / real if real > 0 else float("nan"),
-            "n_generated": int(len(generated)), "n_real": int(len(real_heldout))}
+            "n_generated": len(generated), "n_real": len(real_heldout)}

@@ -8,7 +8,7 @@ is a pure function of (seed, sample id), so a retried shard picks the same boxes
 """
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch

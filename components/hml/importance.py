@@ -27,7 +27,7 @@ Choices where the paper is ambiguous (and where we differ from the authors' code
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 

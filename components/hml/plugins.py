@@ -7,15 +7,21 @@ of the new ones (their knowledge is carried by CR), classes of later stages are 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from components.errors import DataError, InputError
-from components.hml.importance import EPS, importance_increment, mr_buffers, mr_loss_flat, normalize_importance
+from components.hml.importance import (
+    EPS,
+    importance_increment,
+    mr_buffers,
+    mr_loss_flat,
+    normalize_importance,
+)
 from components.models.base import SGBatch
 
 
@@ -82,7 +88,7 @@ class ClassBalancedCE(Plugin):
         if background not in ("cb", "one"):
             raise InputError("ClassBalancedCE.background", f"{background!r}", "'cb' or 'one'")
         self.current = sorted(int(c) for c in counts)
-        self.seen = sorted(set(int(c) for c in (seen if seen is not None else self.current)))
+        self.seen = sorted({int(c) for c in (seen if seen is not None else self.current)})
         missing = [c for c in self.current if c not in self.seen]
         if missing:
             raise InputError("ClassBalancedCE.seen", f"misses current classes {missing}", "a superset of counts")
@@ -214,7 +220,7 @@ class ImportanceTracker(Plugin):
         self.t = 0
         self.eps = eps
         like = self._params[0].detach() if self._params else torch.zeros(0)
-        zeros = lambda: like.new_zeros(sum(p.numel() for p in self._params))  # noqa: E731
+        zeros = lambda: like.new_zeros(sum(p.numel() for p in self._params))
         self.sq_sum, self.omega = zeros(), zeros()
         self._grad, self._before, self._delta = zeros(), zeros(), zeros()
         self._pending = False
@@ -255,7 +261,7 @@ class ImportanceTracker(Plugin):
         return self._split(self.sq_sum / max(self.t, 1))
 
     def state_dict(self) -> dict:
-        cpu = lambda d: {k: v.cpu() for k, v in d.items()}  # noqa: E731
+        cpu = lambda d: {k: v.cpu() for k, v in d.items()}
         return {"t": self.t, "fisher": cpu(self._fisher()), "omega": cpu(self._split(self.omega))}
 
     def load_state_dict(self, state: Mapping) -> None:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from components.errors import DataError, InputError
-from components.hml.plugins import (ClassBalancedCE, ConceptReconstruction, ImportanceTracker,
-                                    ModelReconstruction, Plugin, StepContext)
+from components.hml.plugins import (
+    ClassBalancedCE,
+    ConceptReconstruction,
+    ImportanceTracker,
+    ModelReconstruction,
+    Plugin,
+    StepContext,
+)
 from components.models.base import SGBatch
 
 

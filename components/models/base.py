@@ -26,7 +26,7 @@ class SGBatch:
     pair_to_img: torch.Tensor  # (R,) long
     pair_labels: torch.Tensor  # (R,) long, predicate 0..C_pred (0 = background), -1 = ignore
 
-    def to(self, device: torch.device | str) -> "SGBatch":
+    def to(self, device: torch.device | str) -> SGBatch:
         return SGBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     @property

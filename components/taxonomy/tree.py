@@ -16,9 +16,9 @@ Choices where the paper is loose (all documented here):
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -78,7 +78,7 @@ class PredicateTree:
         }
 
     @classmethod
-    def from_json(cls, d: Mapping, where: str = "predicate tree") -> "PredicateTree":
+    def from_json(cls, d: Mapping, where: str = "predicate tree") -> PredicateTree:
         need = ("version", "threshold", "predicates", "counts", "groups", "layer")
         missing = [k for k in need if k not in d]
         if missing:
@@ -102,7 +102,7 @@ class PredicateTree:
         return write_json(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "PredicateTree":
+    def load(cls, path: str | Path) -> PredicateTree:
         p = Path(path)
         if not p.is_file():
             raise DataError(str(p), "predicate tree file not found", "a JSON file written by PredicateTree.save")
@@ -135,7 +135,7 @@ class PredicateTree:
                 ax.plot([px, x], [py, y], color="0.6", lw=0.8, zorder=1)
         for i, (x, y) in pos.items():
             ax.text(x, y, f"{self.predicates[i]} ({self.counts[i]})", ha="center", va="center", fontsize=7,
-                    bbox=dict(boxstyle="round", fc="#e8f0fe" if self.layer[i] == 1 else "white", ec="0.4"))
+                    bbox={"boxstyle": "round", "fc": "#e8f0fe" if self.layer[i] == 1 else "white", "ec": "0.4"})
         for b in base[1:]:
             ax.axhline(b - 1, color="0.85", lw=0.8, zorder=0)
         ax.set_xlim(-0.7, n_groups - 0.3)

@@ -10,10 +10,9 @@ from components.errors import InputError
 def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
     target = tmp_path / "out.json"
     write_json(target, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("partial")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("crash")
     assert target.read_text().strip().startswith("{") and '"v": 1' in target.read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
@@ -22,10 +21,9 @@ def test_atomic_dir_replaces_whole(tmp_path):
     target = tmp_path / "d"
     with atomic_dir(target) as t:
         (t / "a").write_text("1")
-    with pytest.raises(ValueError):
-        with atomic_dir(target) as t:
-            (t / "b").write_text("2")
-            raise ValueError
+    with pytest.raises(ValueError), atomic_dir(target) as t:
+        (t / "b").write_text("2")
+        raise ValueError
     assert sorted(p.name for p in target.iterdir()) == ["a"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 

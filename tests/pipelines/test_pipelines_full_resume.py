@@ -31,19 +31,19 @@ def env() -> dict:
 @pytest.mark.slow
 def test_killed_driver_resumes_at_first_incomplete_stage(tmp_path):
     run_dir = tmp_path / "runs"
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(full(run_dir), stdout=log, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
-    deadline = time.time() + 900
-    checkpoints: list[Path] = []
-    while time.time() < deadline and proc.poll() is None:
-        checkpoints = list((run_dir / ".cache").glob("hml-*/ray/*/checkpoint_*"))
-        if checkpoints:
-            break
-        time.sleep(0.2)
-    assert checkpoints, (tmp_path / "first.log").read_text()[-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
-    proc.wait()
-    log.close()
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(full(run_dir), stdout=log, stderr=subprocess.STDOUT, env=env(),
+                                start_new_session=True)
+        deadline = time.time() + 900
+        checkpoints: list[Path] = []
+        while time.time() < deadline and proc.poll() is None:
+            checkpoints = list((run_dir / ".cache").glob("hml-*/ray/*/checkpoint_*"))
+            if checkpoints:
+                break
+            time.sleep(0.2)
+        assert checkpoints, (tmp_path / "first.log").read_text()[-3000:]
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+        proc.wait()
 
     cache = run_dir / ".cache"
     (data_dir,) = cache.glob("data-sgg-*")

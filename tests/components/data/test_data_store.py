@@ -14,16 +14,16 @@ OBJ, PRED = ["man", "horse", "hat"], ["on", "has"]
 
 def sg_row(i, n=3, d=4, rels=((0, 1, 1),)):
     rng = np.random.default_rng(i)
-    return dict(image_id=str(i), split="train", width=100, height=80,
-                boxes=rng.uniform(0, 50, (n, 4)).astype(np.float32), labels=np.arange(1, n + 1),
-                obj_features=rng.normal(size=(n, d)), rels=np.array(rels), rel_fine=np.array([r[2] for r in rels]))
+    return {"image_id": str(i), "split": "train", "width": 100, "height": 80,
+                "boxes": rng.uniform(0, 50, (n, 4)).astype(np.float32), "labels": np.arange(1, n + 1),
+                "obj_features": rng.normal(size=(n, d)), "rels": np.array(rels), "rel_fine": np.array([r[2] for r in rels])}
 
 
 def rel_row(i, d=4):
     rng = np.random.default_rng(i)
-    return dict(sample_id=i, image_id=f"im{i}", split="test", subject=0, object=2, predicate=1,
-                subject_box=[0, 0, 1, 1], object_box=[1, 1, 2, 2], subject_feature=rng.normal(size=d),
-                object_feature=rng.normal(size=d), union_feature=rng.normal(size=d))
+    return {"sample_id": i, "image_id": f"im{i}", "split": "test", "subject": 0, "object": 2, "predicate": 1,
+                "subject_box": [0, 0, 1, 1], "object_box": [1, 1, 2, 2], "subject_feature": rng.normal(size=d),
+                "object_feature": rng.normal(size=d), "union_feature": rng.normal(size=d)}
 
 
 def make_store(tmp_path, rows=None, dtype="float32"):

@@ -5,12 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from components.diffaug.diffusion import (DiffusionConfig, fit_standardizer, load_bundle, save_bundle,
-                                          train_denoiser)
+from components.config import from_dict
+from components.diffaug.diffusion import (
+    DiffusionConfig,
+    fit_standardizer,
+    load_bundle,
+    save_bundle,
+    train_denoiser,
+)
 from components.diffaug.fidelity import fidelity
 from components.diffaug.sampling import sample_features
 from components.errors import CheckpointError, ConfigError, DataError, InputError
-from components.config import from_dict
 
 C, D, E = 4, 16, 8
 
@@ -25,8 +30,8 @@ def _clusters(n_per: int, seed: int = 0):
 
 
 def _cfg(**kw) -> DiffusionConfig:
-    base = dict(steps=250, batch_size=64, hidden=32, layers=1, heads=2, tokens=4, lr=3e-3, dtype="float32",
-                num_inference_steps=10, use_hardness=False, cfg_dropout=0.1, guidance_scale=2.0)
+    base = {"steps": 250, "batch_size": 64, "hidden": 32, "layers": 1, "heads": 2, "tokens": 4, "lr": 3e-3, "dtype": "float32",
+                "num_inference_steps": 10, "use_hardness": False, "cfg_dropout": 0.1, "guidance_scale": 2.0}
     return DiffusionConfig(**{**base, **kw})
 
 

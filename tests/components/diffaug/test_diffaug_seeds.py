@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler
 
 from components.diffaug.diffusion import DiffusionConfig, make_scheduler
 from components.diffaug.seeds import noised_seed, start_timesteps, subject_object_seed
 from components.errors import InputError
-from diffusers import DDIMScheduler
 
 
 def _pools():

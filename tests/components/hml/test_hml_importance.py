@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from components.errors import InputError
-from components.hml.importance import (fisher_running_mean, importance_increment, mr_loss,
-                                       normalize_importance)
+from components.hml.importance import fisher_running_mean, importance_increment, mr_loss, normalize_importance
 
 
 def test_fisher_running_mean_is_the_mean_of_squared_grads():

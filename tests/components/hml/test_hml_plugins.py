@@ -10,8 +10,13 @@ import torch.nn.functional as F
 from components.errors import CheckpointError, DataError
 from components.hml.checkpoint import load_checkpoint, save_checkpoint
 from components.hml.importance import fisher_running_mean, importance_increment, normalize_importance
-from components.hml.plugins import (ClassBalancedCE, ConceptReconstruction, ImportanceTracker, StepContext,
-                                    class_balanced_weights)
+from components.hml.plugins import (
+    ClassBalancedCE,
+    ConceptReconstruction,
+    ImportanceTracker,
+    StepContext,
+    class_balanced_weights,
+)
 from components.hml.trainer import PreviousStage, StageTrainer, stage_plugins, train_stage
 from components.models.pairs import sample_pairs
 from components.models.registry import build_predictor
