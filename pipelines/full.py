@@ -46,8 +46,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "diffusion": {"steps": 150, "num_inference_steps": 10, "hidden": 64, "layers": 2,
                                   "batch_size": 128}},
     },
-    # the embedded default benchmark; the old defaults took 41 min on 2 shared cores (DiffAugment 36); the
-    # DiffAugment defaults are now sized from per-part CPU costs for ~6 of ~10 min (not yet timed end to end)
+    # the embedded default benchmark: 37 min measured on 2 cores with the test suite running beside it
+    # (HML 11, DiffAugment 26); DiffAugment sizes were chosen from per-part CPU costs for ~6 min when idle
     "default": {},
     # the papers' sizes (4096-d features, 96K samples, K = 1200), meant for GPUs
     "paper": {
