@@ -33,7 +33,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.machine import matmul_ceiling
+from benchmarks.machine import best_matmul_seconds, matmul_ceiling
 from components.diffaug.diffusion import (
     DiffusionBundle,
     DiffusionConfig,
@@ -141,12 +141,7 @@ def gemm_fraction(rows: int, hidden: int, dtype: torch.dtype, ceiling: float, th
     torch.set_num_threads(threads)
     try:
         a, b = torch.randn(rows, hidden).to(dtype), torch.randn(hidden, 4 * hidden).to(dtype)
-        torch.matmul(a, b)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            torch.matmul(a, b)
-            best = min(best, time.perf_counter() - t0)
+        best = best_matmul_seconds(a, b, repeats)
     finally:
         torch.set_num_threads(old)
     return 2.0 * rows * hidden * 4 * hidden / best / ceiling

@@ -8,17 +8,20 @@ import time
 import torch
 
 
-def matmul_ceiling(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
-    """Best achieved FLOP/s of an n x n matmul in `dtype` on this CPU, all threads (the machine's ceiling)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+def best_matmul_seconds(a: torch.Tensor, b: torch.Tensor, repeats: int) -> float:
+    """Fastest of `repeats` timed a @ b after one warm-up (the best run is the least disturbed by load)."""
     torch.matmul(a, b)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch.matmul(a, b)
         best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
+    return best
+
+
+def matmul_ceiling(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """Best achieved FLOP/s of an n x n matmul in `dtype` on this CPU, all threads (the machine's ceiling)."""
+    return 2.0 * n**3 / best_matmul_seconds(torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype), repeats)
 
 
 def facts() -> dict:
