@@ -121,9 +121,7 @@ def make_encoder(cfg: DiffAugConfig) -> TextEncoder:
 
 def load_splits(store_dir: str) -> tuple[FeatureStore, RelationSet, RelationSet]:
     """(store, train, test) of a relation-sample store."""
-    store = FeatureStore(store_dir)
-    if store.manifest.kind != RELATION_SAMPLE:
-        raise DataError(store_dir, f"store kind {store.manifest.kind!r}", f"a {RELATION_SAMPLE!r} store (e.g. vrr-planted)")
+    store = FeatureStore(store_dir, kind=RELATION_SAMPLE)
     for split in ("train", "test"):
         if split not in store.splits:
             raise DataError(store_dir, f"no {split!r} split", "train and test splits")

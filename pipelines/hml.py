@@ -30,7 +30,7 @@ from components.atomic import atomic_path, ensure_writable_dir, write_bytes, wri
 from components.config import config_hash, load_config
 from components.data.schema import SCENE_GRAPH
 from components.data.store import FeatureStore, scene_graphs
-from components.errors import ConfigError, DataError, InputError
+from components.errors import ConfigError, InputError
 from components.hml.checkpoint import load_checkpoint, save_checkpoint
 from components.hml.trainer import PreviousStage, stage_plugins, summarize, train_stage, unwrap
 from components.models.registry import PREDICTORS, build_predictor
@@ -360,10 +360,8 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
     from pipelines.ray_runtime import init_ray
     from pipelines.streaming import dataset_from_store
 
-    store = FeatureStore(cfg.store)
+    store = FeatureStore(cfg.store, kind=SCENE_GRAPH)
     man = store.manifest
-    if man.kind != SCENE_GRAPH:
-        raise DataError(cfg.store, f"store kind {man.kind!r}", f"a {SCENE_GRAPH!r} store (e.g. sgg-planted)")
     counts, fb = train_statistics(store, cfg.freq_bias)
     tree = build_tree(cfg, man.predicates, counts)
     out = ensure_writable_dir(cfg.output_dir)  # created only once the inputs have been read and checked

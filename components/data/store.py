@@ -195,7 +195,8 @@ def _validate_scene_graph_rels(table: pa.Table, manifest: Manifest, where: str) 
 class FeatureStore:
     """Read side of a store: manifest, shard paths (for Ray Data), validated tables."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, kind: str | None = None) -> None:
+        """Open the store at `root`; with `kind`, refuse a store of another kind (scene_graph/relation_sample)."""
         self.root = Path(root)
         mpath = self.root / MANIFEST
         if not self.root.is_dir():
@@ -208,6 +209,8 @@ class FeatureStore:
         except json.JSONDecodeError as e:
             raise DataError(str(mpath), f"corrupt JSON: {e}") from e
         self.manifest = Manifest.from_json(str(mpath), raw)
+        if kind is not None and self.manifest.kind != kind:
+            raise DataError(str(self.root), f"store kind {self.manifest.kind!r}", f"a {kind!r} store")
 
     @property
     def splits(self) -> list[str]:

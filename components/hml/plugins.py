@@ -105,6 +105,7 @@ class ClassBalancedCE(Plugin):
         lut = torch.full((max(self.span) + 2,), -2, dtype=torch.long)  # last entry: any label above the span
         lut[self.span] = torch.arange(len(self.span))
         self._lut = lut
+        self._cols = span_index(self.span)
 
     def span_targets(self, labels: torch.Tensor) -> torch.Tensor:
         """Map batch labels (0, seen ids, -1) to positions in the span (-1 stays ignored)."""
@@ -118,7 +119,7 @@ class ClassBalancedCE(Plugin):
 
     def loss_terms(self, ctx: StepContext) -> list[LossTerm]:
         targets = self.span_targets(ctx.batch.pair_labels)
-        logits = span_columns(ctx.logits, self.span)
+        logits = ctx.logits[:, self._cols]
         if not (targets >= 0).any():
             return [LossTerm(self.name, logits.sum() * 0.0, 1.0)]
         self.weight = self.weight.to(logits.device)
@@ -126,11 +127,11 @@ class ClassBalancedCE(Plugin):
         return [LossTerm(self.name, loss, 1.0)]
 
 
-def span_columns(logits: torch.Tensor, span: Sequence[int]) -> torch.Tensor:
-    """logits[:, span]; a view (no copy, no scatter in backward) when span is 0..k, the usual case."""
-    if list(span) == list(range(len(span))):
-        return logits[:, : len(span)]
-    return logits[:, list(span)]
+def span_index(span: Sequence[int]) -> slice | list[int]:
+    """Column index of `span` for logits[:, index], computed once per plugin: a slice when span is 0..k
+    (the usual case: a view, no copy, no scatter in backward), else the list of columns."""
+    span = [int(c) for c in span]
+    return slice(0, len(span)) if span == list(range(len(span))) else span
 
 
 class ConceptReconstruction(Plugin):
@@ -158,15 +159,16 @@ class ConceptReconstruction(Plugin):
             p.requires_grad_(False)
         self.span = [0] + sorted(int(c) for c in old_classes)
         self.new_span = sorted(set(self.span) | {int(c) for c in new_span}) if new_span is not None else self.span
-        self._old_in_new = [self.new_span.index(c) for c in self.span[1:]]
+        self._old_cols, self._new_cols = span_index(self.span), span_index(self.new_span)
+        self._old_in_new = span_index([self.new_span.index(c) for c in self.span[1:]])
         self.weight = float(weight)
 
     def loss_terms(self, ctx: StepContext) -> list[LossTerm]:
         with torch.no_grad():
-            old = torch.softmax(span_columns(self.old_model(ctx.batch), self.span), dim=1)
-        new = torch.softmax(span_columns(ctx.logits, self.new_span), dim=1)
+            old = torch.softmax(self.old_model(ctx.batch)[:, self._old_cols], dim=1)
+        new = torch.softmax(ctx.logits[:, self._new_cols], dim=1)
         n = max(ctx.logits.shape[0], 1)
-        value = (old[:, 1:] - span_columns(new, self._old_in_new)).pow(2).sum() / n
+        value = (old[:, 1:] - new[:, self._old_in_new]).pow(2).sum() / n
         return [LossTerm(self.name, value, self.weight)]
 
 
