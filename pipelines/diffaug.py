@@ -55,7 +55,7 @@ from components.diffaug.requests import (
 )
 from components.diffaug.seeds import subject_object_seed
 from components.diffaug.text import GloVeEncoder, MiniLMEncoder, OpenCLIPEncoder, TextEncoder, embed_triplets
-from components.diffaug.wordnet import LCHSimilarity
+from components.diffaug.wordnet import LCHSimilarity, classes_without_synset
 from components.errors import ConfigError, DataError, InputError
 from components.models.vrr_classifier import VRRClassifier
 from components.taxonomy.vectors import load_word_vectors, phrase_vectors
@@ -75,6 +75,8 @@ class DiffAugConfig:
     seed: int = 0
     variants: list[str] = field(default_factory=lambda: list(VARIANTS[:6]))
     lch_threshold: float = field(default=2.26, metadata={"range": (0.0, 4.0)})
+    # class -> WordNet synset ('plate': 'plate.n.04') where the first noun sense is wrong or missing
+    synsets: dict[str, str] = field(default_factory=dict)
     text_encoder: str = field(default="minilm", metadata={"choices": ENCODERS})
     text_tokens: bool = False  # condition on token embeddings (+ mask) instead of the pooled embedding
     clip_model: str = "ViT-L-14"
@@ -235,14 +237,18 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
 
     torch.set_num_threads(1)
     store, train, test = load_splits(cfg.store)  # a bad store fails before anything is written
+    unknown = sorted(set(cfg.synsets) - set(store.manifest.objects))
+    if unknown:
+        raise ConfigError("synsets", f"classes {unknown} are not in the store's vocabulary", "object class names")
     out = ensure_writable_dir(cfg.out)
     objects, predicates = store.manifest.objects, store.manifest.predicates
     obj_counts, rel_counts = _counts(train, len(objects), len(predicates))
     train_trip = np.unique(_triplets(train), axis=0)
     aug = augment_triplets(train_trip, obj_counts, rel_counts, objects, cfg.lch_threshold,
-                           similarity=LCHSimilarity(cache_path=out / "lch_cache.json"))
+                           similarity=LCHSimilarity(cfg.synsets, cache_path=out / "lch_cache.json"))
     aug_trip = np.stack([aug["subject"], aug["predicate"], aug["object"]], axis=1)
     augmentation = {"train_triplets": len(train_trip), "new_triplets": len(aug_trip),
+                    "no_synset": classes_without_synset(objects, cfg.synsets),
                     "by_rule": {r: int((aug["rule"] == r).sum()) for r in np.unique(aug["rule"]).tolist()}}
     cond = _Conditions(cfg, objects, predicates, train_trip, aug_trip, out / "text_cache")
     train.hardness = cond.of(_triplets(train))[2]

@@ -272,6 +272,10 @@ CASES = [
     Case("diffaug-scene-graph-store-creates-no-out",
          lambda d, s: ["diffaug.py", "--store", str(copy_store(s, d)), "--out", str(d / "new_out")],
          ("store kind 'scene_graph'", "expected a 'relation_sample' store")),
+    Case("diffaug-synset-override-for-unknown-class",
+         lambda d, s: ["diffaug.py", "--store", str(copy_store(s, d, "vrr")), "--out", str(d / "new_out"),
+                       "synsets={no_such_class: dog.n.01}"],
+         ("synsets: classes ['no_such_class'] are not in the store's vocabulary", "expected object class names")),
     # evaluation inputs
     Case("evaluate-sgg-not-a-predictions-dir", lambda d, s: ["evaluate.py", "sgg", str(copy_store(s, d))],
          ("sgg_store/manifest.json: is not an SGG prediction manifest", "expected format 'hmldiff-sgg-predictions'")),

@@ -3,21 +3,23 @@
 Rules (paper): a triplet whose predicate is in a tail band (few/medium by training count) gets its
 subject replaced by each similar class and, separately, its object; a triplet whose subject class is tail
 gets its object replaced; one whose object class is tail gets its subject replaced. Only vocabulary classes
-are substituted; new triplets equal to an existing training triplet are dropped unless `allow_duplicates`.
+are substituted (a class without a noun synset is skipped with a warning); new triplets equal to an existing training triplet are dropped unless `allow_duplicates`.
 Bands follow the LTVRR evaluation: classes (with a training count > 0) sorted ascending by count, few =
 lowest 80%, medium = next 15%, many = top 5% (components.evaluation.ltvrr.band_edges).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 
-from components.diffaug.wordnet import LCH_THRESHOLD, LCHSimilarity
+from components.diffaug.wordnet import LCH_THRESHOLD, LCHSimilarity, classes_without_synset
 from components.errors import InputError
 from components.evaluation.ltvrr import band_edges
 
 BANDS = ("few", "medium", "many")
+log = logging.getLogger(__name__)
 
 
 def frequency_bands(counts: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
@@ -54,6 +56,11 @@ def augment_triplets(triplets: np.ndarray, obj_counts: np.ndarray, rel_counts: n
         raise InputError("tail_bands", f"unknown bands {sorted(unknown)}", f"a subset of {BANDS}")
     sim = similarity or LCHSimilarity()
     names = list(vocabulary)
+    missing = classes_without_synset(names, sim.overrides)
+    if missing:
+        log.warning("warning: WordNet has no noun synset for %d of %d classes, skipped in triplet augmentation: %s "
+                    "(name a synset for them in the class -> synset overrides)", len(missing), len(names),
+                    ", ".join(missing))
     index = {n: i for i, n in enumerate(names)}
     neigh: dict[int, list[int]] = {}
 

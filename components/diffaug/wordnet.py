@@ -45,6 +45,11 @@ def synset_name(name: str, overrides: Mapping[str, str] | None = None) -> str | 
     return found[0].name() if found else None
 
 
+def classes_without_synset(vocabulary: Iterable[str], overrides: Mapping[str, str] | None = None) -> list[str]:
+    """Vocabulary classes WordNet has no noun synset for: they can be neither substituted nor substitutes."""
+    return [v for v in vocabulary if synset_name(v, overrides) is None]
+
+
 class LCHSimilarity:
     """LCH similarity between class names, memoised in memory and optionally in a JSON file."""
 

@@ -64,3 +64,17 @@ def test_tail_bands_and_errors(sim):
         augment_triplets(np.array([[9, 0, 0]]), obj_counts, rel_counts, VOCAB, similarity=sim)
     with pytest.raises(InputError):
         augment_triplets(trip, obj_counts[:3], rel_counts, VOCAB, similarity=sim)
+
+
+def test_class_without_synset_is_warned_and_skipped(tmp_path, caplog):
+    """A made-up class name has no WordNet noun: augmentation warns once, naming it, and still substitutes
+    the other classes (real WordNet: LCH(car, truck) is above 2.26)."""
+    vocab = ["car", "truck", "zzqxv"]
+    trip = np.array([[0, 1, 2], [2, 1, 0]])  # tail relation 1 on both sides of the unknown class
+    with caplog.at_level("WARNING", logger="components.diffaug.augment"):
+        out = augment_triplets(trip, np.array([5, 5, 5]), np.array([100, 1]), vocab,
+                               similarity=LCHSimilarity(cache_path=tmp_path / "lch.json"))
+    warned = [r.getMessage() for r in caplog.records if "no noun synset" in r.getMessage()]
+    assert len(warned) == 1 and "zzqxv" in warned[0] and "1 of 3" in warned[0]
+    new = set(zip(out["subject"].tolist(), out["predicate"].tolist(), out["object"].tolist()))
+    assert new == {(1, 1, 2), (2, 1, 1)}  # car -> truck on either side; zzqxv is never substituted
