@@ -29,7 +29,7 @@ import numpy as np
 from components.atomic import atomic_path, ensure_writable_dir, write_bytes, write_json, write_text
 from components.config import config_hash, load_config
 from components.data.schema import SCENE_GRAPH
-from components.data.store import FeatureStore, scene_graphs
+from components.data.store import FeatureStore, scene_graphs, sha256_file
 from components.errors import ConfigError, InputError
 from components.hml.checkpoint import load_checkpoint, save_checkpoint
 from components.hml.trainer import PreviousStage, stage_plugins, summarize, train_stage, unwrap
@@ -68,6 +68,9 @@ class HMLConfig:
     cr_weight: float = field(default=30.0, metadata={"range": (0.0, None)})
     background_weight: str = field(default="cb", metadata={"choices": ("cb", "one")})
     cr_span: str = field(default="stage", metadata={"choices": ("stage", "old")})  # see ConceptReconstruction
+    # How a stage k>1 model starts: "fresh" (the paper: a new random model) or "previous" (a copy of the
+    # frozen stage k-1 model, so the last model has seen the whole budget; MR's anchors are its start).
+    stage_init: str = field(default="fresh", metadata={"choices": ("fresh", "previous")})
     # Optimisation
     steps_per_stage: int = field(default=300, metadata={"range": (1, None)})
     # Share of the total budget (stages x steps_per_stage) given to stage 1; the other stages split the rest
@@ -116,6 +119,7 @@ class StageSpec:
     steps: int
     cr_weight: float = 0.0
     lam: float = 0.0
+    stage_init: str = "fresh"
 
 
 def stage_plan(method: str, tree: PredicateTree, cfg: HMLConfig) -> list[StageSpec]:
@@ -129,7 +133,8 @@ def stage_plan(method: str, tree: PredicateTree, cfg: HMLConfig) -> list[StageSp
         return [StageSpec("cb", 1, all_ids, all_ids, cfg.gamma, budget)]
     steps = stage_steps(tree.num_stages, cfg.steps_per_stage, cfg.stage1_share)
     return [StageSpec("hml", s, tree.stage_predicates(s), tree.seen_predicates(s), cfg.gamma, steps[s - 1],
-                      cfg.cr_weight if s > 1 else 0.0, cfg.lam if s > 1 else 0.0)
+                      cfg.cr_weight if s > 1 else 0.0, cfg.lam if s > 1 else 0.0,
+                      cfg.stage_init if s > 1 else "fresh")
             for s in range(1, tree.num_stages + 1)]
 
 
@@ -218,9 +223,12 @@ def train_loop_per_worker(cfg: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     device = get_device()
     torch.manual_seed(cfg["seed"] * 1000 + cfg["stage"])  # a NEW random model per stage (same on all ranks)
-    model = prepare_model(_build(cfg))
-    base = unwrap(model)
+    fresh = _build(cfg)
     previous = _previous_stage(cfg, device)
+    if previous is not None and cfg["stage_init"] == "previous":
+        fresh.load_state_dict(previous.model.state_dict())
+    model = prepare_model(fresh)
+    base = unwrap(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
     counts = {int(k): int(v) for k, v in cfg["counts"].items()}
     plugins, tracker = stage_plugins(base, counts, cfg["seen"], cfg["gamma"], previous, cfg["cr_weight"], cfg["lam"],
@@ -374,8 +382,10 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
             np.save(fh, fb)
     model_cfg = {"predictor": cfg.predictor, "num_objects": len(man.objects), "num_predicates": len(man.predicates),
                  "feature_dim": man.feature_dim, "hidden_dim": cfg.hidden_dim}
+    # What a stage's cache key depends on: contents (frequency bias, data shards) rather than paths, so a
+    # copied or moved output_dir keeps its complete stages.
     base_cfg = {**model_cfg, "model_hash": config_hash({**model_cfg, "freq_bias": cfg.freq_bias}),
-                "freq_bias_path": str(fb_path.resolve()) if fb_path else None,
+                "freq_bias_sha256": sha256_file(fb_path) if fb_path else None,
                 "data": [f["sha256"] for f in man.splits["train"]], "batch_size": cfg.batch_size,
                 "max_fg_per_image": cfg.max_fg_per_image, "max_bg_per_image": cfg.max_bg_per_image,
                 "lr": cfg.lr, "seed": cfg.seed, "background_weight": cfg.background_weight, "cr_span": cfg.cr_span,
@@ -386,6 +396,7 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
     train_ds = dataset_from_store(cfg.store, "train")
     cache = StageCache(out / "stages")
     results: dict[str, Any] = {"tree": tree.to_json(), "methods": {}}
+    loop_extra = {"freq_bias_path": str(fb_path.resolve()) if fb_path else None, **(loop_extra or {})}
     for method in cfg.methods:
         final = train_method(method, cfg, tree, counts, base_cfg, cache, train_ds, loop_extra)
         results["methods"][method] = {"checkpoint": final.result["checkpoint"], "stage_dir": str(final.path),

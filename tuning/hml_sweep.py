@@ -1,8 +1,10 @@
-"""HML hyperparameter sweep: lambda (MR weight), tree threshold T_SS and the stage count, each trial one
-HML run (`pipelines.hml.run`, its stages Ray Train runs launched from the trial) scored on mR@K.
+"""HML hyperparameter sweep: lambda (MR weight), tree threshold T_SS and the stage count by default
+(`--search` adds stage1_share, cr_weight, cr_span, stage_init), each trial one HML run (`pipelines.hml.run`,
+its stages Ray Train runs launched from the trial) scored on mR@K.
 
     python tuning/hml_sweep.py --store runs/<...>/sgg-store [--num-samples 8] [--name hml-sweep]
-                               [--resume] [key=value HML overrides, e.g. steps_per_stage=100]
+                               [--search lam,threshold,stages,stage_init] [--resume]
+                               [key=value HML overrides, e.g. steps_per_stage=100]
 
 Trial outputs are content-addressed (`<run_dir>/sweeps/<name>-trials/<hash of the trial's HML config>`),
 so a restarted trial reuses its complete stages and resumes an interrupted one from its checkpoint.
@@ -25,21 +27,36 @@ from components.errors import InputError
 from components.tracking import Tracker
 from pipelines.hml import HMLConfig
 
-SWEPT = ("lam", "threshold", "stages")
+DEFAULT_SWEPT = ("lam", "threshold", "stages")
 
 
-def search_space(lam: tuple[float, float] = (0.05, 2.0), threshold: tuple[float, float] = (0.6, 0.8),
-                 stages: Sequence[int] = (2, 3)) -> dict:
-    """Tune search space over HML's lambda (log scale), T_SS (paper: 0.65-0.75) and stage count."""
+def _domains() -> dict[str, Any]:
+    """Every HML field a sweep can search, with its Tune domain (lambda and CR weight on a log scale,
+    T_SS over the paper's 0.65-0.75 and a margin)."""
     from ray import tune
 
-    return {"lam": tune.loguniform(*lam), "threshold": tune.uniform(*threshold), "stages": tune.choice(list(stages))}
+    return {"lam": tune.loguniform(0.05, 2.0), "threshold": tune.uniform(0.6, 0.8), "stages": tune.choice([2, 3]),
+            "stage1_share": tune.uniform(0.05, 0.5), "cr_weight": tune.loguniform(1.0, 100.0),
+            "cr_span": tune.choice(["stage", "old"]), "stage_init": tune.choice(["fresh", "previous"])}
+
+
+SEARCHABLE = ("lam", "threshold", "stages", "stage1_share", "cr_weight", "cr_span", "stage_init")
+
+
+def search_space(names: Sequence[str] = DEFAULT_SWEPT) -> dict:
+    """Tune search space over the named HML fields (default: lambda, T_SS and the stage count)."""
+    unknown = [n for n in names if n not in SEARCHABLE]
+    if unknown or not names:
+        raise InputError("--search", f"unknown or empty {unknown or list(names)}", f"names from {list(SEARCHABLE)}")
+    domains = _domains()
+    return {n: domains[n] for n in names}
 
 
 def trial_config(base: dict, params: dict, trials_dir: str | Path) -> HMLConfig:
     """The HML config of one trial: `base` with the swept values, HML method only, no own tracking,
     output under `trials_dir/<content hash>`."""
-    data = {**base, **{k: params[k] for k in SWEPT}, "methods": ["hml"], "track": False, "progress": False}
+    data = {**base, **{k: params[k] for k in SEARCHABLE if k in params}, "methods": ["hml"], "track": False,
+            "progress": False}
     data.pop("output_dir", None)
     data["output_dir"] = str(Path(trials_dir) / config_hash(data))
     return from_dict(HMLConfig, data)
@@ -68,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cpus-per-trial", type=float, default=0.25, help="the trial driver's share (Train "
                     "workers ask for their own cpus_per_worker; leave room for Ray Data's reads)")
     ap.add_argument("--metric", default="mR@50")
+    ap.add_argument("--search", default=",".join(DEFAULT_SWEPT),
+                    help=f"comma-separated HML fields to search, from {','.join(SEARCHABLE)}")
     ap.add_argument("--experiment", default="hml-sweep")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
     ap.add_argument("overrides", nargs="*", help="HML config overrides, e.g. steps_per_stage=100")
@@ -82,10 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir = Path(args.run_dir).resolve()
         tracker = Tracker.for_run_dir(run_dir, args.experiment)
         storage = run_dir / "sweeps"
+        names = [n.strip() for n in args.search.split(",") if n.strip()]
+        space_fields = search_space(names)
         if args.resume:
             res = resume_sweep(hml_trial, storage, args.name, tracker=tracker)
         else:
-            space: dict[str, Any] = {**search_space(), "base": base,
+            space: dict[str, Any] = {**space_fields, "base": base,
                                      "trials_dir": str(storage / f"{args.name}-trials")}
             res = run_sweep(hml_trial, space, metric=args.metric, mode="max", num_samples=args.num_samples,
                             storage_path=storage, name=args.name, max_concurrent=args.max_concurrent,
@@ -93,13 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    best = {k: res.best_config[k] for k in SWEPT} if res.best_config else None
+    best = {k: v for k, v in res.best_config.items() if k in SEARCHABLE} if res.best_config else None
     print(f"{len(res.trials)} trials ({res.num_errors} errors); best {args.metric} = "
           f"{(res.best_metrics or {}).get(args.metric)} with {best}")
     if res.tracking:
         print(res.tracking.summary())
     print(f"compare: python pipelines/compare.py --tracking-uri {tracker.uri} --sweep {res.parent_run_id} "
-          f"--metric {args.metric} --param lam --param threshold --param stages")
+          f"--metric {args.metric} " + " ".join(f"--param {n}" for n in names))
     return 0 if res.num_errors == 0 else 1
 
 

@@ -139,3 +139,23 @@ def test_two_stage_ray_train_resumes_after_worker_failure_and_rerun_skips(ray_lo
     again = run(cfg)  # every stage complete: no training, same checkpoints, same metrics
     assert [(d / "final.pt").stat().st_mtime_ns for d in stage_dirs] == mtimes
     assert again["methods"]["hml"]["metrics"]["R@50"] == metrics["R@50"]
+
+
+def test_stage_init_previous_starts_from_stage1_and_a_copied_run_stays_cached(ray_local, store, tmp_path):
+    """stage_init=previous: with lr 0 the stage-2 model must end equal to stage 1's (a fresh model would
+    differ). Stage cache keys hold contents, not paths: a copied output_dir reruns without training."""
+    import shutil
+
+    cfg = HMLConfig(store=str(store), output_dir=str(tmp_path / "out"), methods=["hml"], hidden_dim=8, lr=0.0,
+                    steps_per_stage=2, checkpoint_every=2, batch_size=4, max_bg_per_image=16, stages=2,
+                    stage1_share=None, stage_init="previous", track=False, progress=False, ks=[20])
+    run(cfg)
+    stage_dirs = sorted((tmp_path / "out" / "stages").glob("hml-stage*"))
+    (_, first), (_, second) = (load_checkpoint(d / "final.pt") for d in stage_dirs)
+    assert all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
+    copy = Path(shutil.copytree(tmp_path / "out", tmp_path / "copy"))
+    shutil.rmtree(copy / "ray")
+    mtimes = {d.name: (d / "final.pt").stat().st_mtime_ns for d in (copy / "stages").iterdir()}
+    run(replace(cfg, output_dir=str(copy)))
+    assert {d.name: (d / "final.pt").stat().st_mtime_ns for d in (copy / "stages").iterdir()} == mtimes
+    assert not (copy / "ray").exists()  # no TorchTrainer ran

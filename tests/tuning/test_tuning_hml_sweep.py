@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from components.config import to_dict
+from components.errors import InputError
 from pipelines.hml import HMLConfig
 from tuning.hml_sweep import main, search_space, trial_config
 
@@ -27,6 +30,18 @@ def test_search_space_bounds():
     assert sorted(space["stages"].categories) == [2, 3]
     samples = [space["lam"].sample() for _ in range(200)]
     assert all(0.05 <= s <= 2.0 for s in samples)
+
+
+def test_search_space_names_and_trial_config_of_extra_fields(tmp_path):
+    space = search_space(["stage_init", "cr_span", "stage1_share"])
+    assert set(space) == {"stage_init", "cr_span", "stage1_share"}
+    assert sorted(space["stage_init"].categories) == ["fresh", "previous"]
+    assert all(0.05 <= space["stage1_share"].sample() <= 0.5 for _ in range(100))
+    cfg = trial_config(to_dict(HMLConfig(store="/s")), {"stage_init": "previous", "cr_span": "old",
+                                                         "stage1_share": 0.3}, tmp_path)
+    assert (cfg.stage_init, cfg.cr_span, cfg.stage1_share, cfg.lam) == ("previous", "old", 0.3, HMLConfig().lam)
+    with pytest.raises(InputError, match="lamda"):
+        search_space(["lamda"])
 
 
 def test_cli_reports_missing_store(tmp_path, capsys):
