@@ -61,7 +61,10 @@ from components.models.vrr_classifier import VRRClassifier
 from components.taxonomy.vectors import load_word_vectors, phrase_vectors
 
 VARIANTS = ("baseline_ce", "baseline_wce", "real_balanced_ft", "diffaug_random", "diffaug_so",
-            "diffaug_so_curriculum", "diffaug_so_half", "diffaug_so_nohardness")
+            "diffaug_so_curriculum", "diffaug_so_half", "diffaug_so_nohardness", "wce_real_balanced_ft",
+            "wce_diffaug_so")
+# variants that fine-tune on the S-O-seeded samples (diffaug_so's); wce_* start from the WCE baseline
+FROM_SO = ("diffaug_so_curriculum", "diffaug_so_half", "wce_diffaug_so")
 ENCODERS = ("minilm", "glove-roles", "glove-mean", "openclip")
 
 
@@ -267,27 +270,31 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     torch.save(base.state_dict(), out / "baseline_ce.pt")
     if "baseline_ce" in cfg.variants:
         results["baseline_ce"] = _summary(evaluate_classifier(base, test, obj_counts, rel_counts))
+    wce = fresh("wce") if any(v == "baseline_wce" or v.startswith("wce_") for v in cfg.variants) else None
     if "baseline_wce" in cfg.variants:
-        results["baseline_wce"] = _summary(evaluate_classifier(fresh("wce"), test, obj_counts, rel_counts))
+        results["baseline_wce"] = _summary(evaluate_classifier(wce, test, obj_counts, rel_counts))
 
     pools = class_feature_pools(train)
     plan = sampling_plan(tail_triplet_pools(np.concatenate([train_trip, aug_trip]), rel_counts, pools),
                          cfg.n_generated, cfg.seed)
 
-    def finetuned(data: RelationSet, curriculum: bool = False) -> dict:
+    def finetuned(data: RelationSet, curriculum: bool = False, start: VRRClassifier | None = None) -> dict:
         if cfg.finetune_real_fraction > 0:
             n_real = round(len(data) * cfg.finetune_real_fraction / (1 - cfg.finetune_real_fraction))
             pick = np.random.default_rng([cfg.seed, 41]).choice(len(train), n_real)
             data = RelationSet.concat([data, train.subset(pick)])
-        m = copy.deepcopy(base)
+        m = copy.deepcopy(start or base)
         finetune_classifier(m, data, obj_counts, rel_counts, cfg.finetune_epochs, cfg.finetune_batch,
                             cfg.finetune_lr, curriculum, seed=cfg.seed, progress=progress)
         return _summary(evaluate_classifier(m, test, obj_counts, rel_counts))
 
+    control = real_control(train, rel_counts, len(plan["sample_id"]), cfg.seed)
     if "real_balanced_ft" in cfg.variants:
-        results["real_balanced_ft"] = finetuned(real_control(train, rel_counts, len(plan["sample_id"]), cfg.seed))
+        results["real_balanced_ft"] = finetuned(control)
+    if "wce_real_balanced_ft" in cfg.variants:
+        results["wce_real_balanced_ft"] = finetuned(control, start=wce)
 
-    gen_variants = [v for v in cfg.variants if v.startswith("diffaug")]
+    gen_variants = [v for v in cfg.variants if v.startswith(("diffaug", "wce_diffaug"))]
     fid: dict[str, dict] = {}
     generated: dict[str, RelationSet] = {}
     if gen_variants:
@@ -303,7 +310,7 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         _, _, plan_hard = cond.of(np.stack([plan["subject"], plan["predicate"], plan["object"]], axis=1))
         runs = {"diffaug_random": ("hard", 1.0), "diffaug_so": ("hard", cfg.strength),
                 "diffaug_so_nohardness": ("nohard", cfg.strength)}
-        need = {("diffaug_so" if v in ("diffaug_so_curriculum", "diffaug_so_half") else v) for v in gen_variants}
+        need = {("diffaug_so" if v in FROM_SO else v) for v in gen_variants}
         for name in sorted(need):
             b, s = runs[name]
             union = _sample(cfg, bundles[b], plan, cond, pools, s, out / f"samples-{name}-{Path(bundles[b]).parent.name}")
@@ -316,6 +323,8 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
                 results[v] = finetuned(generated["diffaug_so"].subset(idx))
             elif v == "diffaug_so_curriculum":
                 results[v] = finetuned(generated["diffaug_so"], curriculum=True)
+            elif v == "wce_diffaug_so":
+                results[v] = finetuned(generated["diffaug_so"], start=wce)
             else:
                 results[v] = finetuned(generated[v])
 
