@@ -217,6 +217,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     from ray.train.torch import get_device, prepare_model
 
     from components.models.pairs import sample_pairs
+    from components.optim import adam
     from pipelines.streaming import iter_scene_graph_batches
 
     torch.set_num_threads(cfg["threads"])
@@ -229,7 +230,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         fresh.load_state_dict(previous.model.state_dict())
     model = prepare_model(fresh)
     base = unwrap(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
+    optimizer = adam(model.parameters(), cfg["lr"])
     counts = {int(k): int(v) for k, v in cfg["counts"].items()}
     plugins, tracker = stage_plugins(base, counts, cfg["seen"], cfg["gamma"], previous, cfg["cr_weight"], cfg["lam"],
                                      background=cfg["background_weight"], cr_span=cfg["cr_span"])

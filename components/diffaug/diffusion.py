@@ -25,6 +25,7 @@ from components.atomic import atomic_path
 from components.config import config_hash, from_dict, to_dict
 from components.diffaug.denoiser import Denoiser
 from components.errors import CheckpointError, ConfigError, DataError, InputError
+from components.optim import adamw
 
 FORMAT = "hmldiff.diffusion/1"
 
@@ -168,7 +169,7 @@ def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray
     txt_all = torch.from_numpy(text)
     msk_all = None if text_mask is None else torch.from_numpy(text_mask)
     hard_all = None if hardness is None else torch.from_numpy(hardness)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(cfg.seed)
     dtype = autocast_dtype(cfg)

@@ -21,6 +21,7 @@ from components.diffaug.losses import relmix_loss, vilhub_loss, wce_weights
 from components.errors import InputError
 from components.evaluation.ltvrr import ltvrr_report
 from components.models.vrr_classifier import VRRClassifier
+from components.optim import adamw
 
 FEATURES = ("subject_feature", "object_feature", "union_feature")
 LABELS = ("subject", "object", "predicate")
@@ -100,7 +101,7 @@ def train_classifier(model: VRRClassifier, data: RelationSet, cfg: TrainConfig, 
     ow = wce_weights(obj_counts) if cfg.loss == "wce" else None
     rw = wce_weights(rel_counts) if cfg.loss == "wce" else None
     rel_tail = torch.from_numpy(np.isin(frequency_bands(np.asarray(rel_counts)), ["few"]))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     history = []
     model.train()
     for _ in tqdm(range(cfg.epochs), desc="classifier", disable=not progress, mininterval=2.0):
