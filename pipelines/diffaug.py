@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ from components.diffaug.wordnet import LCHSimilarity, classes_without_synset
 from components.errors import ConfigError, DataError, InputError
 from components.models.vrr_classifier import VRRClassifier
 from components.taxonomy.vectors import load_word_vectors, phrase_vectors
+
+if TYPE_CHECKING:
+    from pipelines.diffusion import SamplerPool
 
 VARIANTS = ("baseline_ce", "baseline_wce", "real_balanced_ft", "diffaug_random", "diffaug_so",
             "diffaug_so_curriculum", "diffaug_so_half", "diffaug_so_nohardness", "wce_real_balanced_ft",
@@ -184,7 +188,7 @@ def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationS
 
 
 def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pools: dict, strength: float,
-            out_dir: Path) -> np.ndarray:
+            out_dir: Path, sampler: SamplerPool) -> np.ndarray:
     """Union features for the plan's requests (Ray actor pool), in plan order."""
     from pipelines.diffusion import load_samples, sample_on_ray
 
@@ -196,7 +200,7 @@ def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pool
         req["seed_features"] = subject_object_seed(pools, pools, plan["subject"], plan["object"], plan["sample_id"],
                                                    seed=cfg.seed)
     sample_on_ray(bundle, req, out_dir, num_actors=cfg.num_actors, shard_size=cfg.shard_size,
-                  cpus_per_actor=cfg.cpus_per_actor, strength=strength)
+                  cpus_per_actor=cfg.cpus_per_actor, strength=strength, pool=sampler)
     table = load_samples(out_dir)
     ids = table.column("sample_id").to_numpy()
     feats = np.asarray(table.column("feature").combine_chunks().flatten().to_numpy(), np.float32).reshape(len(ids), -1)
@@ -236,6 +240,7 @@ def _summary(rep: dict) -> dict:
 
 def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     """Run the phase; returns {'results': variant -> LTVRR summary, 'fidelity', 'augmentation', 'table', ...}."""
+    from pipelines.diffusion import SamplerPool
     from pipelines.ray_runtime import init_ray
 
     torch.set_num_threads(1)
@@ -311,11 +316,13 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         runs = {"diffaug_random": ("hard", 1.0), "diffaug_so": ("hard", cfg.strength),
                 "diffaug_so_nohardness": ("nohard", cfg.strength)}
         need = {("diffaug_so" if v in FROM_SO else v) for v in gen_variants}
-        for name in sorted(need):
-            b, s = runs[name]
-            union = _sample(cfg, bundles[b], plan, cond, pools, s, out / f"samples-{name}-{Path(bundles[b]).parent.name}")
-            generated[name] = generated_set(plan, union, pools, cfg.seed, plan_hard)
-            fid[name] = _fidelity(generated[name], test, probe, base)
+        with SamplerPool(cfg.num_actors, cfg.cpus_per_actor) as sampler:  # one pool for every sampling run
+            for name in sorted(need):
+                b, s = runs[name]
+                union = _sample(cfg, bundles[b], plan, cond, pools, s,
+                                out / f"samples-{name}-{Path(bundles[b]).parent.name}", sampler)
+                generated[name] = generated_set(plan, union, pools, cfg.seed, plan_hard)
+                fid[name] = _fidelity(generated[name], test, probe, base)
         for v in gen_variants:
             if v == "diffaug_so_half":
                 idx = np.concatenate([np.flatnonzero(plan["band"] == b)[: (plan["band"] == b).sum() // 2]

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pyarrow as pa
@@ -104,14 +105,23 @@ def load_requests(requests: Mapping[str, np.ndarray] | str | Path) -> dict[str, 
 
 @ray.remote(max_restarts=3, max_task_retries=3)
 class _SampleActor:
-    """Holds one loaded bundle; samples shards and writes each atomically as a parquet file."""
+    """Samples shards with the bundle named by each call (loaded once, kept while the path stays the same)
+    and writes each shard atomically as a parquet file."""
 
-    def __init__(self, bundle_path: str, threads: int) -> None:
+    def __init__(self, threads: int) -> None:
         torch.set_num_threads(threads)
-        self.bundle = load_bundle(bundle_path)
+        self.bundle_key: tuple[str, int] | None = None
+        self.bundle = None
 
-    def shard(self, req: dict, index: int, lo: int, hi: int, path: str, params: dict) -> dict:
+    def ready(self) -> bool:
+        """Returns once the actor process is up (its imports done): lets a pool start before it is used."""
+        return True
+
+    def shard(self, bundle_path: str, req: dict, index: int, lo: int, hi: int, path: str, params: dict) -> dict:
         t0 = time.perf_counter()
+        key = (bundle_path, Path(bundle_path).stat().st_mtime_ns)  # a rewritten bundle is loaded again
+        if key != self.bundle_key:
+            self.bundle, self.bundle_key = load_bundle(bundle_path), key
         feats = sample_features(self.bundle, req["text"][lo:hi],
                                 None if "text_mask" not in req else req["text_mask"][lo:hi],
                                 None if "hardness" not in req else req["hardness"][lo:hi], req["sample_id"][lo:hi],
@@ -125,6 +135,35 @@ class _SampleActor:
                 "node": ray.get_runtime_context().get_node_id()}
 
 
+class SamplerPool:
+    """Sampling actors started once and reused by several `sample_on_ray` calls (an actor's start-up, a
+    process plus the torch and diffusers imports, took 5-16 s here: paid once, not once per call)."""
+
+    def __init__(self, num_actors: int = 2, cpus_per_actor: float = 0.5) -> None:
+        if num_actors < 1 or cpus_per_actor <= 0:
+            raise InputError("SamplerPool", f"num_actors={num_actors}, cpus_per_actor={cpus_per_actor}",
+                             "positive values")
+        self.actors = [_SampleActor.options(num_cpus=cpus_per_actor).remote(_threads(cpus_per_actor))
+                       for _ in range(num_actors)]
+
+    def wait_ready(self) -> Self:
+        """Block until every actor is up."""
+        ray.get([a.ready.remote() for a in self.actors])
+        return self
+
+    def close(self) -> None:
+        """Stop the actors."""
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _shard_complete(path: Path, ids: np.ndarray) -> bool:
     """True when `path` is a readable shard holding exactly `ids` in order."""
     try:
@@ -136,8 +175,10 @@ def _shard_complete(path: Path, ids: np.ndarray) -> bool:
 
 def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | str | Path, out_dir: str | Path,
                   num_actors: int = 2, shard_size: int = 1024, cpus_per_actor: float = 0.5, strength: float = 1.0,
-                  batch_size: int = 512, guidance_scale: float | None = None, progress: bool = True) -> dict:
-    """Sample every request on a Ray actor pool into idempotent parquet shards; returns (and writes) the manifest."""
+                  batch_size: int = 512, guidance_scale: float | None = None, progress: bool = True,
+                  pool: SamplerPool | None = None) -> dict:
+    """Sample every request on a Ray actor pool into idempotent parquet shards; returns (and writes) the manifest.
+    `pool`: actors to use (and leave running); without it a pool of `num_actors` is started for this call."""
     if num_actors < 1 or shard_size < 1 or cpus_per_actor <= 0:
         raise InputError("sample_on_ray", f"num_actors={num_actors}, shard_size={shard_size}, "
                          f"cpus_per_actor={cpus_per_actor}", "positive values")
@@ -161,17 +202,17 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
     seconds: dict[int, float] = {}  # shard -> the actor's sampling + writing seconds (skipped shards: absent)
     if todo:
         ref = ray.put(req)
-        actors = [_SampleActor.options(num_cpus=cpus_per_actor).remote(str(bundle_path), _threads(cpus_per_actor))
-                  for _ in range(min(num_actors, len(todo)))]
+        own = pool is None
+        sampler = SamplerPool(min(num_actors, len(todo)), cpus_per_actor) if own else pool
         try:
-            pool = ActorPool(actors)
-            work = pool.map_unordered(lambda a, b: a.shard.remote(ref, b[0], b[1], b[2], str(paths[b[0]]), params), todo)
+            work = ActorPool(list(sampler.actors)).map_unordered(
+                lambda a, b: a.shard.remote(str(bundle_path), ref, b[0], b[1], b[2], str(paths[b[0]]), params), todo)
             for done in tqdm(work, total=len(todo), desc="diffusion shards", disable=not progress):
                 nodes[done["index"]] = done["node"]
                 seconds[done["index"]] = done["seconds"]
         finally:
-            for a in actors:
-                ray.kill(a)
+            if own:
+                sampler.close()
     manifest = {"format": MANIFEST_FORMAT, "bundle": str(bundle_path), "bundle_config_hash": config_hash(bundle.cfg),
                 "n_samples": len(ids), "feature_dim": bundle.model.feature_dim, "shard_size": shard_size,
                 "params": params, "skipped_shards": len(bounds) - len(todo), "seconds": round(time.perf_counter() - t0, 3),

@@ -9,7 +9,7 @@ import pytest
 from components.diffaug.diffusion import DiffusionConfig, load_bundle
 from components.diffaug.sampling import sample_features
 from components.errors import InputError
-from pipelines.diffusion import load_samples, sample_on_ray, train_diffusion_on_ray
+from pipelines.diffusion import SamplerPool, load_samples, sample_on_ray, train_diffusion_on_ray
 
 N, D, E, T, K = 23, 8, 5, 3, 4
 
@@ -32,6 +32,29 @@ def _requests(n: int = N, seed: int = 1) -> dict:
     return {"sample_id": np.arange(1000, 1000 + n), "subject": rng.integers(0, 5, n), "object": rng.integers(0, 5, n),
             "predicate": rng.integers(0, 3, n), "text": rng.normal(size=(n, T, E)).astype(np.float32),
             "text_mask": np.ones((n, T), bool), "hardness": rng.random((n, K)).astype(np.float32)}
+
+
+def test_one_pool_serves_several_calls_with_the_same_results(trained, tmp_path):
+    """A SamplerPool's actors stay up across calls (the same processes sample both requests) and give the
+    same vectors as a per-call pool and the in-process loop."""
+    _, res, _ = trained
+    import ray
+
+    with SamplerPool(num_actors=2, cpus_per_actor=0.5).wait_ready() as pool:
+        pids = sorted(ray.get([a.__ray_call__.remote(lambda self: __import__("os").getpid()) for a in pool.actors]))
+        for k, req in enumerate((_requests(), _requests(n=9, seed=3))):
+            manifest = sample_on_ray(res["bundle"], req, tmp_path / f"r{k}", shard_size=4, batch_size=4,
+                                     progress=False, pool=pool)
+            assert manifest["skipped_shards"] == 0
+            table = load_samples(tmp_path / f"r{k}")
+            order = np.argsort(table.column("sample_id").to_numpy())
+            got = np.stack(table.column("feature").to_numpy(zero_copy_only=False))[order]
+            want = sample_features(load_bundle(res["bundle"]), req["text"], req["text_mask"], req["hardness"],
+                                   req["sample_id"])
+            assert np.allclose(got, want, atol=1e-5)
+        assert sorted(ray.get([a.__ray_call__.remote(lambda self: __import__("os").getpid())
+                               for a in pool.actors])) == pids
+    assert pool.actors == []
 
 
 def test_training_actor_writes_bundle_checkpoints_and_metrics(trained):
