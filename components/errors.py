@@ -21,6 +21,11 @@ class InputError(ValueError):
         self.problem = problem
         self.expected = expected
 
+    def __reduce__(self) -> tuple:
+        """Rebuild from the three fields: Ray pickles errors raised in workers (the default rebuild from
+        `args`, the formatted message alone, failed and hid the real error)."""
+        return type(self), (self.where, self.problem, self.expected)
+
 
 class DataError(InputError):
     """A data file or array is missing, truncated, malformed or out of range."""

@@ -349,7 +349,9 @@ def train_method(method: str, cfg: HMLConfig, tree: PredicateTree, counts: np.nd
         name = f"{method}-stage{spec.stage}"
         key = cache.key(name, key_cfg, [prev] if prev else None)
         loop_cfg = {**key_cfg, "stage_key": key, "label_map": label_map(spec, len(tree.predicates)),
-                    "prev_checkpoint": prev.result["checkpoint"] if prev else None, "progress": cfg.progress,
+                    # absolute: Ray Train workers run in another directory than the driver
+                    "prev_checkpoint": str(Path(prev.result["checkpoint"]).resolve()) if prev else None,
+                    "progress": cfg.progress,
                     "max_fg": cfg.max_fg_per_image, "max_bg": cfg.max_bg_per_image}
         loop_cfg.update(loop_extra or {})
         print(f"[hml] {name}: {len(spec.positives)} positive predicates, {len(spec.seen)} in the CE span, "

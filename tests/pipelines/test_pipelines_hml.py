@@ -141,12 +141,15 @@ def test_two_stage_ray_train_resumes_after_worker_failure_and_rerun_skips(ray_lo
     assert again["methods"]["hml"]["metrics"]["R@50"] == metrics["R@50"]
 
 
-def test_stage_init_previous_starts_from_stage1_and_a_copied_run_stays_cached(ray_local, store, tmp_path):
+def test_stage_init_previous_starts_from_stage1_and_a_copied_run_stays_cached(ray_local, store, tmp_path,
+                                                                             monkeypatch):
     """stage_init=previous: with lr 0 the stage-2 model must end equal to stage 1's (a fresh model would
-    differ). Stage cache keys hold contents, not paths: a copied output_dir reruns without training."""
+    differ). Stage cache keys hold contents, not paths: a copied output_dir reruns without training. The
+    output_dir is relative, as `make run` gives it (Ray Train workers run in another directory)."""
     import shutil
 
-    cfg = HMLConfig(store=str(store), output_dir=str(tmp_path / "out"), methods=["hml"], hidden_dim=8, lr=0.0,
+    monkeypatch.chdir(tmp_path)
+    cfg = HMLConfig(store=str(store), output_dir="out", methods=["hml"], hidden_dim=8, lr=0.0,
                     steps_per_stage=2, checkpoint_every=2, batch_size=4, max_bg_per_image=16, stages=2,
                     stage1_share=None, stage_init="previous", track=False, progress=False, ks=[20])
     run(cfg)
