@@ -293,11 +293,12 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
                             cfg.finetune_lr, curriculum, seed=cfg.seed, progress=progress)
         return _summary(evaluate_classifier(m, test, obj_counts, rel_counts))
 
-    control = real_control(train, rel_counts, len(plan["sample_id"]), cfg.seed)
-    if "real_balanced_ft" in cfg.variants:
-        results["real_balanced_ft"] = finetuned(control)
-    if "wce_real_balanced_ft" in cfg.variants:
-        results["wce_real_balanced_ft"] = finetuned(control, start=wce)
+    if {"real_balanced_ft", "wce_real_balanced_ft"} & set(cfg.variants):  # built only when a variant uses it
+        control = real_control(train, rel_counts, len(plan["sample_id"]), cfg.seed)
+        if "real_balanced_ft" in cfg.variants:
+            results["real_balanced_ft"] = finetuned(control)
+        if "wce_real_balanced_ft" in cfg.variants:
+            results["wce_real_balanced_ft"] = finetuned(control, start=wce)
 
     gen_variants = [v for v in cfg.variants if v.startswith(("diffaug", "wce_diffaug"))]
     fid: dict[str, dict] = {}
