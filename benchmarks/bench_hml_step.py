@@ -7,7 +7,10 @@ the same trainer); the baseline is a bare PyTorch step (forward, cross-entropy, 
 variant uses the pipeline's optimiser (components.optim.adam, fused), so the ratio is the cost of CR, MR
 and the bookkeeping alone. A third variant, the pipeline's one-stage "ce" method (StageTrainer + CE plugin
 + importance tracker), shows how much of the overhead is the trainer and tracker rather than CR/MR; a
-fourth, the bare step with torch's default (unfused) Adam, shows what the fused optimiser saves. Steps are interleaved (round-robin in
+fourth, the bare step with torch's default (unfused) Adam, shows what the fused optimiser saves. A fifth timing,
+the frozen stage-1 model's forward alone (exactly CR's teacher call), bounds the ratio from below: CR needs
+that second forward on every step's pairs, so `hml_step_floor_ratio` = 1 + its time / the plain CE step is
+what stage 2 would cost if CE, CR's loss, MR and the bookkeeping were free. Steps are interleaved (round-robin in
 rotating order over the same pre-sampled batches) after a warm-up, and each variant's median is used.
 """
 from __future__ import annotations
@@ -82,11 +85,19 @@ def _trainer_step(trainer: StageTrainer) -> Callable[[SGBatch], None]:
     return step
 
 
+def _teacher_forward(old: torch.nn.Module) -> Callable[[SGBatch], None]:
+    """The frozen previous-stage model's forward, as ConceptReconstruction runs it (eval, no grad)."""
+    def step(batch: SGBatch) -> None:
+        with torch.no_grad():
+            old(batch)
+    return step
+
+
 def build_variants(images: list[dict], num_objects: int, num_predicates: int, feature_dim: int,
                    batch_size: int, hidden_dim: int, stage1_steps: int
                    ) -> tuple[dict[str, Callable[[SGBatch], None]], list[SGBatch]]:
-    """The four step functions (plain CE with the pipeline's / torch's default Adam, pipeline CE, HML stage 2)
-    and the stage-2 batches."""
+    """The timed functions (plain CE with the pipeline's / torch's default Adam, pipeline CE, HML stage 2,
+    CR's frozen-teacher forward alone) and the stage-2 batches."""
     fb = frequency_bias(iter(images), num_objects, num_predicates)
     spec = {"name": "mlp", "num_objects": num_objects, "num_predicates": num_predicates,
             "feature_dim": feature_dim, "hidden_dim": hidden_dim, "freq_bias": fb}
@@ -120,6 +131,7 @@ def build_variants(images: list[dict], num_objects: int, num_predicates: int, fe
     new = build_predictor(**spec)
     plugins2, _ = stage_plugins(new, _counts(b2, stage2), all_ids, GAMMA, previous, CR_WEIGHT, LAM)
     variants["hml_stage2"] = _trainer_step(StageTrainer(new, plugins2, adam(new.parameters(), LR)))
+    variants["cr_teacher_forward"] = _teacher_forward(previous.model)  # eval + frozen by the CR plugin above
     return variants, b2
 
 
@@ -142,7 +154,8 @@ def time_interleaved(variants: dict[str, Callable[[SGBatch], None]], batches: li
 
 
 def run(quick: bool = False) -> dict:
-    """Median step times and the ratios hml_step_ratio = HML stage 2 / plain CE (goal <= 1.25)."""
+    """Median step times and the ratios hml_step_ratio = HML stage 2 / plain CE (goal <= 1.25), with the
+    floor CR's teacher forward puts under it."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one training thread, as in the pipeline's workers (threads_per_worker=1)
     try:
@@ -161,6 +174,8 @@ def run(quick: bool = False) -> dict:
         "hml_step_vs_pipeline_ce_ratio": med["hml_stage2"] / med["pipeline_ce"],
         "hml_pipeline_ce_vs_plain_ratio": med["pipeline_ce"] / med["plain_ce"],
         "hml_stage2_vs_default_adam_ce_ratio": med["hml_stage2"] / med["plain_ce_default_adam"],
+        "hml_step_floor_ratio": 1.0 + med["cr_teacher_forward"] / med["plain_ce"],
+        "hml_cr_teacher_forward_ms": 1e3 * med["cr_teacher_forward"],
         "hml_default_adam_ce_step_ms": 1e3 * med["plain_ce_default_adam"],
         "hml_plain_ce_step_ms": 1e3 * med["plain_ce"],
         "hml_pipeline_ce_step_ms": 1e3 * med["pipeline_ce"],

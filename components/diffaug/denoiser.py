@@ -35,6 +35,28 @@ class Condition(NamedTuple):
     pooled: torch.Tensor
 
 
+class CrossAttention(nn.MultiheadAttention):
+    """`nn.MultiheadAttention` (batch_first, no dropout; same parameters and state_dict) called as
+    `(query, context, key_padding_mask)` and computed with scaled_dot_product_attention on its own weights:
+    the module's generic path (taken whenever query and key differ) transposes to sequence-first and copies
+    every projection, ~4% of a sampling step. `key_padding_mask` (B, Lk) True = ignore, as in the module."""
+
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__(embed_dim, num_heads, batch_first=True)
+
+    def forward(self, query: torch.Tensor, context: torch.Tensor,  # type: ignore[override]
+                key_padding_mask: torch.Tensor) -> torch.Tensor:
+        e, heads = self.embed_dim, self.num_heads
+        b, lq, lk = query.shape[0], query.shape[1], context.shape[1]
+        w, bias = self.in_proj_weight, self.in_proj_bias
+        q = nn.functional.linear(query, w[:e], bias[:e]).view(b, lq, heads, e // heads).transpose(1, 2)
+        kv = nn.functional.linear(context, w[e:], bias[e:]).view(b, lk, 2, heads, e // heads)
+        k, v = kv.permute(2, 0, 3, 1, 4)
+        keep = ~key_padding_mask[:, None, None, :]
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        return self.out_proj(out.transpose(1, 2).reshape(b, lq, e))
+
+
 class _Block(nn.Module):
     """adaLN-zero block (DiT): modulated self-attention over chunks, cross-attention over conditions, MLP."""
 
@@ -44,7 +66,7 @@ class _Block(nn.Module):
         self.n3 = nn.LayerNorm(hidden, elementwise_affine=False)
         self.n2, self.nc = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.self_attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
-        self.cross_attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.cross_attn = CrossAttention(hidden, heads)
         self.mlp = nn.Sequential(nn.Linear(hidden, mlp_ratio * hidden), nn.GELU(),
                                  nn.Linear(mlp_ratio * hidden, hidden))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
@@ -55,8 +77,7 @@ class _Block(nn.Module):
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(cvec)[:, None, :].chunk(6, dim=-1)
         h = self.n1(x) * (1 + sc1) + sh1
         x = x + g1 * self.self_attn(h, h, h, need_weights=False)[0]
-        c = self.nc(ctx)
-        x = x + self.cross_attn(self.n2(x), c, c, key_padding_mask=ctx_pad, need_weights=False)[0]
+        x = x + self.cross_attn(self.n2(x), self.nc(ctx), ctx_pad)
         return x + g2 * self.mlp(self.n3(x) * (1 + sc2) + sh2)
 
 

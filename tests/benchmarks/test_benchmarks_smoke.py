@@ -18,9 +18,11 @@ def _check(res: dict, required: tuple[str, ...]) -> None:
 def test_hml_step_benchmark_returns_finite_positive_ratios():
     res = bench_hml_step.run(quick=True)
     _check(res, ("hml_step_ratio", "hml_step_vs_pipeline_ce_ratio", "hml_plain_ce_step_ms", "hml_stage2_step_ms",
-                 "hml_stage2_vs_default_adam_ce_ratio", "hml_default_adam_ce_step_ms"))
+                 "hml_stage2_vs_default_adam_ce_ratio", "hml_default_adam_ce_step_ms", "hml_step_floor_ratio",
+                 "hml_cr_teacher_forward_ms"))
     # The ratios are the quotients of the reported medians (same run, same batches).
     assert res["hml_step_ratio"] == pytest.approx(res["hml_stage2_step_ms"] / res["hml_plain_ce_step_ms"])
+    assert res["hml_step_floor_ratio"] == pytest.approx(1 + res["hml_cr_teacher_forward_ms"] / res["hml_plain_ce_step_ms"])
 
 
 @pytest.mark.ray

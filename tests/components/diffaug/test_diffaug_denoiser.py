@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.diffaug.denoiser import Denoiser
+from components.diffaug.denoiser import CrossAttention, Denoiser
 from components.errors import InputError
 
 B, D, E, T, K = 5, 37, 12, 3, 6
@@ -71,3 +71,31 @@ def test_bad_shapes_raise_input_errors():
         m(torch.randn(B, D + 1), t, torch.randn(B, E), None, torch.rand(B, K))
     with pytest.raises(InputError, match="hidden"):
         Denoiser(D, E, K, hidden=30, heads=4)
+
+
+def test_cross_attention_equals_the_multihead_attention_module_in_values_and_gradients():
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    ours = CrossAttention(16, 4)
+    ours.load_state_dict(attn.state_dict())  # same parameters, same state_dict keys
+    pad = torch.zeros(B, 7, dtype=torch.bool)
+    pad[:, 5:] = True
+    pad[0, 2:] = True  # rows differ in how many keys they may see
+    outs, grads = [], []
+    for fn in (lambda q, c: attn(q, c, c, key_padding_mask=pad, need_weights=False)[0],
+               lambda q, c: ours(q, c, pad)):
+        q = torch.randn(B, 8, 16, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        c = torch.randn(B, 7, 16, generator=torch.Generator().manual_seed(2)).requires_grad_()
+        out = fn(q, c)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        mod = attn if len(outs) == 1 else ours
+        grads.append([q.grad, c.grad, mod.in_proj_weight.grad, mod.out_proj.weight.grad])
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-6, rtol=1e-5)
+    for g_new, g_ref in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_new, g_ref, atol=1e-6, rtol=1e-5)
+    # padded keys are really ignored: changing them does not change the output
+    c2 = torch.randn(B, 7, 16)
+    c3 = c2.clone()
+    c3[:, 5:] += 10.0
+    torch.testing.assert_close(ours(outs[0], c2, pad), ours(outs[0], c3, pad))
