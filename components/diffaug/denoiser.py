@@ -75,10 +75,10 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cvec: torch.Tensor, ctx: torch.Tensor, ctx_pad: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(cvec)[:, None, :].chunk(6, dim=-1)
-        h = self.n1(x) * (1 + sc1) + sh1
-        x = x + g1 * self.self_attn(h, h, h, need_weights=False)[0]
+        h = torch.addcmul(sh1, self.n1(x), 1 + sc1)  # fused x * (1 + scale) + shift: one pass, not two
+        x = torch.addcmul(x, g1, self.self_attn(h, h, h, need_weights=False)[0])
         x = x + self.cross_attn(self.n2(x), self.nc(ctx), ctx_pad)
-        return x + g2 * self.mlp(self.n3(x) * (1 + sc2) + sh2)
+        return torch.addcmul(x, g2, self.mlp(torch.addcmul(sh2, self.n3(x), 1 + sc2)))
 
 
 class Denoiser(nn.Module):
@@ -181,4 +181,4 @@ class Denoiser(nn.Module):
         for blk in self.blocks:
             h = blk(h, cvec, ctx, ctx_pad)
         sh, sc = self.out_ada(cvec)[:, None, :].chunk(2, dim=-1)
-        return self.out(self.out_norm(h) * (1 + sc) + sh).reshape(b, -1)[:, : self.feature_dim]
+        return self.out(torch.addcmul(sh, self.out_norm(h), 1 + sc)).reshape(b, -1)[:, : self.feature_dim]
