@@ -7,10 +7,14 @@ the new model, so CR compares the two models on identical pairs.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import torch
 from torch import nn
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -28,6 +32,15 @@ class SGBatch:
 
     def to(self, device: torch.device | str) -> SGBatch:
         return SGBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def derived(self, name: str, compute: Callable[[], T]) -> T:
+        """`compute()` once per batch, then the stored tensor: weight-free values of the batch (box geometry)
+        shared by every model that sees it, e.g. HML's frozen previous-stage model and the new one. A batch
+        is never mutated after construction, so the stored value cannot go stale."""
+        cache = self.__dict__.setdefault("_derived", {})
+        if name not in cache:
+            cache[name] = compute()
+        return cache[name]
 
     @property
     def num_images(self) -> int:

@@ -28,7 +28,7 @@ class ObjectEncoder(nn.Module):
         top = self.label_embed.num_embeddings - 1
         if len(batch.labels) and (int(batch.labels.min()) < 1 or int(batch.labels.max()) > top):
             raise InputError("SGBatch.labels", "object label out of range", f"labels in [1, {top}]")
-        geo = object_geometry(batch.boxes, batch.obj_to_img, batch.image_sizes)
+        geo = batch.derived("object_geometry", lambda: object_geometry(batch.boxes, batch.obj_to_img, batch.image_sizes))
         return self.net(torch.cat([batch.obj_features.float(), self.label_embed(batch.labels), geo], 1))
 
 
@@ -114,7 +114,8 @@ class PairPredictor(RelationPredictor):
 
     def forward(self, batch: SGBatch) -> torch.Tensor:
         ctx = self.context(batch, self.encoder(batch))
-        geo = self.geometry(pair_geometry(batch.boxes, batch.obj_to_img, batch.image_sizes, batch.pairs))
+        geo = self.geometry(batch.derived("pair_geometry", lambda: pair_geometry(
+            batch.boxes, batch.obj_to_img, batch.image_sizes, batch.pairs)))
         logits = self.classifier(self.pair_head(ctx, batch.pairs, geo))
         if self.freq_bias is not None:
             logits = logits + self.freq_bias(batch.labels[batch.pairs[:, 0]], batch.labels[batch.pairs[:, 1]])

@@ -18,6 +18,16 @@ def segment_softmax(scores: torch.Tensor, index: torch.Tensor, size: int) -> tor
     return e / scores.new_zeros(size).index_add(0, index, e)[index]
 
 
+def _edges_and_geometry(batch: SGBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """All ordered object pairs i != j within each image and their pair geometry (None: no image has two objects)."""
+    edges = [torch.cartesian_prod(g, g) for g in image_groups(batch.obj_to_img, batch.num_images) if len(g) > 1]
+    if not edges:
+        return None
+    e = torch.cat(edges)
+    e = e[e[:, 0] != e[:, 1]]
+    return e, pair_geometry(batch.boxes, batch.obj_to_img, batch.image_sizes, e)
+
+
 class GNNPredictor(PairPredictor):
     """h_i' = h_i + MLP([h_i, sum_j a_ij W h_j]), a_ij = softmax_j(MLP([h_i, h_j, geo_ij])); product pair head."""
 
@@ -32,12 +42,10 @@ class GNNPredictor(PairPredictor):
         self.pair_head = ProductPairHead(hidden_dim, hidden_dim, dropout)
 
     def context(self, batch: SGBatch, x: torch.Tensor) -> torch.Tensor:
-        edges = [torch.cartesian_prod(g, g) for g in image_groups(batch.obj_to_img, batch.num_images) if len(g) > 1]
+        edges_geo = batch.derived("gnn_edges", lambda: _edges_and_geometry(batch))
         msg = torch.zeros_like(x)
-        if edges:
-            e = torch.cat(edges)
-            e = e[e[:, 0] != e[:, 1]]
-            geo = pair_geometry(batch.boxes, batch.obj_to_img, batch.image_sizes, e)
+        if edges_geo is not None:
+            e, geo = edges_geo
             score = self.affinity(torch.cat([x[e[:, 0]], x[e[:, 1]], geo], 1)).squeeze(1)
             alpha = segment_softmax(score, e[:, 0], x.shape[0])
             msg = msg.index_add(0, e[:, 0], alpha[:, None] * self.message(x)[e[:, 1]])

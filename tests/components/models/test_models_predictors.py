@@ -123,3 +123,34 @@ def test_images_with_zero_or_one_object(name):
                   obj_features=IMAGES[0]["obj_features"][:1])
     assert model(all_pairs([empty, single])).shape == (0, N_PRED + 1)
     assert model(all_pairs([empty, single, IMAGES[2]])).shape == (2, N_PRED + 1)
+
+
+@pytest.mark.parametrize("name", PREDICTORS)
+def test_batch_geometry_is_computed_once_and_shared_by_two_models(name, monkeypatch):
+    """HML stage 2 runs the frozen and the new model on one batch: box geometry is derived once for both,
+    and a model on the shared batch gives what it gives on a fresh copy (nothing stale, nothing mutated)."""
+    import dataclasses
+
+    from components.models import common, geometry
+
+    calls = []
+    real = geometry.pair_geometry
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(common, "pair_geometry", counting)
+    first, second = build(name).eval(), build(name).eval()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in second.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # a different model on the same batch
+    batch = sample_pairs(IMAGES, np.random.default_rng(0), max_bg_per_image=6)
+    first(batch)
+    n_first = len(calls)
+    shared = second(batch)
+    assert n_first >= 1 and len(calls) == n_first  # the second model reused the first one's pair geometry
+    fresh = dataclasses.replace(batch)  # same tensors, no derived values
+    torch.testing.assert_close(shared, second(fresh))
+    assert len(calls) == n_first + 1
