@@ -146,6 +146,14 @@ def train_target(sched: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t:
     return sched.get_velocity(x0, noise, t)
 
 
+def one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """OneCycleLR with a 5% warm-up of at least two steps; None (constant lr) below 4 steps. torch's
+    OneCycleLR divides by zero when the warm-up ends at step 0 (pct_start * steps == 1, e.g. 20 steps at 5%)."""
+    if steps < 4:
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.05, 2.0 / steps))
+
+
 def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray | None,
                    hardness: np.ndarray | None, cfg: DiffusionConfig,
                    on_step: Callable[[int, float, DiffusionBundle], None] | None = None,
@@ -170,7 +178,7 @@ def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray
     msk_all = None if text_mask is None else torch.from_numpy(text_mask)
     hard_all = None if hardness is None else torch.from_numpy(hardness)
     opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
-    lr_sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    lr_sched = one_cycle(opt, cfg.lr, cfg.steps)
     gen = torch.Generator().manual_seed(cfg.seed)
     dtype = autocast_dtype(cfg)
     model.train()
@@ -190,7 +198,8 @@ def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        lr_sched.step()
+        if lr_sched is not None:
+            lr_sched.step()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if on_step is not None:

@@ -10,6 +10,7 @@ from components.diffaug.diffusion import (
     DiffusionConfig,
     fit_standardizer,
     load_bundle,
+    one_cycle,
     save_bundle,
     train_denoiser,
 )
@@ -97,3 +98,24 @@ def test_config_validation():
         from_dict(DiffusionConfig, {"prediction_type": "noise"})
     with pytest.raises(ConfigError, match="num_inference_steps"):
         from_dict(DiffusionConfig, {"num_inference_steps": 20, "num_train_timesteps": 10})
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 20, 39, 40, 41])
+def test_lr_schedule_runs_at_any_step_count(steps):
+    """torch's OneCycleLR at a 5% warm-up divided by zero at exactly 20 steps (a crash a user hit by
+    asking for 20 diffusion steps); every count runs now, and from 40 steps on the warm-up is the 5% one."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    sched = one_cycle(opt, 1e-3, steps)
+    lrs = []
+    for _ in range(steps):
+        opt.step()
+        lrs.append(opt.param_groups[0]["lr"])
+        if sched is not None:
+            sched.step()
+    assert all(0 < lr <= 1e-3 + 1e-12 for lr in lrs)
+    if steps >= 40:
+        assert sched.total_steps == steps and max(lrs) == pytest.approx(1e-3, rel=0.01)
+        assert abs(lrs.index(max(lrs)) - (0.05 * steps - 1)) <= 1  # the peak ends the 5% warm-up
+    elif steps < 4:
+        assert sched is None and lrs == [1e-3] * steps
