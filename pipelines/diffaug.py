@@ -142,7 +142,7 @@ class _Conditions:
     """Text embeddings (pooled or tokens) and hardness of (subject, predicate, object) index triplets."""
 
     def __init__(self, cfg: DiffAugConfig, objects: list[str], predicates: list[str], train_trip: np.ndarray,
-                 extra_trip: np.ndarray, cache_dir: Path) -> None:
+                 extra_trip: np.ndarray, cache_dir: Path | None) -> None:
         self.objects, self.predicates, self.tokens = objects, predicates, cfg.text_tokens
         every = np.concatenate([train_trip, extra_trip]) if len(extra_trip) else train_trip
         self.emb = embed_triplets(make_encoder(cfg), self._names(np.unique(every, axis=0)), cache_dir,

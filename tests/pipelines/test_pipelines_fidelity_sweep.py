@@ -1,0 +1,56 @@
+"""Fidelity sweep over guidance scales on a tiny vrr-planted store and a tiny trained diffusion bundle."""
+import json
+
+import numpy as np
+import pytest
+
+from components.config import from_dict
+from components.diffaug.diffusion import DiffusionConfig, save_bundle, train_denoiser
+from components.errors import InputError
+from pipelines.diffaug import DiffAugConfig, _Conditions, _triplets, load_splits
+from pipelines.fidelity_sweep import fidelity_sweep, main
+from pipelines.prepare_data import PrepareDataConfig, write_store
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """(store dir, bundle path) of a diffusion model trained a few steps on GloVe-roles pooled text."""
+    root = tmp_path_factory.mktemp("fid")
+    store = root / "store"
+    write_store(from_dict(PrepareDataConfig, {"dataset": "vrr-planted", "out": str(store),
+                                              "vrr": {"scale": 0.03, "n_test": 4000}}))
+    st, train, _ = load_splits(str(store))
+    cfg = DiffAugConfig(store=str(store), out=str(root), text_encoder="glove-roles", hardness_k=4)
+    trip = np.unique(_triplets(train), axis=0)
+    cond = _Conditions(cfg, st.manifest.objects, st.manifest.predicates, trip, np.zeros((0, 3), int), None)
+    text, mask, hard = cond.of(_triplets(train))
+    dcfg = DiffusionConfig(steps=8, batch_size=32, hidden=16, layers=1, heads=2, tokens=2, num_inference_steps=2)
+    path = save_bundle(train_denoiser(train.union_feature, text, mask, hard, dcfg, progress=False),
+                       root / "bundle.safetensors")
+    return str(store), str(path)
+
+
+def test_rates_per_guidance_are_probabilities_and_reproducible(bundle):
+    store, path = bundle
+    a = fidelity_sweep(store, path, [0.0, 2.0], n=60, text_encoder="glove-roles")
+    assert [r["guidance"] for r in a["by_guidance"]] == [0.0, 2.0]
+    for r in a["by_guidance"]:
+        assert 0 <= r["tail"] <= 1 and 0 <= r["test"] <= 1 and r["spread_tail"] > 0 and r["spread_test"] > 0
+    assert 0 < a["real"]["test"] <= 1 and a["n"] == 60
+    b = fidelity_sweep(store, path, [0.0, 2.0], n=60, text_encoder="glove-roles")
+    assert json.dumps(a) == json.dumps(b)  # per-id deterministic sampling, fixed probe and picks
+
+
+def test_bad_inputs_one_error_and_exit_2(bundle, tmp_path, capsys):
+    store, path = bundle
+    with pytest.raises(InputError, match="guidance"):
+        fidelity_sweep(store, path, [-1.0], text_encoder="glove-roles")
+    # MiniLM's 384-d text does not fit a bundle trained on GloVe-roles text: one error line, exit 2, no output
+    out = tmp_path / "res.json"
+    assert main(["--store", store, "--bundle", path, "--n", "20", "--out", str(out)]) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]  # (MiniLM's load bar too)
+    assert len(errors) == 1 and "text" in errors[0]
+    assert not out.exists()
+    assert main(["--store", store, "--bundle", path, "--n", "20", "--text-encoder", "glove-roles",
+                 "--guidance", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["by_guidance"][0]["guidance"] == 1.0
