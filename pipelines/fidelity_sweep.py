@@ -64,7 +64,7 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
             row[name] = hit(feats, trip[:, 1])
             row[f"spread_{name}"] = float(feats.std(0).mean()) / real_spread
         rows.append(row)
-    return {"real": real, "by_guidance": rows, "n": int(len(pick))}
+    return {"real": real, "by_guidance": rows, "n": len(pick)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
