@@ -22,6 +22,7 @@ import numpy as np
 
 from components.atomic import write_json
 from components.diffaug.diffusion import load_bundle
+from components.diffaug.fidelity import hit_rate
 from components.diffaug.requests import class_feature_pools, sampling_plan, tail_triplet_pools
 from components.diffaug.sampling import sample_features
 from components.errors import InputError
@@ -50,18 +51,16 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
     sets = {"tail": (np.stack([plan["subject"], plan["predicate"], plan["object"]], 1), plan["sample_id"]),
             "test": (test_trip[pick], np.arange(len(pick)) + 10**9)}  # ids disjoint from the plan's
     tail_rows = np.flatnonzero(np.isin(test.predicate, np.unique(plan["predicate"])))
-    hit = lambda x, y: float((probe(x).argmax(1) == y).mean())
-    real = {"tail": hit(test.union_feature[tail_rows], test.predicate[tail_rows]),
-            "test": hit(test.union_feature[pick], test.predicate[pick])}
+    real = {"tail": hit_rate(probe, test.union_feature[tail_rows], test.predicate[tail_rows], "real tail samples"),
+            "test": hit_rate(probe, test.union_feature[pick], test.predicate[pick], "real test samples")}
     real_spread = float(train.union_feature.std(0).mean())
     rows = []
     for g in guidance:
         row: dict[str, float] = {"guidance": float(g)}
         for name, (trip, ids) in sets.items():
             text, mask, hard = cond.of(trip)
-            feats = sample_features(bundle, text, mask, hard if bundle.model.hardness_dim else None, ids,
-                                    guidance_scale=float(g))
-            row[name] = hit(feats, trip[:, 1])
+            feats = sample_features(bundle, text, mask, hard, ids, guidance_scale=float(g))
+            row[name] = hit_rate(probe, feats, trip[:, 1], f"generated {name} samples")
             row[f"spread_{name}"] = float(feats.std(0).mean()) / real_spread
         rows.append(row)
     return {"real": real, "by_guidance": rows, "n": len(pick)}

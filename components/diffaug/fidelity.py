@@ -14,7 +14,8 @@ import torch
 from components.errors import InputError
 
 
-def _rate(classifier_fn: Callable, feats: np.ndarray, labels: np.ndarray, name: str) -> float:
+def hit_rate(classifier_fn: Callable, feats: np.ndarray, labels: np.ndarray, name: str) -> float:
+    """Share of `feats` whose argmax logit under `classifier_fn` is their label (`name` names them in errors)."""
     labels = np.asarray(labels).reshape(-1)
     if len(feats) != len(labels) or len(feats) == 0:
         raise InputError(name, f"{len(feats)} features for {len(labels)} labels", "equal, non-zero counts")
@@ -29,7 +30,7 @@ def _rate(classifier_fn: Callable, feats: np.ndarray, labels: np.ndarray, name: 
 def fidelity(classifier_fn: Callable, generated: np.ndarray, intended_labels: np.ndarray,
              real_heldout: np.ndarray, real_labels: np.ndarray) -> dict:
     """{'generated_rate', 'real_rate', 'ratio', 'n_generated', 'n_real'} for any callable features -> (N, C) logits."""
-    gen = _rate(classifier_fn, np.asarray(generated, np.float32), intended_labels, "generated")
-    real = _rate(classifier_fn, np.asarray(real_heldout, np.float32), real_labels, "real_heldout")
+    gen = hit_rate(classifier_fn, np.asarray(generated, np.float32), intended_labels, "generated")
+    real = hit_rate(classifier_fn, np.asarray(real_heldout, np.float32), real_labels, "real_heldout")
     return {"generated_rate": gen, "real_rate": real, "ratio": gen / real if real > 0 else float("nan"),
             "n_generated": len(generated), "n_real": len(real_heldout)}
