@@ -15,6 +15,7 @@ rotating order over the same pre-sampled batches) after a warm-up, and each vari
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -132,21 +133,30 @@ def build_variants(images: list[dict], num_objects: int, num_predicates: int, fe
     plugins2, _ = stage_plugins(new, _counts(b2, stage2), all_ids, GAMMA, previous, CR_WEIGHT, LAM)
     variants["hml_stage2"] = _trainer_step(StageTrainer(new, plugins2, adam(new.parameters(), LR)))
     variants["cr_teacher_forward"] = _teacher_forward(previous.model)  # eval + frozen by the CR plugin above
+    with torch.no_grad():  # derive each batch's geometry once, as stage 2's new model does before CR's teacher
+        for b in b2:
+            previous.model(b)
     return variants, b2
 
 
 def time_interleaved(variants: dict[str, Callable[[SGBatch], None]], batches: list[SGBatch], warmup: int,
-                     rounds: int, progress: bool = True) -> dict[str, list[float]]:
+                     rounds: int, progress: bool = True,
+                     reuse_derived: frozenset[str] = frozenset({"cr_teacher_forward"})) -> dict[str, list[float]]:
     """Per-variant step times: `warmup` untimed rounds, then `rounds` rounds, each variant once per round
-    on the same batch, in an order rotated every round (cancels drift and order effects)."""
+    on the same batch, in an order rotated every round (cancels drift and order effects).
+
+    Every variant gets a fresh copy of the batch (no derived geometry: it pays for it, as a training step on a
+    new batch does), except those in `reuse_derived`, which get the batch with its geometry already derived
+    (CR's teacher, which in stage 2 reuses the geometry the new model derived)."""
     names = list(variants)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in tqdm(range(warmup + rounds), desc="hml step", disable=not progress, leave=False):
         batch = batches[r % len(batches)]
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
+            b = batch if n in reuse_derived else dataclasses.replace(batch)
             t0 = time.perf_counter()
-            variants[n](batch)
+            variants[n](b)
             dt = time.perf_counter() - t0
             if r >= warmup:
                 times[n].append(dt)
