@@ -14,8 +14,8 @@ matmul ceiling in the same dtype, measured in the same run (goal >= 0.7). The ce
 either an n x n matmul or the denoiser's own largest GEMM shape (all threads): under load the long square
 matmul can measure below the short GEMM, and a ceiling some matmul beats would flatter the fraction. The
 FLOPs are counted analytically from the modules that run (every nn.Linear: 2 * rows * in * out; every
-nn.MultiheadAttention, the denoiser's CrossAttention subclass included: its q/k/v/out projections and 4 * B * Tq * Tk * E for scores and mixing), with
-the condition encoded once per batch and the denoiser once per step (x2 rows under guidance), exactly what
+nn.MultiheadAttention, the denoiser's CrossAttention subclass included: its q/k/v/out projections and
+4 * B * Tq * Tk * E for scores and mixing), with the condition encoded once per batch and the denoiser once per step (x2 rows under guidance), exactly what
 `sample_features` executes. torch.utils.flop_counter.FlopCounterMode is reported next to it: it misses the
 self-attention fast path (`_native_multi_head_attention` is one opaque op to it) and so undercounts.
 Why the fraction is what it is: `sampling_matmul_time_share` (profiler: share of self CPU time in matmul ops
