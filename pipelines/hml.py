@@ -277,7 +277,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     def batches():
         """Step k trains on the k-th batch of the shard stream (a resumed stage skips the `start` batches it
         already trained on) with pair sampling and dropout seeded by (seed, stage, rank, k): a resumed
-        stage replays the uninterrupted run as long as the shard yields rows in the same order."""
+        stage replays the uninterrupted run: the shard yields the same rows in the same order (PerRankDataConfig)."""
         step = 0
         while True:
             n = 0
@@ -301,14 +301,19 @@ def train_loop_per_worker(cfg: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------- driver side
-def _fit_stage(stage_dir: Path, cfg: HMLConfig, loop_cfg: dict, train_ds) -> dict:
-    """One TorchTrainer run; copies its final checkpoint and metrics into `stage_dir`."""
+def _fit_stage(stage_dir: Path, cfg: HMLConfig, loop_cfg: dict, train_data: tuple) -> dict:
+    """One TorchTrainer run; copies its final checkpoint and metrics into `stage_dir`.
+    `train_data` = (whole train split, rank r's fixed part at index r): see `per_rank_datasets`."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipelines.streaming import PerRankDataConfig
+
     storage = ensure_writable_dir(Path(cfg.output_dir) / "ray").resolve()
+    whole, parts = train_data
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_cfg, datasets={"train": train_ds},
+        train_loop_per_worker, train_loop_config=loop_cfg, datasets={"train": whole},
+        dataset_config=PerRankDataConfig({"train": parts}),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(storage_path=str(storage), name=stage_dir.name,
@@ -341,7 +346,7 @@ def build_tree(cfg: HMLConfig, predicates: list[str], counts: np.ndarray) -> Pre
 
 
 def train_method(method: str, cfg: HMLConfig, tree: PredicateTree, counts: np.ndarray, base_cfg: dict,
-                 cache: StageCache, train_ds, loop_extra: dict | None = None) -> StageResult:
+                 cache: StageCache, train_data: tuple, loop_extra: dict | None = None) -> StageResult:
     """All stages of `method` (complete ones skipped); returns the last stage's result."""
     prev: StageResult | None = None
     for spec in stage_plan(method, tree, cfg):
@@ -356,7 +361,7 @@ def train_method(method: str, cfg: HMLConfig, tree: PredicateTree, counts: np.nd
         loop_cfg.update(loop_extra or {})
         print(f"[hml] {name}: {len(spec.positives)} positive predicates, {len(spec.seen)} in the CE span, "
               f"{spec.steps} steps", flush=True)
-        prev = cache.run(name, key_cfg, lambda d, lc=loop_cfg: _fit_stage(d, cfg, lc, train_ds),
+        prev = cache.run(name, key_cfg, lambda d, lc=loop_cfg: _fit_stage(d, cfg, lc, train_data),
                          [prev] if prev else None)
         print(f"[hml] {name}: {'cached' if prev.cached else f'trained in {prev.seconds:.1f} s'} -> "
               f"{prev.result['checkpoint']}", flush=True)
@@ -369,7 +374,7 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
     import ray
 
     from pipelines.ray_runtime import init_ray
-    from pipelines.streaming import dataset_from_store
+    from pipelines.streaming import dataset_from_store, per_rank_datasets
 
     store = FeatureStore(cfg.store, kind=SCENE_GRAPH)
     man = store.manifest
@@ -396,12 +401,15 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
                 "checkpoint_every": cfg.checkpoint_every, "threads": cfg.threads_per_worker}
     init_ray(cfg.ray_address, cfg.num_cpus)
     ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
-    train_ds = dataset_from_store(cfg.store, "train")
+    # each rank streams its own fixed part of the train split, in a fixed order: a stage resumed after a
+    # worker failure replays the uninterrupted run, with any number of workers
+    train_data = (dataset_from_store(cfg.store, "train"),
+                  per_rank_datasets(cfg.store, "train", cfg.num_workers, deep_check=False))
     cache = StageCache(out / "stages")
     results: dict[str, Any] = {"tree": tree.to_json(), "methods": {}}
     loop_extra = {"freq_bias_path": str(fb_path.resolve()) if fb_path else None, **(loop_extra or {})}
     for method in cfg.methods:
-        final = train_method(method, cfg, tree, counts, base_cfg, cache, train_ds, loop_extra)
+        final = train_method(method, cfg, tree, counts, base_cfg, cache, train_data, loop_extra)
         results["methods"][method] = {"checkpoint": final.result["checkpoint"], "stage_dir": str(final.path),
                                       "train_summary": final.result["summary"]}
         results["methods"][method].update(evaluate_method(method, final.result["checkpoint"], cfg, store, tree,

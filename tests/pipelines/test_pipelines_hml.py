@@ -99,10 +99,9 @@ def test_two_stage_ray_train_resumes_after_worker_failure_and_rerun_skips(ray_lo
     the resumed stage's losses, model, Fisher and importance are bit-identical. Tolerances (rel 1e-6 on
     losses and metrics, ~1e-5 on tensors and prediction scores) are float rounding only: the tracker
     checkpoints F = S/t and restores S = F*t, exact when t is a power of two (t = 2 here) and within an ulp
-    otherwise. Equality also needs the Ray Data shard to yield rows in the same order in both runs, which
-    holds here (one worker, one parquet file) but not in general (with several workers streaming_split hands
-    blocks out in arrival order). R@K and mR@K are 0 at this toy size (4 steps per stage), so the prediction
-    scores are the meaningful evaluation check."""
+    otherwise. Equality also needs the Ray Data shard to yield the same rows in the same order in both runs
+    (PerRankDataConfig; two workers: test_pipelines_hml_ddp.py). R@K and mR@K are 0 at this toy size (4 steps
+    per stage), so the prediction scores are the meaningful evaluation check."""
     marker = tmp_path / "failed-once"
     cfg = HMLConfig(store=str(store), output_dir=str(tmp_path / "out"), methods=["hml"], hidden_dim=8,
                     steps_per_stage=4, checkpoint_every=2, batch_size=4, max_bg_per_image=16, num_workers=1,

@@ -9,9 +9,11 @@ from components.data.store import FeatureStore, StoreWriter, relation_arrays, sc
 from components.errors import DataError
 from pipelines.streaming import (
     ExactSplitDataConfig,
+    PerRankDataConfig,
     dataset_from_store,
     iter_relation_batches,
     iter_scene_graph_batches,
+    per_rank_datasets,
 )
 
 pytestmark = pytest.mark.ray
@@ -80,10 +82,10 @@ def test_corrupt_shard_is_refused_before_streaming(ray_local, stores, tmp_path):
         dataset_from_store(tmp_path / "sg", "train")
 
 
-def test_train_workers_split_the_store_exactly(ray_local, stores, tmp_path):
-    """13 rows on 2 workers: Ray's default (equal) split gives 6 + 6; ExactSplitDataConfig keeps all 13."""
-    def count_shard(config):  # nested: pickled by value, so workers need not import this test module
-        """Train worker: count the rows of this worker's shard; gather ids from all workers."""
+def _fit_count(ds, dataset_config, name, storage):
+    """Metrics of a 2-worker Train run of count_shard over `ds` split by `dataset_config`."""
+    def count_shard(config):  # nested: pickled by value, so workers need not import this module
+        """Train worker: the image ids of this worker's shard in stream order, gathered from all workers."""
         import json
         import tempfile
         from pathlib import Path
@@ -96,7 +98,8 @@ def test_train_workers_split_the_store_exactly(ray_local, stores, tmp_path):
         ids = [g["image_id"] for b in it(ray.train.get_dataset_shard("train"), config["batch_size"]) for g in b]
         everyone = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, ids)
-        metrics = {"rows_per_worker": [len(x) for x in everyone], "all_ids": sorted(i for x in everyone for i in x)}
+        metrics = {"rows_per_worker": [len(x) for x in everyone], "all_ids": sorted(i for x in everyone for i in x),
+                   "streams": everyone}
         # Train V2 keeps result.metrics only when a checkpoint comes with them: rank 0 attaches a tiny one.
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "rows.json").write_text(json.dumps(metrics))
@@ -105,9 +108,37 @@ def test_train_workers_split_the_store_exactly(ray_local, stores, tmp_path):
 
     trainer = TorchTrainer(count_shard, train_loop_config={"batch_size": 3},
                            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-                           datasets={"train": dataset_from_store(stores / "sg", "train")},
-                           dataset_config=ExactSplitDataConfig(),
-                           run_config=RunConfig(name="count", storage_path=str(tmp_path)))
-    m = trainer.fit().metrics
+                           datasets={"train": ds}, dataset_config=dataset_config,
+                           run_config=RunConfig(name=name, storage_path=str(storage)))
+    return trainer.fit().metrics
+
+
+def test_train_workers_split_the_store_exactly(ray_local, stores, tmp_path):
+    """13 rows on 2 workers: Ray's default (equal) split gives 6 + 6; ExactSplitDataConfig keeps all 13."""
+    m = _fit_count(dataset_from_store(stores / "sg", "train"), ExactSplitDataConfig(), "count", tmp_path)
     assert sum(m["rows_per_worker"]) == FeatureStore(stores / "sg").manifest.rows("train") == 13
     assert m["all_ids"] == sorted(f"im{i}" for i in range(13))  # each row exactly once across workers
+
+
+def test_per_rank_parts_stream_the_same_rows_in_the_same_order_on_every_run(ray_local, stores, tmp_path):
+    """PerRankDataConfig: each worker streams its own fixed part (3 shards on 2 workers: shards 0 + 2 and
+    shard 1), every row once, in the same order in two separate Train runs (what exact resume needs)."""
+    parts = per_rank_datasets(stores / "sg", "train", 2)
+    runs = [_fit_count(dataset_from_store(stores / "sg", "train"), PerRankDataConfig({"train": parts}), f"fixed{i}",
+                       tmp_path) for i in range(2)]
+    assert runs[0]["streams"] == runs[1]["streams"]
+    assert runs[0]["all_ids"] == sorted(f"im{i}" for i in range(13))
+    assert runs[0]["streams"] == [[f"im{i}" for i in range(7)] + ["im11", "im12"], [f"im{i}" for i in range(7, 11)]]
+    with pytest.raises(ValueError, match="holds 1 parts, expected one per worker"):
+        PerRankDataConfig({"train": parts[:1]}).configure({"train": parts[0]}, 2, None, None)
+
+
+def test_per_rank_parts_with_fewer_shards_than_ranks_split_by_image(ray_local, stores):
+    """3 shards on 5 ranks: every rank reads all shards and keeps the images whose id hashes to it."""
+    streams = [[g["image_id"] for b in iter_scene_graph_batches(ds, 4) for g in b]
+               for ds in per_rank_datasets(stores / "sg", "train", 5)]
+    assert sorted(i for s in streams for i in s) == sorted(f"im{i}" for i in range(13))
+    assert sum(1 for s in streams if s) >= 3  # spread over ranks, not all on one
+    again = [[g["image_id"] for b in iter_scene_graph_batches(ds, 4) for g in b]
+             for ds in per_rank_datasets(stores / "sg", "train", 5)]
+    assert {tuple(sorted(s)) for s in again} == {tuple(sorted(s)) for s in streams}
