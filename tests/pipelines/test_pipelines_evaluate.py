@@ -82,3 +82,27 @@ def test_runs_as_a_script(saved):
     bad = subprocess.run([sys.executable, str(ROOT / "pipelines/evaluate.py"), "ltvrr", str(d / "nope.npz")],
                          check=False, capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_logit_adjust_rows_match_the_library_and_bad_arguments_exit_2(saved, tmp_path, capsys):
+    """--logit-adjust with --prior STORE: tau 0 is the plain evaluation; the prior comes from the store's
+    train split; a store of another predicate count, or one flag without the other, is one error line."""
+    from components.data.store import StoreWriter
+    from components.evaluation.adjust import evaluate_adjusted, predicate_prior
+
+    d, imgs, _ = saved
+    objects = [f"o{i}" for i in range(12)]
+    counts = np.arange(1, C + 1) ** 2
+    w = StoreWriter(tmp_path / "store", "scene_graph", 4, objects, [f"p{i}" for i in range(C)])
+    rels = np.array([[0, 1, p] for p in range(1, C + 1) for _ in range(counts[p - 1])])
+    w.write("train", [{"image_id": "a", "split": "train", "width": 50, "height": 50, "labels": np.array([1, 2]),
+                       "boxes": np.array([[0, 0, 9, 9], [5, 5, 20, 20]], float), "obj_features": np.zeros((2, 4)),
+                       "rels": rels, "rel_fine": rels[:, 2]}])
+    w.close()
+    assert main(["sgg", str(d / "sgg"), "--logit-adjust", "0", "1", "--prior", str(tmp_path / "store"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ref = dict(evaluate_adjusted(imgs, predicate_prior(counts), [0.0, 1.0]))
+    assert out["0.0"]["mR@100"] == pytest.approx(ref[0.0]["mR@100"]) == pytest.approx(evaluate_sgg(imgs, C)["mR@100"])
+    assert out["1.0"]["mR@100"] == pytest.approx(ref[1.0]["mR@100"]) and out["1.0"] != out["0.0"]
+    assert main(["sgg", str(d / "sgg"), "--logit-adjust", "0.5"]) == 2
+    assert "--logit-adjust/--prior" in capsys.readouterr().err
