@@ -19,10 +19,9 @@ from components.taxonomy.tree import build_predicate_tree
 from pipelines.hml import HMLConfig, StageSpec, label_map, main, run, stage_plan, stage_steps
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hml") / "store"
-    cfg = PlantedSGGConfig(n_train=24, n_val=2, n_test=6, shard_size=24, feature_dim=8)
+def write_tiny_store(root: Path, shard_size: int) -> Path:
+    """A tiny planted scene-graph store (24 train images in shards of `shard_size`, 6 test images)."""
+    cfg = PlantedSGGConfig(n_train=24, n_val=2, n_test=6, shard_size=shard_size, feature_dim=8)
     world = build_world(cfg)
     writer = StoreWriter(root, "scene_graph", cfg.feature_dim, list(world.objects), list(world.predicates))
     for split in ("train", "test"):
@@ -30,6 +29,11 @@ def store(tmp_path_factory):
             writer.write(split, shard)
     writer.close()
     return root
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return write_tiny_store(tmp_path_factory.mktemp("hml") / "store", shard_size=24)
 
 
 def _tree():

@@ -6,10 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_pipelines_hml import _assert_same_training, store  # noqa: F401  (the tiny planted store fixture)
+from test_pipelines_hml import _assert_same_training, store, write_tiny_store  # noqa: F401  (store: a fixture)
 
-from components.data.planted_sgg import PlantedSGGConfig, build_world, generate_split
-from components.data.store import StoreWriter
 from components.hml.checkpoint import load_checkpoint
 from pipelines.hml import HMLConfig, run
 
@@ -36,15 +34,7 @@ def test_two_workers_two_stages_finite_nonzero_fisher_and_importance(ray_local, 
 @pytest.fixture(scope="module")
 def two_shard_store(tmp_path_factory):
     """The tiny planted store with its 24 train images in two parquet shards (one per worker)."""
-    root = tmp_path_factory.mktemp("hml2") / "store"
-    cfg = PlantedSGGConfig(n_train=24, n_val=2, n_test=6, shard_size=12, feature_dim=8)
-    world = build_world(cfg)
-    writer = StoreWriter(root, "scene_graph", cfg.feature_dim, list(world.objects), list(world.predicates))
-    for split in ("train", "test"):
-        for shard in generate_split(cfg, split, world):
-            writer.write(split, shard)
-    writer.close()
-    return root
+    return write_tiny_store(tmp_path_factory.mktemp("hml2") / "store", shard_size=12)
 
 
 @pytest.mark.ray
