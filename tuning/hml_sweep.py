@@ -8,8 +8,10 @@ its stages Ray Train runs launched from the trial) scored on mR@K.
 
 Trial outputs are content-addressed (`<run_dir>/sweeps/<name>-trials/<hash of the trial's HML config>`),
 so a restarted trial reuses its complete stages and resumes an interrupted one from its checkpoint.
-Each trial reports once, at the end: ASHA then has nothing to stop early (a per-stage report would
-need a hook in pipelines/hml.py). Trials log only through the sweep (HML's own MLflow logging is off).
+Each trial reports once, at the end, so ASHA stops nothing early. That is deliberate: an intermediate
+stage's model knows only the predicates of its stages, so its R/mR@K says little about the final model's,
+and trials with different stage counts would be compared at different points of the same budget.
+Trials log only through the sweep (HML's own MLflow logging is off).
 """
 from __future__ import annotations
 
