@@ -183,7 +183,7 @@ def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationS
         load_bundle(bundle, expected=dcfg)
         return str(bundle)
     train_diffusion_on_ray(train.union_feature, text, mask, hard, dcfg, run_dir, cpus=cfg.cpus_per_actor * 2,
-                           checkpoint_every=max(dcfg.steps // 4, 1))
+                           checkpoint_every=max(dcfg.steps // 4, 1), groups=train.predicate)
     return str(bundle)
 
 

@@ -54,17 +54,18 @@ class _TrainActor:
                 save_bundle(bundle, ckpt / f"step-{step:07d}.safetensors")
 
         bundle = train_denoiser(arrays["features"], arrays["text"], arrays.get("text_mask"), arrays.get("hardness"),
-                                cfg, on_step=on_step, progress=False)
+                                cfg, on_step=on_step, progress=False, groups=arrays.get("groups"))
         save_bundle(bundle, Path(out_dir) / "bundle.safetensors")
         return losses
 
 
 def train_diffusion_on_ray(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray | None,
                            hardness: np.ndarray | None, cfg: DiffusionConfig, out_dir: str | Path,
-                           cpus: float = 0.5, checkpoint_every: int = 500) -> dict:
-    """Train in a Ray actor; writes out_dir/{bundle.safetensors, checkpoints/, metrics.json}; returns the paths + losses."""
+                           cpus: float = 0.5, checkpoint_every: int = 500, groups: np.ndarray | None = None) -> dict:
+    """Train in a Ray actor; writes out_dir/{bundle.safetensors, checkpoints/, metrics.json}; returns the paths + losses.
+    `groups`: each sample's group (relation) label, for `cfg.balance`."""
     out = ensure_writable_dir(out_dir)
-    arrays = {"features": features, "text": text, "text_mask": text_mask, "hardness": hardness}
+    arrays = {"features": features, "text": text, "text_mask": text_mask, "hardness": hardness, "groups": groups}
     t0 = time.perf_counter()
     actor = _TrainActor.options(num_cpus=cpus).remote()
     try:

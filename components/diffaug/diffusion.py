@@ -44,6 +44,9 @@ class DiffusionConfig:
     # sized for 2 cores: the old 2000 steps x 256 at hidden 256 were ~65% of the phase's CPU time
     steps: int = field(default=1000, metadata={"range": (1, None)})
     batch_size: int = field(default=128, metadata={"range": (1, None)})
+    # minibatch sampling: a sample of group g (its relation, in DiffAugment) is drawn with probability
+    # proportional to n_g ** -balance; 0 = uniform over samples, 1 = uniform over groups
+    balance: float = field(default=0.0, metadata={"range": (0.0, 1.0)})
     hidden: int = field(default=128, metadata={"range": (1, None)})
     layers: int = field(default=4, metadata={"range": (1, None)})
     heads: int = field(default=4, metadata={"range": (1, None)})
@@ -154,20 +157,35 @@ def one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.05, 2.0 / steps))
 
 
+def sampling_weights(groups: np.ndarray | None, balance: float, n: int) -> torch.Tensor | None:
+    """Per-sample minibatch weights n_g ** -balance (None: uniform), from each sample's group label."""
+    if balance == 0.0:
+        return None
+    if groups is None:
+        raise InputError("groups", f"missing with diffusion.balance={balance}", "a group label per sample")
+    groups = np.asarray(groups)
+    if groups.shape != (n,) or not np.issubdtype(groups.dtype, np.integer) or (groups < 0).any():
+        raise InputError("groups", f"dtype {groups.dtype}, shape {groups.shape}", f"({n},) non-negative integers")
+    counts = np.bincount(groups)
+    return torch.from_numpy(counts[groups].astype(np.float64) ** -balance)
+
+
 def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray | None,
                    hardness: np.ndarray | None, cfg: DiffusionConfig,
                    on_step: Callable[[int, float, DiffusionBundle], None] | None = None,
-                   progress: bool = True) -> DiffusionBundle:
+                   progress: bool = True, groups: np.ndarray | None = None) -> DiffusionBundle:
     """Train a denoiser on features (N, D) given text (N, T, E) + mask (N, T) or pooled (N, E) and hardness (N, K).
 
     `on_step(step, loss, bundle)` is called after every optimiser step (bundle holds the live model:
-    save it to checkpoint). Sampling of minibatches, timesteps, noise and CFG drops follows `cfg.seed`.
+    save it to checkpoint). Sampling of minibatches, timesteps, noise and CFG drops follows `cfg.seed`;
+    with `cfg.balance` > 0, minibatches favour samples of rare `groups` (N,) (see `sampling_weights`).
     """
     features = np.asarray(features, np.float32)
     text = np.asarray(text, np.float32)
     text_mask = None if text_mask is None else np.asarray(text_mask, bool)
     hardness = None if (hardness is None or not cfg.use_hardness) else np.asarray(hardness, np.float32)
     _check_inputs(features, text, text_mask, hardness)
+    weights = sampling_weights(groups, cfg.balance, len(features))
     mean, std = fit_standardizer(features)
     torch.manual_seed(cfg.seed)
     model = build_denoiser(cfg, features.shape[1], text.shape[-1], 0 if hardness is None else hardness.shape[1])
@@ -184,7 +202,10 @@ def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray
     model.train()
     bar = tqdm(range(cfg.steps), desc="diffusion train", disable=not progress, mininterval=2.0)
     for step in bar:
-        idx = torch.randint(0, len(x_all), (min(cfg.batch_size, len(x_all)),), generator=gen)
+        if weights is None:
+            idx = torch.randint(0, len(x_all), (min(cfg.batch_size, len(x_all)),), generator=gen)
+        else:
+            idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=gen)
         x0 = x_all[idx]
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, cfg.num_train_timesteps, (len(idx),), generator=gen)
