@@ -23,15 +23,26 @@ def predicate_prior(counts: Sequence[int]) -> np.ndarray:
     return c / c.sum()
 
 
-def adjust_scores(rel_scores: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
-    """rel_scores (N, 1 + P) with columns 1..P divided by prior ** tau (column 0, background, kept)."""
+def _divisor(prior: np.ndarray, tau: float) -> np.ndarray:
+    """prior ** tau, after checking tau."""
     if tau < 0 or not np.isfinite(tau):
         raise InputError("tau", f"{tau}", "a finite number >= 0")
-    if rel_scores.ndim != 2 or rel_scores.shape[1] != len(prior) + 1:
-        raise InputError("rel_scores", f"shape {rel_scores.shape}", f"(N, {len(prior) + 1}) for {len(prior)} predicates")
+    return prior ** tau
+
+
+def _divided(rel_scores: np.ndarray, divisor: np.ndarray) -> np.ndarray:
+    """A float64 copy of rel_scores (N, 1 + P) with columns 1..P divided by `divisor` (P,)."""
+    if rel_scores.ndim != 2 or rel_scores.shape[1] != len(divisor) + 1:
+        raise InputError("rel_scores", f"shape {rel_scores.shape}",
+                         f"(N, {len(divisor) + 1}) for {len(divisor)} predicates")
     out = np.array(rel_scores, dtype=np.float64)
-    out[:, 1:] /= prior ** tau
+    out[:, 1:] /= divisor
     return out
+
+
+def adjust_scores(rel_scores: np.ndarray, prior: np.ndarray, tau: float) -> np.ndarray:
+    """rel_scores (N, 1 + P) with columns 1..P divided by prior ** tau (column 0, background, kept)."""
+    return _divided(rel_scores, _divisor(prior, tau))
 
 
 def evaluate_adjusted(images: Iterable[Mapping], prior: np.ndarray, taus: Sequence[float],
@@ -40,9 +51,11 @@ def evaluate_adjusted(images: Iterable[Mapping], prior: np.ndarray, taus: Sequen
     taus = [float(t) for t in taus]
     if not taus:
         raise InputError("tau", "none given", "one or more values >= 0")
+    divisors = [_divisor(prior, tau) for tau in taus]  # once, not per image
     evaluators = [SGGEvaluator(len(prior), ks, iou_threshold) for _ in taus]
     for image in images:
-        for tau, ev in zip(taus, evaluators):
-            ev.process({**image, "rel_scores": adjust_scores(np.asarray(image["rel_scores"]), prior, tau)})
+        scores = np.asarray(image["rel_scores"])
+        for divisor, ev in zip(divisors, evaluators):
+            ev.process({**image, "rel_scores": _divided(scores, divisor)})
     for tau, ev in zip(taus, evaluators):
         yield tau, ev.evaluate()
