@@ -46,7 +46,7 @@ from components.diffaug.diffusion import (
     build_denoiser,
     save_bundle,
 )
-from components.diffaug.sampling import sample_features
+from components.diffaug.sampling import inference_model, sample_features
 
 FEATURE_DIM, COND_DIM, TEXT_TOKENS, HARDNESS_DIM = 128, 384, 3, 32
 MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
@@ -93,19 +93,20 @@ class AnalyticFlops:
             h.remove()
 
 
-def _inputs(req: dict, rows: int) -> tuple[torch.Tensor, ...]:
-    """Guided-batch inputs of the denoiser (`rows` = 2 x batch: conditional and unconditional halves)."""
+def _inputs(req: dict, rows: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Guided-batch inputs of the denoiser in `dtype` (`rows` = 2 x batch: conditional and unconditional halves)."""
     take = lambda k: torch.from_numpy(req[k][: rows // 2]).repeat(2, *([1] * (req[k].ndim - 1)))
     drop = torch.cat([torch.zeros(rows // 2, dtype=torch.bool), torch.ones(rows // 2, dtype=torch.bool)])
-    return torch.randn(rows, FEATURE_DIM), torch.full((rows,), 500), take("text"), take("text_mask"), take("hardness"), drop
+    return (torch.randn(rows, FEATURE_DIM, dtype=dtype), torch.full((rows,), 500), take("text").to(dtype),
+            take("text_mask"), take("hardness").to(dtype), drop)
 
 
 def flops_per_sample(bundle: DiffusionBundle, req: dict, batch: int) -> dict[str, float]:
     """Matmul FLOPs of one full sampling chain per sample: analytic (used) and FlopCounterMode (reported)."""
-    m, dtype, steps = bundle.model, autocast_dtype(bundle.cfg), bundle.cfg.num_inference_steps
+    m, steps = inference_model(bundle), bundle.cfg.num_inference_steps
     guided = 2 if bundle.cfg.guidance_scale != 1.0 else 1
-    x, t, text, mask, hard, drop = _inputs(req, guided * batch)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+    x, t, text, mask, hard, drop = _inputs(req, guided * batch, autocast_dtype(bundle.cfg))
+    with torch.inference_mode():
         with AnalyticFlops(m) as enc:
             cond = m.encode_condition(text, mask, hard, drop)
         with AnalyticFlops(m) as den:
@@ -118,9 +119,9 @@ def flops_per_sample(bundle: DiffusionBundle, req: dict, batch: int) -> dict[str
 
 def matmul_time_share(bundle: DiffusionBundle, req: dict, batch: int) -> float:
     """Share of self CPU time in matmul ops during one guided denoiser step (profiler, after a warm-up)."""
-    m, dtype = bundle.model, autocast_dtype(bundle.cfg)
-    x, t, text, mask, hard, drop = _inputs(req, 2 * batch)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+    m = inference_model(bundle)
+    x, t, text, mask, hard, drop = _inputs(req, 2 * batch, autocast_dtype(bundle.cfg))
+    with torch.inference_mode():
         cond = m.encode_condition(text, mask, hard, drop)
         m.denoise(x, t, cond)
         with profile(activities=[ProfilerActivity.CPU]) as prof:

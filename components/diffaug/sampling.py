@@ -7,11 +7,14 @@ Classifier-free guidance: out = uncond + g * (cond - uncond) on the model output
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
 from tqdm.auto import tqdm
 
+from components.diffaug.denoiser import Denoiser
 from components.diffaug.diffusion import DiffusionBundle, autocast_dtype, make_scheduler
 from components.diffaug.seeds import noised_seed, sample_rng
 from components.errors import InputError
@@ -33,11 +36,21 @@ def per_sample_noise(sample_ids: np.ndarray, dim: int, seed: int) -> np.ndarray:
                      for s in sample_ids]) if len(sample_ids) else np.zeros((0, dim), np.float32)
 
 
+def inference_model(bundle: DiffusionBundle) -> Denoiser:
+    """The bundle's denoiser in eval mode and its compute dtype: in bf16 a copy with weights cast once
+    (autocast would cast every weight again at every call; the copy samples 1.34x faster, measured on an
+    AMX CPU), in fp32 the model itself."""
+    dtype = autocast_dtype(bundle.cfg)
+    model = bundle.model.eval()
+    return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+
+
 @torch.inference_mode()
-def _denoise(bundle: DiffusionBundle, sched: DDIMScheduler, x: torch.Tensor, steps: torch.Tensor,
+def _denoise(model: Denoiser, sched: DDIMScheduler, x: torch.Tensor, steps: torch.Tensor,
              text: torch.Tensor, mask: torch.Tensor | None, hard: torch.Tensor | None, g: float) -> torch.Tensor:
-    """DDIM chain from x over `steps`; the condition (and its guidance copy) is encoded once, not per step."""
-    model, dtype = bundle.model, autocast_dtype(bundle.cfg)
+    """DDIM chain from x (fp32) over `steps`; the condition (and its guidance copy) is encoded once, not per
+    step. The model computes in its own dtype; guidance and the scheduler's update stay in fp32."""
+    dtype = model.inp.weight.dtype
     b = len(x)
     guided = g != 1.0
     if guided:
@@ -45,16 +58,13 @@ def _denoise(bundle: DiffusionBundle, sched: DDIMScheduler, x: torch.Tensor, ste
         drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)])
     else:
         drop = None
-    autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
-    with autocast:
-        cond = model.encode_condition(text, mask, hard, drop)
-    xin = torch.empty((2 * b if guided else b, x.shape[1]), dtype=x.dtype)
+    cond = model.encode_condition(text.to(dtype), mask, None if hard is None else hard.to(dtype), drop)
+    xin = torch.empty((2 * b if guided else b, x.shape[1]), dtype=dtype)
     for t in steps:
         xin[:b] = x
         if guided:
             xin[b:] = x
-        with autocast:
-            out = model.denoise(xin, t.expand(len(xin)), cond).float()
+        out = model.denoise(xin, t.expand(len(xin)), cond).float()
         if guided:
             out = out[b:] + g * (out[:b] - out[b:])
         x = sched.step(out, t, x, eta=0.0).prev_sample
@@ -72,8 +82,8 @@ def sample_features(bundle: DiffusionBundle, text: np.ndarray, text_mask: np.nda
     without them sampling starts from pure noise (strength must then be 1). `guidance_scale` (default
     the bundle's) 1 = conditional only, 0 = unconditional. `seed` defaults to the bundle's cfg.seed.
     """
-    model = bundle.model
     ids = np.asarray(sample_ids).reshape(-1)
+    model = inference_model(bundle)
     n, d = len(ids), model.feature_dim
     text = np.asarray(text, np.float32)
     if text.ndim not in (2, 3) or len(text) != n:
@@ -94,7 +104,6 @@ def sample_features(bundle: DiffusionBundle, text: np.ndarray, text_mask: np.nda
     sched = inference_scheduler(bundle, num_inference_steps)
     mean, std = torch.from_numpy(bundle.mean), torch.from_numpy(bundle.std)
     out = np.empty((n, d), np.float32)
-    model.eval()
     for lo in tqdm(range(0, n, batch_size), desc="diffusion sample", disable=not progress, mininterval=2.0):
         sl = slice(lo, lo + batch_size)
         noise = torch.from_numpy(per_sample_noise(ids[sl], d, seed))
@@ -105,6 +114,6 @@ def sample_features(bundle: DiffusionBundle, text: np.ndarray, text_mask: np.nda
             x, steps = noised_seed(sched, x0, noise, strength)
         mask = None if text_mask is None else torch.from_numpy(np.asarray(text_mask[sl], bool))
         hard = None if not model.hardness_dim else torch.from_numpy(np.asarray(hardness[sl], np.float32))
-        x = _denoise(bundle, sched, x, steps, torch.from_numpy(text[sl]), mask, hard, g)
+        x = _denoise(model, sched, x, steps, torch.from_numpy(text[sl]), mask, hard, g)
         out[sl] = (x * std + mean).numpy()
     return out
