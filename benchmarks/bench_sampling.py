@@ -20,11 +20,14 @@ nn.MultiheadAttention, the denoiser's CrossAttention subclass included: its q/k/
 self-attention fast path (`_native_multi_head_attention` is one opaque op to it) and so undercounts.
 Why the fraction is what it is: `sampling_matmul_time_share` (profiler: share of self CPU time in matmul ops
 during one guided denoiser step) and `sampling_gemm_fraction` (the denoiser's largest GEMM shape alone, as
-a fraction of the square matmul); the fraction cannot exceed roughly their product. The model is untrained (speed
-does not depend on the weights).
+a fraction of the square matmul); the fraction cannot exceed roughly their product. Where the compute dtype is
+bf16 (a CPU with avx512_bf16/AMX), the fp32 loop is measured too, against the fp32 ceiling
+(`sampling_flops_fraction_fp32`, `sampling_fp32_vectors_per_s`). The model is untrained (speed does not
+depend on the weights).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -201,7 +204,11 @@ def run(quick: bool = False, repeats: int | None = None) -> dict:
                  configure_logging=False)
     from pipelines.diffusion import SamplerPool
 
+    # where the compute dtype is bf16, the same loop in fp32 against the fp32 ceiling, for comparison
+    fp32 = (dataclasses.replace(bundle, cfg=dataclasses.replace(bundle.cfg, dtype="float32"))
+            if dtype != torch.float32 else None)
     inproc, pool_wall, pool_cold, pool_compute, ceil, ceil_1, gemm = [], [], [], [], [], [], []
+    inproc32, ceil32 = [], []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = save_bundle(bundle, Path(tmp) / "bundle.safetensors")
@@ -218,6 +225,9 @@ def run(quick: bool = False, repeats: int | None = None) -> dict:
                 inproc.append(_inprocess_seconds(bundle, req, batch, cores))
                 ceil_1.append(_ceiling(dtype, 1))
                 gemm.append(gemm_fraction(2 * batch * bundle.model.tokens, bundle.cfg.hidden, dtype, ceil[-1], cores))
+                if fp32 is not None:
+                    inproc32.append(_inprocess_seconds(fp32, req, batch, cores))
+                    ceil32.append(_ceiling(torch.float32, cores))
             pool.close()
     finally:
         if started:
@@ -239,6 +249,10 @@ def run(quick: bool = False, repeats: int | None = None) -> dict:
             "sampling_matmul_time_share": share, "sampling_gemm_fraction": statistics.median(gemm),
             "sampling_flops_per_sample_analytic": flops["analytic"],
             "sampling_flops_per_sample_flop_counter_mode": flops["flop_counter_mode"],
+            **({"sampling_flops_fraction_fp32": statistics.median(
+                flops["analytic"] * n / t / c for t, c in zip(inproc32, ceil32)),
+                "sampling_fp32_vectors_per_s": n / statistics.median(inproc32),
+                "sampling_fp32_ceiling_gflops": statistics.median(ceil32) / 1e9} if inproc32 else {}),
             "sampling_dtype": str(dtype).replace("torch.", ""), "sampling_n": n, "sampling_batch": batch,
             "sampling_steps": bundle.cfg.num_inference_steps, "sampling_repeats": repeats,
             "sampling_loadavg_1min": os.getloadavg()[0]}

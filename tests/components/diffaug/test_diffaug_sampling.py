@@ -1,12 +1,14 @@
 """Sampling: each sample depends only on (seed, sample id), not on batch composition; input checks."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from components.diffaug.diffusion import DiffusionBundle, DiffusionConfig, build_denoiser
-from components.diffaug.sampling import sample_features
+from components.diffaug.sampling import inference_model, sample_features
 from components.errors import InputError
 
 N, D, E, T, K = 10, 12, 6, 3, 4
@@ -63,3 +65,17 @@ def test_input_errors(bundle):
         sample_features(bundle, text, mask, hard, ids, seeds[:, :3])
     with pytest.raises(InputError, match="text"):
         sample_features(bundle, text[:3], mask, hard, ids)
+
+
+def test_bf16_sampling_uses_a_cast_copy_and_stays_close_to_fp32(bundle):
+    half = dataclasses.replace(bundle, cfg=dataclasses.replace(bundle.cfg, dtype="bfloat16"))
+    model = inference_model(half)
+    assert model is not bundle.model and model.inp.weight.dtype == torch.bfloat16
+    assert bundle.model.inp.weight.dtype == torch.float32  # the bundle's own model is untouched
+    assert inference_model(bundle) is bundle.model  # fp32: no copy
+    text, mask, hard, ids, _ = _inputs()
+    ref = sample_features(bundle, text, mask, hard, ids)
+    got = sample_features(half, text, mask, hard, ids)
+    assert got.dtype == np.float32 and np.isfinite(got).all()
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert 0 < err < 0.05, err  # bf16 rounding, not a different computation
