@@ -36,7 +36,7 @@ from components.data.schema import RELATION_SAMPLE
 from components.data.store import FeatureStore, relation_arrays
 from components.diffaug.augment import augment_triplets
 from components.diffaug.diffusion import DiffusionConfig, load_bundle
-from components.diffaug.fidelity import fidelity
+from components.diffaug.fidelity import copy_rate, fidelity
 from components.diffaug.finetune import (
     RelationSet,
     TrainConfig,
@@ -223,10 +223,13 @@ def _probe(train: RelationSet, n_pred: int, seed: int):
     return scores
 
 
-def _fidelity(gen: RelationSet, test: RelationSet, probe, model: VRRClassifier) -> dict:
-    """Probe and baseline-model fidelity of generated samples vs real test samples of the same relations."""
+def _fidelity(gen: RelationSet, train: RelationSet, test: RelationSet, probe, model: VRRClassifier) -> dict:
+    """Probe and baseline-model fidelity of generated samples vs real test samples of the same relations, and how
+    many generated union features are near-copies of a training sample of their relation (`copy_rate`)."""
     real = test.subset(np.flatnonzero(np.isin(test.predicate, np.unique(gen.predicate))))
-    out = {"probe": fidelity(probe, gen.union_feature, gen.predicate, real.union_feature, real.predicate)}
+    out = {"probe": fidelity(probe, gen.union_feature, gen.predicate, real.union_feature, real.predicate),
+           "copies": copy_rate(gen.union_feature, gen.predicate, train.union_feature, train.predicate,
+                               real.union_feature, real.predicate)}
     gen_hit = float((predict_logits(model, gen)["relation"].argmax(1) == gen.predicate).mean())
     real_hit = float((predict_logits(model, real)["relation"].argmax(1) == real.predicate).mean())
     out["baseline_model"] = {"generated_rate": gen_hit, "real_rate": real_hit,
@@ -323,7 +326,7 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
                 union = _sample(cfg, bundles[b], plan, cond, pools, s,
                                 out / f"samples-{name}-{Path(bundles[b]).parent.name}", sampler)
                 generated[name] = generated_set(plan, union, pools, cfg.seed, plan_hard)
-                fid[name] = _fidelity(generated[name], test, probe, base)
+                fid[name] = _fidelity(generated[name], train, test, probe, base)
         for v in gen_variants:
             if v == "diffaug_so_half":
                 idx = np.concatenate([np.flatnonzero(plan["band"] == b)[: (plan["band"] == b).sum() // 2]
@@ -367,7 +370,7 @@ def _track(cfg: DiffAugConfig, out: Path, summary: dict) -> None:
                                     | {"combined": rep["combined"]})
         for name, f in summary["fidelity"].items():
             tracker.log_metrics(parent, {f"fidelity_{name}_{k}_{m}": v for k, d in f.items() for m, v in d.items()
-                                         if m in ("generated_rate", "real_rate", "ratio")})
+                                         if m in ("generated_rate", "real_rate", "ratio", "copy_rate", "real_copy_rate")})
         for art in ("results.json", "results.txt", "bands.png", "projection.png"):
             if (out / art).is_file():
                 tracker.log_artifact(parent, out / art)

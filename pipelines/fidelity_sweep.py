@@ -8,6 +8,9 @@ phase's sampling plan) and (b) the triplets of random real test samples (mostly 
 the same rate on the real test samples. Guidance 0 is unconditional sampling: its rate is what the
 test distribution's prior alone earns, so the gap between it and guidance > 0 is what the condition adds.
 `spread` = mean per-dimension std of the generated features / that of the real training features.
+`copy_*` = share of samples closer to a training sample of their relation than half the median such
+distance of real held-out samples (components.diffaug.fidelity.copy_rate): a memorising generator earns
+a high rate by copying, so read the rates together.
 The text encoder must be the one the bundle was trained with (`--text-encoder`, `--text-tokens`).
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 
 from components.atomic import write_json
 from components.diffaug.diffusion import load_bundle
-from components.diffaug.fidelity import hit_rate
+from components.diffaug.fidelity import copy_rate, hit_rate
 from components.diffaug.requests import class_feature_pools, sampling_plan, tail_triplet_pools
 from components.diffaug.sampling import sample_features
 from components.errors import InputError
@@ -32,7 +35,8 @@ from pipelines.diffaug import DiffAugConfig, _Conditions, _counts, _probe, _trip
 def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], n: int = 1000, seed: int = 0,
                    text_encoder: str = "minilm", text_tokens: bool = False,
                    cache_dir: str | Path | None = None) -> dict:
-    """{'real': {'tail', 'test'}, 'by_guidance': [{'guidance', 'tail', 'test', 'spread_tail', 'spread_test'}], 'n'}.
+    """{'real': {'tail', 'test', 'copy_tail', 'copy_test'}, 'by_guidance': [{'guidance', 'tail', 'test', 'spread_tail',
+    'spread_test', 'copy_tail', 'copy_test'}], 'n'}.
     `cache_dir`: where text embeddings are cached (e.g. the DiffAugment run's `text_cache`; None = not cached)."""
     if not guidance or any(g < 0 for g in guidance):
         raise InputError("guidance", f"{list(guidance)}", "one or more scales >= 0")
@@ -51,8 +55,11 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
     sets = {"tail": (np.stack([plan["subject"], plan["predicate"], plan["object"]], 1), plan["sample_id"]),
             "test": (test_trip[pick], np.arange(len(pick)) + 10**9)}  # ids disjoint from the plan's
     tail_rows = np.flatnonzero(np.isin(test.predicate, np.unique(plan["predicate"])))
-    real = {"tail": hit_rate(probe, test.union_feature[tail_rows], test.predicate[tail_rows], "real tail samples"),
-            "test": hit_rate(probe, test.union_feature[pick], test.predicate[pick], "real test samples")}
+    held_out = {"tail": (test.union_feature[tail_rows], test.predicate[tail_rows]),
+                "test": (test.union_feature[pick], test.predicate[pick])}
+    real = {k: hit_rate(probe, *held_out[k], f"real {k} samples") for k in held_out}
+    real |= {f"copy_{k}": copy_rate(*held_out[k], train.union_feature, train.predicate, *held_out[k])["real_copy_rate"]
+             for k in held_out}
     real_spread = float(train.union_feature.std(0).mean())
     rows = []
     for g in guidance:
@@ -61,6 +68,8 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
             text, mask, hard = cond.of(trip)
             feats = sample_features(bundle, text, mask, hard, ids, guidance_scale=float(g))
             row[name] = hit_rate(probe, feats, trip[:, 1], f"generated {name} samples")
+            row[f"copy_{name}"] = copy_rate(feats, trip[:, 1], train.union_feature, train.predicate,
+                                            *held_out[name])["copy_rate"]
             row[f"spread_{name}"] = float(feats.std(0).mean()) / real_spread
         rows.append(row)
     return {"real": real, "by_guidance": rows, "n": len(pick)}
@@ -85,10 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"real: tail {100 * res['real']['tail']:.1f}%  test {100 * res['real']['test']:.1f}%")
-    print("guidance   tail %   test %   spread")
+    real = res["real"]
+    print(f"real: tail {100 * real['tail']:.1f}%  test {100 * real['test']:.1f}%  "
+          f"copies: tail {100 * real['copy_tail']:.1f}%  test {100 * real['copy_test']:.1f}%")
+    print("guidance   tail %   test %   spread   tail copies %   test copies %")
     for r in res["by_guidance"]:
-        print(f"{r['guidance']:8.1f} {100 * r['tail']:8.1f} {100 * r['test']:8.1f} {r['spread_test']:8.2f}")
+        print(f"{r['guidance']:8.1f} {100 * r['tail']:8.1f} {100 * r['test']:8.1f} {r['spread_test']:8.2f} "
+              f"{100 * r['copy_tail']:15.1f} {100 * r['copy_test']:15.1f}")
     if args.out:
         write_json(args.out, res)
     print(json.dumps(res))

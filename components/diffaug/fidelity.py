@@ -1,8 +1,11 @@
-"""Label fidelity of generated features: how often a classifier gives them their intended label, vs real ones.
+"""Label fidelity of generated features: how often a classifier gives them their intended label, vs real ones,
+and how many of them are near-copies of training samples.
 
 Low diffusion loss does not imply that samples carry their class (REFERENCE.md: a prototype's samples
 were 27% faithful vs 41% for real held-out features). `ratio` = generated rate / real rate; near 1 means
-the samples are as recognisable as real features of the same classes.
+the samples are as recognisable as real features of the same classes. A generator can also beat the real
+rate by memorising: a copy of a training sample is recognised by a classifier trained on it. `copy_rate`
+measures that, so a high fidelity is never read without it.
 """
 from __future__ import annotations
 
@@ -34,3 +37,38 @@ def fidelity(classifier_fn: Callable, generated: np.ndarray, intended_labels: np
     real = hit_rate(classifier_fn, np.asarray(real_heldout, np.float32), real_labels, "real_heldout")
     return {"generated_rate": gen, "real_rate": real, "ratio": gen / real if real > 0 else float("nan"),
             "n_generated": len(generated), "n_real": len(real_heldout)}
+
+
+def nearest_same_label_distance(feats: np.ndarray, labels: np.ndarray, train: np.ndarray,
+                                train_labels: np.ndarray) -> np.ndarray:
+    """(N,) Euclidean distance from each feature to the nearest training feature of its own label (inf when the
+    label has no training sample); computed label by label, so memory stays at one label's block."""
+    feats, train = np.asarray(feats, np.float32), np.asarray(train, np.float32)
+    labels, train_labels = np.asarray(labels).reshape(-1), np.asarray(train_labels).reshape(-1)
+    if feats.ndim != 2 or train.ndim != 2 or feats.shape[1] != train.shape[1]:
+        raise InputError("features", f"shapes {feats.shape} and {train.shape}", "(N, D) and (M, D) with the same D")
+    if len(feats) != len(labels) or len(train) != len(train_labels):
+        raise InputError("labels", f"{len(labels)} / {len(train_labels)} labels for {len(feats)} / {len(train)} rows",
+                         "one label per row")
+    out = np.full(len(feats), np.inf)
+    for c in np.unique(labels):
+        rows, ref = np.flatnonzero(labels == c), train[train_labels == c]
+        if len(ref):
+            d2 = (feats[rows] ** 2).sum(1)[:, None] - 2.0 * feats[rows] @ ref.T + (ref ** 2).sum(1)[None]
+            out[rows] = np.sqrt(np.maximum(d2.min(1), 0.0))
+    return out
+
+
+def copy_rate(generated: np.ndarray, intended_labels: np.ndarray, train: np.ndarray, train_labels: np.ndarray,
+              real_heldout: np.ndarray, real_labels: np.ndarray, factor: float = 0.5) -> dict:
+    """{'copy_rate', 'real_copy_rate', 'threshold'}: share of generated (and of real held-out) samples closer to a
+    training sample of their label than `factor` x the median such distance of the real held-out samples.
+    Held-out real samples set the scale, so the real rate is near 0 and a memorising generator's is not."""
+    real = nearest_same_label_distance(real_heldout, real_labels, train, train_labels)
+    finite = real[np.isfinite(real)]
+    if not len(finite):
+        raise InputError("real_heldout", "no sample has a training sample of its label", "overlapping labels")
+    threshold = factor * float(np.median(finite))
+    gen = nearest_same_label_distance(generated, intended_labels, train, train_labels)
+    return {"copy_rate": float((gen < threshold).mean()), "real_copy_rate": float((real < threshold).mean()),
+            "threshold": threshold}

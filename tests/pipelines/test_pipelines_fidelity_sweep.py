@@ -36,7 +36,9 @@ def test_rates_per_guidance_are_probabilities_and_reproducible(bundle):
     assert [r["guidance"] for r in a["by_guidance"]] == [0.0, 2.0]
     for r in a["by_guidance"]:
         assert 0 <= r["tail"] <= 1 and 0 <= r["test"] <= 1 and r["spread_tail"] > 0 and r["spread_test"] > 0
+        assert 0 <= r["copy_tail"] <= 1 and 0 <= r["copy_test"] <= 1
     assert 0 < a["real"]["test"] <= 1 and a["n"] == 60
+    assert a["real"]["copy_test"] < 0.1  # held-out real samples are not copies of training samples
     b = fidelity_sweep(store, path, [0.0, 2.0], n=60, text_encoder="glove-roles")
     assert json.dumps(a) == json.dumps(b)  # per-id deterministic sampling, fixed probe and picks
 
