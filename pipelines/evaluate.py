@@ -68,14 +68,12 @@ def adjusted_table(rows: list[tuple[float, dict]], ks: list[int]) -> str:
 
 def _prior(store: Path, num_predicates: int):
     from components.data.store import FeatureStore
-    from pipelines.hml import train_statistics
 
-    fs = FeatureStore(store)
+    fs = FeatureStore(store, kind="scene_graph")
     if len(fs.manifest.predicates) != num_predicates:
         raise InputError(f"--prior {store}", f"has {len(fs.manifest.predicates)} predicates",
                          f"the {num_predicates} of the predictions")
-    counts, _ = train_statistics(fs, False)
-    return predicate_prior(counts[1:])
+    return predicate_prior(fs.predicate_counts("train")[1:])
 
 
 def ltvrr_table(r: dict) -> str:

@@ -168,21 +168,9 @@ def train_statistics(store: FeatureStore, use_freq_bias: bool) -> tuple[np.ndarr
     from components.models.frequency import frequency_bias
 
     n_pred, n_obj = len(store.manifest.predicates), len(store.manifest.objects)
-    counts = np.zeros(n_pred + 1, dtype=np.int64)
-
-    def images():
-        for table in store.iter_tables("train"):
-            for img in scene_graphs(table):
-                np.add.at(counts, img["rels"][:, 2], 1)
-                yield img
-
-    if use_freq_bias:
-        fb = frequency_bias(images(), n_obj, n_pred)
-    else:
-        fb = None
-        for _ in images():
-            pass
-    return counts, fb
+    images = (img for table in store.iter_tables("train") for img in scene_graphs(table))
+    fb = frequency_bias(images, n_obj, n_pred) if use_freq_bias else None
+    return store.predicate_counts("train"), fb
 
 
 # ----------------------------------------------------------------------------------------- worker side

@@ -252,6 +252,31 @@ class FeatureStore:
         for e in self.manifest.splits[split]:
             yield self.read_shard(e, check_sum)
 
+    def predicate_counts(self, split: str, check_sum: bool = True) -> np.ndarray:
+        """Annotated relations per predicate label of `split`, indexed by the store's label (scene graphs:
+        1-based ids, index 0 unused; relation samples: 0-based). Reads the predicate column alone, so no
+        feature is decoded: a count over a real VG-150 store costs a label scan, not a feature read."""
+        self.paths(split)
+        kind, n = self.manifest.kind, len(self.manifest.predicates)
+        base = S.LABEL_BASE[kind]
+        column = "rels" if kind == S.SCENE_GRAPH else "predicate"
+        counts = np.zeros(base + n, dtype=np.int64)
+        for entry in self.manifest.splits[split]:
+            path = self.root / entry["path"]
+            if not path.is_file():
+                raise DataError(str(path), "shard listed in manifest is missing")
+            if check_sum and sha256_file(path) != entry["sha256"]:
+                raise DataError(str(path), "checksum differs from manifest (truncated or modified file)")
+            try:
+                col = pq.read_table(path, columns=[column]).column(column)
+            except (pa.ArrowInvalid, OSError, KeyError) as e:
+                raise DataError(str(path), f"unreadable column {column!r}: {e}", "a complete parquet shard") from e
+            labels = _flat_values(col).astype(np.int64)
+            labels = labels.reshape(-1, 3)[:, 2] if kind == S.SCENE_GRAPH else labels
+            _check_range(str(path), column, labels, base, base + n - 1)
+            counts += np.bincount(labels, minlength=base + n)
+        return counts
+
     def validate(self) -> dict[str, int]:
         """Deep check of every shard; returns rows per split."""
         return {s: sum(t.num_rows for t in self.iter_tables(s)) for s in self.splits}

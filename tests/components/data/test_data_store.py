@@ -103,3 +103,25 @@ def test_missing_column_and_unknown_split(tmp_path):
         FeatureStore(root).read("train")
     with pytest.raises(DataError, match="split 'test' not in store"):
         FeatureStore(root).paths("test")
+
+
+def test_predicate_counts_read_the_label_column_only(tmp_path):
+    rows = [sg_row(0, rels=((0, 1, 1), (1, 2, 2), (2, 0, 2))), sg_row(1, rels=((0, 2, 2),)), sg_row(2, rels=())]
+    root = make_store(tmp_path, rows=rows[:2])  # make_store appends sg_row(2) with one "on" relation
+    store = FeatureStore(root)
+    counts = store.predicate_counts("train")
+    np.testing.assert_array_equal(counts, [0, 2, 3])  # index = 1-based predicate id
+    want = np.zeros(3, np.int64)
+    for img in scene_graphs(store.read("train")):
+        np.add.at(want, img["rels"][:, 2], 1)
+    np.testing.assert_array_equal(counts, want)
+    w = StoreWriter(tmp_path / "r", "relation_sample", 4, OBJ, PRED)
+    w.write("test", [rel_row(i) for i in range(5)])
+    w.close()
+    np.testing.assert_array_equal(FeatureStore(tmp_path / "r").predicate_counts("test"), [0, 5])  # 0-based
+    shard = root / store.manifest.splits["train"][0]["path"]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(DataError, match="checksum"):
+        store.predicate_counts("train")
+    with pytest.raises(DataError, match="not in store"):
+        store.predicate_counts("val")
