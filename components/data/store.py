@@ -225,13 +225,18 @@ class FeatureStore:
             raise DataError(str(self.root), f"split {split!r} is empty", "at least one shard")
         return [str(self.root / f["path"]) for f in files]
 
-    def read_shard(self, entry: dict, check_sum: bool = True) -> pa.Table:
-        """Read and validate one shard described by a manifest entry."""
+    def _shard_path(self, entry: dict, check_sum: bool) -> Path:
+        """Path of a manifest entry's shard; DataError if it is missing or (with `check_sum`) modified."""
         path = self.root / entry["path"]
         if not path.is_file():
             raise DataError(str(path), "shard listed in manifest is missing")
         if check_sum and sha256_file(path) != entry["sha256"]:
             raise DataError(str(path), "checksum differs from manifest (truncated or modified file)")
+        return path
+
+    def read_shard(self, entry: dict, check_sum: bool = True) -> pa.Table:
+        """Read and validate one shard described by a manifest entry."""
+        path = self._shard_path(entry, check_sum)
         try:
             table = pq.read_table(path)
         except (pa.ArrowInvalid, OSError) as e:
@@ -262,11 +267,7 @@ class FeatureStore:
         column = "rels" if kind == S.SCENE_GRAPH else "predicate"
         counts = np.zeros(base + n, dtype=np.int64)
         for entry in self.manifest.splits[split]:
-            path = self.root / entry["path"]
-            if not path.is_file():
-                raise DataError(str(path), "shard listed in manifest is missing")
-            if check_sum and sha256_file(path) != entry["sha256"]:
-                raise DataError(str(path), "checksum differs from manifest (truncated or modified file)")
+            path = self._shard_path(entry, check_sum)
             try:
                 col = pq.read_table(path, columns=[column]).column(column)
             except (pa.ArrowInvalid, OSError, KeyError) as e:
