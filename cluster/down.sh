@@ -49,6 +49,17 @@ for g in "${GROUPS_[@]}"; do
     kill -KILL -- "-$g" 2>/dev/null || true
   fi
 done
+# A killed process can take a moment to exit (and its environment reads empty meanwhile, so the check
+# below would miss it): wait for the groups to empty.
+for _ in $(seq 1 40); do
+  alive=0
+  for g in "${GROUPS_[@]}"; do group_alive "$g" && alive=1; done
+  ((alive)) || break
+  sleep 0.25
+done
+for g in "${GROUPS_[@]}"; do
+  group_alive "$g" && { echo "cluster/down.sh: process group $g is still running after SIGKILL" >&2; exit 1; }
+done
 
 # Verify: processes that left our groups (Ray workers get their own groups, job drivers their own
 # sessions) still carry HMLDIFF_RAY_CLUSTER=<id>; give them a moment to follow the raylet, then stop them.

@@ -46,6 +46,15 @@ def processes_with(marker: str) -> list[int]:
     return out
 
 
+def group_members(pgids: list[int]) -> set[tuple[int, str]]:
+    """(pid, start time) of the live, non-zombie processes in the process groups `pgids`. The start time tells
+    a process that outlived down.sh from a new one that got a recycled pid (pid_max can be 32768)."""
+    out = subprocess.run(check=False, args=["ps", "-eo", "pid=,pgid=,stat=,lstart="], capture_output=True,
+                         text=True).stdout
+    rows = (ln.split(None, 3) for ln in out.splitlines() if ln.strip())
+    return {(int(pid), start) for pid, pgid, stat, start in rows if int(pgid) in pgids and not stat.startswith("Z")}
+
+
 SAMPLE_JOB = """
 import numpy as np, ray
 from components.diffaug.diffusion import DiffusionConfig
@@ -133,11 +142,11 @@ def test_two_node_cluster_runs_an_authenticated_job_and_stops_cleanly(short_dir)
     assert len(nodes) == 2 and None not in nodes, manifest["shards"]
     assert sum(s["rows"] for s in manifest["shards"]) == 24
 
+    before = group_members(pgids)
+    assert before  # the nodes' process groups are alive until down.sh
     r = subprocess.run(check=False, args=["bash", str(DOWN), "--dir", str(short_dir), "--grace", "5"],
                        capture_output=True, text=True, env=clean_env(), timeout=120)
     assert r.returncode == 0, r.stderr
     assert processes_with(f"HMLDIFF_RAY_CLUSTER={cluster_id}") == []
-    alive_in_groups = subprocess.run(check=False, args=["ps", "-eo", "pgid=,stat="], capture_output=True, text=True).stdout.split("\n")
-    assert not [ln for ln in alive_in_groups if ln.split() and int(ln.split()[0]) in pgids
-                and not ln.split()[1].startswith("Z")]
+    assert not group_members(pgids) & before
     assert not (short_dir / "cluster.state").exists()

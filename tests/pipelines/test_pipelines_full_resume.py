@@ -13,12 +13,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["--preset", "tiny", "phases=[hml]", "hml.methods=[hml]", "hml.steps_per_stage=60", "hml.stage1_share=0.5", "hml.checkpoint_every=4",
+ARGS = ["--preset", "tiny", "phases=[hml]", "hml.methods=[hml]", "hml.steps_per_stage=96", "hml.stage1_share=0.5", "hml.checkpoint_every=8",
         "hml.eval_images=20", "sgg.scale=0.04", "num_cpus=2"]
 
 
 def full(run_dir: Path) -> list[str]:
     return [sys.executable, str(ROOT / "pipelines" / "full.py"), *ARGS, f"run_dir={run_dir}", "run_name=r"]
+
+
+def registered_checkpoints(cache: Path) -> int:
+    """Checkpoints Ray Train has registered for the HML stages. A checkpoint directory appears before its
+    registration, and only a registered checkpoint is restored, so the kill must wait for this."""
+    n = 0
+    for snap in cache.glob("hml-*/ray/*/checkpoint_manager_snapshot.json"):
+        try:
+            n += len(json.loads(snap.read_text())["checkpoint_results"])
+        except (OSError, ValueError, KeyError):  # being written
+            continue
+    return n
 
 
 def env() -> dict:
@@ -35,13 +47,9 @@ def test_killed_driver_resumes_at_first_incomplete_stage(tmp_path):
         proc = subprocess.Popen(full(run_dir), stdout=log, stderr=subprocess.STDOUT, env=env(),
                                 start_new_session=True)
         deadline = time.time() + 900
-        checkpoints: list[Path] = []
-        while time.time() < deadline and proc.poll() is None:
-            checkpoints = list((run_dir / ".cache").glob("hml-*/ray/*/checkpoint_*"))
-            if checkpoints:
-                break
-            time.sleep(0.2)
-        assert checkpoints, (tmp_path / "first.log").read_text()[-3000:]
+        while time.time() < deadline and proc.poll() is None and not registered_checkpoints(run_dir / ".cache"):
+            time.sleep(0.05)
+        assert registered_checkpoints(run_dir / ".cache"), (tmp_path / "first.log").read_text()[-3000:]
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
         proc.wait()
 
@@ -51,6 +59,7 @@ def test_killed_driver_resumes_at_first_incomplete_stage(tmp_path):
     assert (data_dir / "_DONE.json").is_file() and not (hml_dir / "_DONE.json").exists()
     assert not (run_dir / "r" / "summary.json").exists()
     assert not list(run_dir.rglob("*.tmp")), "a temp file was left visible"
+    assert not list(hml_dir.glob("stages/hml-stage1-*/final.pt")), "stage 1 finished before the kill: no test"
 
     second = subprocess.run(full(run_dir), capture_output=True, text=True, env=env(), timeout=1200, check=False)
     out = second.stdout + second.stderr
@@ -59,7 +68,7 @@ def test_killed_driver_resumes_at_first_incomplete_stage(tmp_path):
     rows = [json.loads(line) for f in hml_dir.glob("stages/hml-stage1-*/metrics.jsonl")
             for line in f.read_text().splitlines() if line]
     assert rows and max(r["resumed_from"] for r in rows) > 0, "stage 1 restarted from scratch"
-    assert rows[-1]["step"] == 60
+    assert rows[-1]["step"] == 96
     summary = json.loads((run_dir / "r" / "summary.json").read_text())
     assert 0.0 <= summary["sgg"]["hml"]["R@100"] <= 100.0
     assert (hml_dir / "_DONE.json").is_file()
