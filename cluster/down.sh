@@ -35,14 +35,19 @@ ours() {  # pids of live processes carrying this cluster's id in their environme
   done
 }
 
+wait_groups() {  # wait_groups SECONDS: until no recorded group has a live member (0) or time is up (1)
+  local deadline=$((SECONDS + $1)) g alive
+  while :; do
+    alive=0
+    for g in "${GROUPS_[@]}"; do group_alive "$g" && alive=1; done
+    ((alive)) || return 0
+    ((SECONDS < deadline)) || return 1
+    sleep 0.25
+  done
+}
+
 for g in "${GROUPS_[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
-deadline=$((SECONDS + GRACE))
-while ((SECONDS < deadline)); do
-  alive=0
-  for g in "${GROUPS_[@]}"; do group_alive "$g" && alive=1; done
-  ((alive)) || break
-  sleep 0.5
-done
+wait_groups "$GRACE"
 for g in "${GROUPS_[@]}"; do
   if group_alive "$g"; then
     echo "cluster/down.sh: process group $g still running after ${GRACE}s; sending SIGKILL"
@@ -51,15 +56,10 @@ for g in "${GROUPS_[@]}"; do
 done
 # A killed process can take a moment to exit (and its environment reads empty meanwhile, so the check
 # below would miss it): wait for the groups to empty.
-for _ in $(seq 1 40); do
-  alive=0
-  for g in "${GROUPS_[@]}"; do group_alive "$g" && alive=1; done
-  ((alive)) || break
-  sleep 0.25
-done
-for g in "${GROUPS_[@]}"; do
-  group_alive "$g" && { echo "cluster/down.sh: process group $g is still running after SIGKILL" >&2; exit 1; }
-done
+if ! wait_groups 10; then
+  echo "cluster/down.sh: process groups still running after SIGKILL: ${GROUPS_[*]}" >&2
+  exit 1
+fi
 
 # Verify: processes that left our groups (Ray workers get their own groups, job drivers their own
 # sessions) still carry HMLDIFF_RAY_CLUSTER=<id>; give them a moment to follow the raylet, then stop them.
