@@ -36,7 +36,7 @@ from components.data.schema import RELATION_SAMPLE
 from components.data.store import FeatureStore, relation_arrays
 from components.diffaug.augment import augment_triplets
 from components.diffaug.diffusion import DiffusionConfig, load_bundle
-from components.diffaug.fidelity import copy_rate, fidelity
+from components.diffaug.fidelity import copy_rate, copy_threshold, fidelity
 from components.diffaug.finetune import (
     RelationSet,
     TrainConfig,
@@ -228,13 +228,19 @@ def _fidelity(gen: RelationSet, train: RelationSet, test: RelationSet, probe, mo
     many generated union features are near-copies of a training sample of their relation (`copy_rate`)."""
     real = test.subset(np.flatnonzero(np.isin(test.predicate, np.unique(gen.predicate))))
     out = {"probe": fidelity(probe, gen.union_feature, gen.predicate, real.union_feature, real.predicate),
-           "copies": copy_rate(gen.union_feature, gen.predicate, train.union_feature, train.predicate,
-                               real.union_feature, real.predicate)}
+           "copies": _copies(gen, train, real)}
     gen_hit = float((predict_logits(model, gen)["relation"].argmax(1) == gen.predicate).mean())
     real_hit = float((predict_logits(model, real)["relation"].argmax(1) == real.predicate).mean())
     out["baseline_model"] = {"generated_rate": gen_hit, "real_rate": real_hit,
                              "ratio": gen_hit / real_hit if real_hit > 0 else float("nan")}
     return out
+
+
+def _copies(gen: RelationSet, train: RelationSet, real: RelationSet) -> dict:
+    """{'copy_rate', 'real_copy_rate', 'threshold'} of generated union features (see `copy_threshold`)."""
+    threshold, real_rate = copy_threshold(train.union_feature, train.predicate, real.union_feature, real.predicate)
+    return {"copy_rate": copy_rate(gen.union_feature, gen.predicate, train.union_feature, train.predicate, threshold),
+            "real_copy_rate": real_rate, "threshold": threshold}
 
 
 def _summary(rep: dict) -> dict:

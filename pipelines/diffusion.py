@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from components.atomic import atomic_path, ensure_writable_dir, write_json
 from components.config import config_hash, to_dict
 from components.diffaug.diffusion import DiffusionConfig, load_bundle, save_bundle, train_denoiser
-from components.diffaug.sampling import sample_features
+from components.diffaug.sampling import inference_bundle, sample_features
 from components.errors import DataError, InputError
 
 REQUIRED = ("sample_id", "subject", "object", "predicate", "text")
@@ -106,8 +106,8 @@ def load_requests(requests: Mapping[str, np.ndarray] | str | Path) -> dict[str, 
 
 @ray.remote(max_restarts=3, max_task_retries=3)
 class _SampleActor:
-    """Samples shards with the bundle named by each call (loaded once, kept while the path stays the same)
-    and writes each shard atomically as a parquet file."""
+    """Samples shards with the bundle named by each call (loaded and cast to the compute dtype once, kept while
+    the path stays the same) and writes each shard atomically as a parquet file."""
 
     def __init__(self, threads: int) -> None:
         torch.set_num_threads(threads)
@@ -122,7 +122,7 @@ class _SampleActor:
         t0 = time.perf_counter()
         key = (bundle_path, Path(bundle_path).stat().st_mtime_ns)  # a rewritten bundle is loaded again
         if key != self.bundle_key:
-            self.bundle, self.bundle_key = load_bundle(bundle_path), key
+            self.bundle, self.bundle_key = inference_bundle(load_bundle(bundle_path)), key  # cast once per bundle
         feats = sample_features(self.bundle, req["text"][lo:hi],
                                 None if "text_mask" not in req else req["text_mask"][lo:hi],
                                 None if "hardness" not in req else req["hardness"][lo:hi], req["sample_id"][lo:hi],

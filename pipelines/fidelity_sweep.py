@@ -9,7 +9,7 @@ the same rate on the real test samples. Guidance 0 is unconditional sampling: it
 test distribution's prior alone earns, so the gap between it and guidance > 0 is what the condition adds.
 `spread` = mean per-dimension std of the generated features / that of the real training features.
 `copy_*` = share of samples closer to a training sample of their relation than half the median such
-distance of real held-out samples (components.diffaug.fidelity.copy_rate): a memorising generator earns
+distance of real held-out samples (components.diffaug.fidelity.copy_threshold / copy_rate): a memorising generator earns
 a high rate by copying, so read the rates together.
 The text encoder must be the one the bundle was trained with (`--text-encoder`, `--text-tokens`).
 """
@@ -25,7 +25,7 @@ import numpy as np
 
 from components.atomic import write_json
 from components.diffaug.diffusion import load_bundle
-from components.diffaug.fidelity import copy_rate, hit_rate
+from components.diffaug.fidelity import copy_rate, copy_threshold, hit_rate
 from components.diffaug.requests import class_feature_pools, sampling_plan, tail_triplet_pools
 from components.diffaug.sampling import sample_features
 from components.errors import InputError
@@ -58,8 +58,8 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
     held_out = {"tail": (test.union_feature[tail_rows], test.predicate[tail_rows]),
                 "test": (test.union_feature[pick], test.predicate[pick])}
     real = {k: hit_rate(probe, *held_out[k], f"real {k} samples") for k in held_out}
-    real |= {f"copy_{k}": copy_rate(*held_out[k], train.union_feature, train.predicate, *held_out[k])["real_copy_rate"]
-             for k in held_out}
+    scale = {k: copy_threshold(train.union_feature, train.predicate, *held_out[k]) for k in held_out}
+    real |= {f"copy_{k}": real_rate for k, (_, real_rate) in scale.items()}
     real_spread = float(train.union_feature.std(0).mean())
     rows = []
     for g in guidance:
@@ -69,7 +69,7 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
             feats = sample_features(bundle, text, mask, hard, ids, guidance_scale=float(g))
             row[name] = hit_rate(probe, feats, trip[:, 1], f"generated {name} samples")
             row[f"copy_{name}"] = copy_rate(feats, trip[:, 1], train.union_feature, train.predicate,
-                                            *held_out[name])["copy_rate"]
+                                            scale[name][0])
             row[f"spread_{name}"] = float(feats.std(0).mean()) / real_spread
         rows.append(row)
     return {"real": real, "by_guidance": rows, "n": len(pick)}

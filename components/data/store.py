@@ -257,6 +257,20 @@ class FeatureStore:
         for e in self.manifest.splits[split]:
             yield self.read_shard(e, check_sum)
 
+    def iter_columns(self, split: str, columns: list[str], check_sum: bool = True) -> Iterator[pa.Table]:
+        """Only `columns` of each shard of `split`, one shard at a time: label scans decode no feature. Values are
+        not range-checked here (`read_shard` does that for whole shards); callers check what they use."""
+        self.paths(split)
+        for entry in self.manifest.splits[split]:
+            path = self._shard_path(entry, check_sum)
+            try:
+                table = pq.read_table(path, columns=columns)
+            except (pa.ArrowInvalid, OSError, KeyError) as e:
+                raise DataError(str(path), f"unreadable columns {columns}: {e}", "a complete parquet shard") from e
+            if table.num_rows != int(entry["rows"]):
+                raise DataError(str(path), f"{table.num_rows} rows", f"{entry['rows']} rows as the manifest says")
+            yield table
+
     def predicate_counts(self, split: str, check_sum: bool = True) -> np.ndarray:
         """Annotated relations per predicate label of `split`, indexed by the store's label (scene graphs:
         1-based ids, index 0 unused; relation samples: 0-based). Reads the predicate column alone, so no
@@ -266,15 +280,10 @@ class FeatureStore:
         base = S.LABEL_BASE[kind]
         column = "rels" if kind == S.SCENE_GRAPH else "predicate"
         counts = np.zeros(base + n, dtype=np.int64)
-        for entry in self.manifest.splits[split]:
-            path = self._shard_path(entry, check_sum)
-            try:
-                col = pq.read_table(path, columns=[column]).column(column)
-            except (pa.ArrowInvalid, OSError, KeyError) as e:
-                raise DataError(str(path), f"unreadable column {column!r}: {e}", "a complete parquet shard") from e
-            labels = _flat_values(col).astype(np.int64)
+        for entry, table in zip(self.manifest.splits[split], self.iter_columns(split, [column], check_sum)):
+            labels = _flat_values(table.column(column)).astype(np.int64)
             labels = labels.reshape(-1, 3)[:, 2] if kind == S.SCENE_GRAPH else labels
-            _check_range(str(path), column, labels, base, base + n - 1)
+            _check_range(str(self.root / entry["path"]), column, labels, base, base + n - 1)
             counts += np.bincount(labels, minlength=base + n)
         return counts
 

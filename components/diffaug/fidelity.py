@@ -59,16 +59,21 @@ def nearest_same_label_distance(feats: np.ndarray, labels: np.ndarray, train: np
     return out
 
 
-def copy_rate(generated: np.ndarray, intended_labels: np.ndarray, train: np.ndarray, train_labels: np.ndarray,
-              real_heldout: np.ndarray, real_labels: np.ndarray, factor: float = 0.5) -> dict:
-    """{'copy_rate', 'real_copy_rate', 'threshold'}: share of generated (and of real held-out) samples closer to a
-    training sample of their label than `factor` x the median such distance of the real held-out samples.
-    Held-out real samples set the scale, so the real rate is near 0 and a memorising generator's is not."""
+def copy_threshold(train: np.ndarray, train_labels: np.ndarray, real_heldout: np.ndarray, real_labels: np.ndarray,
+                   factor: float = 0.5) -> tuple[float, float]:
+    """(threshold, real_copy_rate): `factor` x the median distance of real held-out samples to the nearest training
+    sample of their label, and the share of those real samples below it (near 0 by construction). Held-out real
+    samples set the scale, so it is computed once per held-out set and passed to `copy_rate`."""
     real = nearest_same_label_distance(real_heldout, real_labels, train, train_labels)
     finite = real[np.isfinite(real)]
     if not len(finite):
         raise InputError("real_heldout", "no sample has a training sample of its label", "overlapping labels")
     threshold = factor * float(np.median(finite))
-    gen = nearest_same_label_distance(generated, intended_labels, train, train_labels)
-    return {"copy_rate": float((gen < threshold).mean()), "real_copy_rate": float((real < threshold).mean()),
-            "threshold": threshold}
+    return threshold, float((real < threshold).mean())
+
+
+def copy_rate(generated: np.ndarray, intended_labels: np.ndarray, train: np.ndarray, train_labels: np.ndarray,
+              threshold: float) -> float:
+    """Share of generated samples closer to a training sample of their label than `threshold` (from
+    `copy_threshold`): a memorising generator's rate is high, a real held-out set's is near 0."""
+    return float((nearest_same_label_distance(generated, intended_labels, train, train_labels) < threshold).mean())

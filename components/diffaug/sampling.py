@@ -8,6 +8,7 @@ Classifier-free guidance: out = uncond + g * (cond - uncond) on the model output
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import torch
@@ -37,11 +38,18 @@ def per_sample_noise(sample_ids: np.ndarray, dim: int, seed: int) -> np.ndarray:
 
 
 def inference_model(bundle: DiffusionBundle) -> Denoiser:
-    """The bundle's denoiser in eval mode and its compute dtype: in bf16 a copy with weights cast once
-    (autocast would cast every weight again at every call), in fp32 the model itself."""
+    """The bundle's denoiser in eval mode and its compute dtype: the model itself when its weights already
+    are in that dtype (fp32, or a bundle from `inference_bundle`), else a copy with weights cast once
+    (autocast would cast every weight again at every call)."""
     dtype = autocast_dtype(bundle.cfg)
     model = bundle.model.eval()
-    return model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    return model if model.inp.weight.dtype == dtype else copy.deepcopy(model).to(dtype)
+
+
+def inference_bundle(bundle: DiffusionBundle) -> DiffusionBundle:
+    """The bundle with its denoiser cast to the compute dtype once, for a sampler that calls
+    `sample_features` many times (a sampling actor, shard after shard)."""
+    return dataclasses.replace(bundle, model=inference_model(bundle))
 
 
 @torch.inference_mode()

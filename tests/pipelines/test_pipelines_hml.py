@@ -10,13 +10,23 @@ import pytest
 import torch
 
 from components.data.planted_sgg import PlantedSGGConfig, build_world, generate_split
-from components.data.store import StoreWriter
+from components.data.store import FeatureStore, StoreWriter, scene_graphs
 from components.errors import ConfigError
 from components.evaluation.predictions import iter_sgg_predictions
 from components.evaluation.sgg import evaluate_sgg
 from components.hml.checkpoint import load_checkpoint
+from components.models.frequency import frequency_bias
 from components.taxonomy.tree import build_predicate_tree
-from pipelines.hml import HMLConfig, StageSpec, label_map, main, run, stage_plan, stage_steps
+from pipelines.hml import (
+    HMLConfig,
+    StageSpec,
+    label_map,
+    main,
+    run,
+    stage_plan,
+    stage_steps,
+    train_statistics,
+)
 
 
 def write_tiny_store(root: Path, shard_size: int) -> Path:
@@ -62,6 +72,20 @@ def test_stage1_share_splits_the_same_budget():
     hml = stage_plan("hml", _tree(), HMLConfig(store="x", steps_per_stage=100, stage1_share=0.25))
     assert [s.steps for s in hml] == [50, 150]
     assert stage_plan("cb", _tree(), HMLConfig(store="x", steps_per_stage=100))[0].steps == 200
+
+
+def test_train_statistics_match_a_full_read(store):
+    fs = FeatureStore(store)
+    images = [img for table in fs.iter_tables("train") for img in scene_graphs(table)]
+    n_obj, n_pred = len(fs.manifest.objects), len(fs.manifest.predicates)
+    counts, fb = train_statistics(fs, use_freq_bias=True)
+    want = np.zeros(n_pred + 1, np.int64)
+    for img in images:
+        np.add.at(want, img["rels"][:, 2], 1)
+    np.testing.assert_array_equal(counts, want)
+    assert counts.sum() > 0
+    np.testing.assert_array_equal(fb, frequency_bias(images, n_obj, n_pred))  # from label columns alone
+    assert train_statistics(fs, use_freq_bias=False)[1] is None
 
 
 def test_cli_reports_bad_config(capsys):

@@ -105,6 +105,22 @@ def test_missing_column_and_unknown_split(tmp_path):
         FeatureStore(root).paths("test")
 
 
+def test_iter_columns_reads_only_the_named_columns(tmp_path):
+    root = make_store(tmp_path)
+    store = FeatureStore(root)
+    tables = list(store.iter_columns("train", ["image_id", "rels"]))
+    assert all(t.column_names == ["image_id", "rels"] for t in tables)
+    full = store.read("train")
+    assert sum(t.num_rows for t in tables) == full.num_rows
+    assert [r for t in tables for r in t.column("rels").to_pylist()] == full.column("rels").to_pylist()
+    with pytest.raises(DataError, match="unreadable columns"):
+        list(store.iter_columns("train", ["no_such_column"]))
+    shard = root / store.manifest.splits["train"][0]["path"]
+    pq.write_table(pq.read_table(shard).slice(0, 0), shard)  # a valid parquet file with too few rows
+    with pytest.raises(DataError, match="rows as the manifest says"):
+        list(store.iter_columns("train", ["rels"], check_sum=False))
+
+
 def test_predicate_counts_read_the_label_column_only(tmp_path):
     rows = [sg_row(0, rels=((0, 1, 1), (1, 2, 2), (2, 0, 2))), sg_row(1, rels=((0, 2, 2),)), sg_row(2, rels=())]
     root = make_store(tmp_path, rows=rows[:2])  # make_store appends sg_row(2) with one "on" relation

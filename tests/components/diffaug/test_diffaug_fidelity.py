@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.diffaug.fidelity import copy_rate, nearest_same_label_distance
+from components.diffaug.fidelity import copy_rate, copy_threshold, nearest_same_label_distance
 from components.errors import InputError
 
 TRAIN = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
@@ -20,15 +20,16 @@ def test_nearest_distance_only_counts_training_samples_of_the_same_label():
 
 
 def test_copy_rate_by_hand():
-    real = np.array([[2.0, 0.0], [10.0, 2.0], [0.0, 8.0]], np.float32)  # each 2 from its label's nearest sample
+    real = np.array([[2.0, 0.0], [10.0, 2.0], [0.0, 8.0], [0.5, 0.0]], np.float32)  # 2, 2, 2, 0.5 from their nearest
+    threshold, real_rate = copy_threshold(TRAIN, TRAIN_LABELS, real, np.array([0, 1, 1, 0]))
+    assert threshold == pytest.approx(1.0)  # 0.5 x median 2
+    assert real_rate == pytest.approx(1 / 4)  # [0.5, 0] is a real sample within the threshold
     gen = np.array([[0.5, 0.0], [3.0, 0.0], [10.0, 0.1], [0.0, 0.2], [4.0, 4.0]], np.float32)
-    res = copy_rate(gen, np.array([0, 0, 1, 2, 1]), TRAIN, TRAIN_LABELS, real, np.array([0, 1, 1]))
-    assert res["threshold"] == pytest.approx(1.0)  # 0.5 x median 2
     # [0.5, 0] (0.5) and [10, 0.1] (0.1) are copies; [3, 0] is 3 away; [0, 0.2] has no label-2 sample;
     # [4, 4] is 7.2 from both label-1 samples
-    assert res["copy_rate"] == pytest.approx(2 / 5)
-    assert res["real_copy_rate"] == 0.0
-    assert copy_rate(TRAIN, TRAIN_LABELS, TRAIN, TRAIN_LABELS, real, np.array([0, 1, 1]))["copy_rate"] == 1.0
+    assert copy_rate(gen, np.array([0, 0, 1, 2, 1]), TRAIN, TRAIN_LABELS, threshold) == pytest.approx(2 / 5)
+    assert copy_rate(TRAIN, TRAIN_LABELS, TRAIN, TRAIN_LABELS, threshold) == 1.0
+    assert copy_rate(gen, np.array([0, 0, 1, 2, 1]), TRAIN, TRAIN_LABELS, 0.05) == 0.0
 
 
 def test_bad_inputs_raise():
@@ -37,4 +38,4 @@ def test_bad_inputs_raise():
     with pytest.raises(InputError, match="one label per row"):
         nearest_same_label_distance(np.zeros((2, 2)), np.zeros(3), TRAIN, TRAIN_LABELS)
     with pytest.raises(InputError, match="overlapping labels"):
-        copy_rate(TRAIN, TRAIN_LABELS, TRAIN, TRAIN_LABELS, np.zeros((1, 2)), np.array([5]))
+        copy_threshold(TRAIN, TRAIN_LABELS, np.zeros((1, 2)), np.array([5]))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from components.diffaug.diffusion import DiffusionBundle, DiffusionConfig, build_denoiser
-from components.diffaug.sampling import inference_model, sample_features
+from components.diffaug.sampling import inference_bundle, inference_model, sample_features
 from components.errors import InputError
 
 N, D, E, T, K = 10, 12, 6, 3, 4
@@ -79,3 +79,6 @@ def test_bf16_sampling_uses_a_cast_copy_and_stays_close_to_fp32(bundle):
     assert got.dtype == np.float32 and np.isfinite(got).all()
     err = np.abs(got - ref).max() / np.abs(ref).max()
     assert 0 < err < 0.05, err  # bf16 rounding, not a different computation
+    cast = inference_bundle(half)  # what a sampling actor holds: cast once, then no copy per call
+    assert cast.model.inp.weight.dtype == torch.bfloat16 and inference_model(cast) is cast.model
+    np.testing.assert_array_equal(sample_features(cast, text, mask, hard, ids), got)
