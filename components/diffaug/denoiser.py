@@ -35,28 +35,33 @@ class Condition(NamedTuple):
     pooled: torch.Tensor
 
 
-class CrossAttention(nn.MultiheadAttention):
+class Attention(nn.MultiheadAttention):
     """`nn.MultiheadAttention` (batch_first, no dropout; same parameters and state_dict) called as
-    `(query, context, key_padding_mask)` and computed on its own weights with two batched matmuls and a
-    masked softmax. The module's generic path (taken whenever query and key differ) transposes to
-    sequence-first and copies every projection (~4% of a sampling step), and torch's fused CPU attention is
-    slow on these short sequences (a handful of condition tokens): 2.1-2.3x slower in bf16, 1.1x in fp32,
-    measured on the sampling shapes. `key_padding_mask` (B, Lk) True = ignore, as in the module; a row must
-    keep at least one key (the denoiser's null token always is)."""
+    `(query, context=None, key_padding_mask=None)` (no context: self-attention, one fused q/k/v projection)
+    and computed on its own weights with two batched matmuls and a softmax. The module's generic path (taken
+    whenever query and key differ) transposes to sequence-first and copies every projection (~4% of a
+    sampling step), and torch's fused CPU attention is slow on these short sequences (a handful of chunk or
+    condition tokens): cross-attention 2.1-2.3x slower in bf16 sampling, 1.1x in fp32; in bf16 training its
+    backward alone was ~13% of a step. `key_padding_mask` (B, Lk) True = ignore, as in the module; a row
+    must keep at least one key (the denoiser's null token always is)."""
 
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__(embed_dim, num_heads, batch_first=True)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor,  # type: ignore[override]
-                key_padding_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, context: torch.Tensor | None = None,  # type: ignore[override]
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         e, heads = self.embed_dim, self.num_heads
-        b, lq, lk = query.shape[0], query.shape[1], context.shape[1]
+        b, lq = query.shape[0], query.shape[1]
         w, bias = self.in_proj_weight, self.in_proj_bias
-        q = nn.functional.linear(query, w[:e], bias[:e]).view(b, lq, heads, e // heads).transpose(1, 2)
-        kv = nn.functional.linear(context, w[e:], bias[e:]).view(b, lk, 2, heads, e // heads)
-        k, v = kv.permute(2, 0, 3, 1, 4)
+        if context is None:
+            q, k, v = nn.functional.linear(query, w, bias).view(b, lq, 3, heads, e // heads).permute(2, 0, 3, 1, 4)
+        else:
+            lk = context.shape[1]
+            q = nn.functional.linear(query, w[:e], bias[:e]).view(b, lq, heads, e // heads).transpose(1, 2)
+            k, v = nn.functional.linear(context, w[e:], bias[e:]).view(b, lk, 2, heads, e // heads).permute(2, 0, 3, 1, 4)
         scores = torch.matmul(q, k.transpose(-1, -2)) * (e // heads) ** -0.5
-        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
         out = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
         return self.out_proj(out.transpose(1, 2).reshape(b, lq, e))
 
@@ -69,8 +74,7 @@ class _Block(nn.Module):
         self.n1 = nn.LayerNorm(hidden, elementwise_affine=False)
         self.n3 = nn.LayerNorm(hidden, elementwise_affine=False)
         self.n2, self.nc = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
-        self.self_attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
-        self.cross_attn = CrossAttention(hidden, heads)
+        self.self_attn, self.cross_attn = Attention(hidden, heads), Attention(hidden, heads)
         self.mlp = nn.Sequential(nn.Linear(hidden, mlp_ratio * hidden), nn.GELU(),
                                  nn.Linear(mlp_ratio * hidden, hidden))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
@@ -80,7 +84,7 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor, cvec: torch.Tensor, ctx: torch.Tensor, ctx_pad: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(cvec)[:, None, :].chunk(6, dim=-1)
         h = torch.addcmul(sh1, self.n1(x), 1 + sc1)  # fused x * (1 + scale) + shift: one pass, not two
-        x = torch.addcmul(x, g1, self.self_attn(h, h, h, need_weights=False)[0])
+        x = torch.addcmul(x, g1, self.self_attn(h))
         x = x + self.cross_attn(self.n2(x), self.nc(ctx), ctx_pad)
         return torch.addcmul(x, g2, self.mlp(torch.addcmul(sh2, self.n3(x), 1 + sc2)))
 

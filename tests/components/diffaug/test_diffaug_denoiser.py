@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.diffaug.denoiser import CrossAttention, Denoiser
+from components.diffaug.denoiser import Attention, Denoiser
 from components.errors import InputError
 
 B, D, E, T, K = 5, 37, 12, 3, 6
@@ -73,10 +73,10 @@ def test_bad_shapes_raise_input_errors():
         Denoiser(D, E, K, hidden=30, heads=4)
 
 
-def test_cross_attention_equals_the_multihead_attention_module_in_values_and_gradients():
+def test_attention_equals_the_multihead_attention_module_in_values_and_gradients():
     torch.manual_seed(0)
     attn = torch.nn.MultiheadAttention(16, 4, batch_first=True)
-    ours = CrossAttention(16, 4)
+    ours = Attention(16, 4)
     ours.load_state_dict(attn.state_dict())  # same parameters, same state_dict keys
     pad = torch.zeros(B, 7, dtype=torch.bool)
     pad[:, 5:] = True
@@ -99,3 +99,6 @@ def test_cross_attention_equals_the_multihead_attention_module_in_values_and_gra
     c3 = c2.clone()
     c3[:, 5:] += 10.0
     torch.testing.assert_close(ours(outs[0], c2, pad), ours(outs[0], c3, pad))
+    # self-attention (no context: one fused q/k/v projection) equals the module's self-attention
+    x = torch.randn(B, 8, 16)
+    torch.testing.assert_close(ours(x), attn(x, x, x, need_weights=False)[0], atol=1e-6, rtol=1e-5)
