@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from benchmarks import bench_hml_step, bench_stream
+from benchmarks import bench_hml_step, bench_sampling, bench_stream
 
 
 def _check(res: dict, required: tuple[str, ...]) -> None:
@@ -23,6 +23,16 @@ def test_hml_step_benchmark_returns_finite_positive_ratios():
     # The ratios are the quotients of the reported medians (same run, same batches).
     assert res["hml_step_ratio"] == pytest.approx(res["hml_stage2_step_ms"] / res["hml_plain_ce_step_ms"])
     assert res["hml_step_floor_ratio"] == pytest.approx(1 + res["hml_cr_teacher_forward_ms"] / res["hml_plain_ce_step_ms"])
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_sampling_flop_count_agrees_with_torch_flop_counter(quick):
+    """The FLOP fraction's numerator: the analytic per-module count equals torch's FlopCounterMode on the
+    sampling shapes (the denoiser's attention is plain matmuls, so nothing is an opaque fused op)."""
+    bundle, req, batch = bench_sampling._setup(quick)
+    flops = bench_sampling.flops_per_sample(bundle, req, batch)
+    assert flops["analytic"] > 1e6
+    assert flops["analytic"] == flops["flop_counter_mode"]
 
 
 @pytest.mark.ray
