@@ -27,7 +27,7 @@ from components.atomic import write_json
 from components.diffaug.diffusion import load_bundle
 from components.diffaug.fidelity import copy_rate, copy_threshold, hit_rate
 from components.diffaug.requests import class_feature_pools, sampling_plan, tail_triplet_pools
-from components.diffaug.sampling import sample_features
+from components.diffaug.sampling import inference_bundle, sample_features
 from components.errors import InputError
 from pipelines.diffaug import DiffAugConfig, _Conditions, _counts, _probe, _triplets, load_splits
 
@@ -40,7 +40,7 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
     `cache_dir`: where text embeddings are cached (e.g. the DiffAugment run's `text_cache`; None = not cached)."""
     if not guidance or any(g < 0 for g in guidance):
         raise InputError("guidance", f"{list(guidance)}", "one or more scales >= 0")
-    bundle = load_bundle(bundle_path)
+    bundle = inference_bundle(load_bundle(bundle_path))  # cast once for the 2 x len(guidance) sampling calls
     store, train, test = load_splits(store_dir)
     objects, predicates = store.manifest.objects, store.manifest.predicates
     k = bundle.model.hardness_dim or DiffAugConfig.hardness_k  # K-means size is read off the bundle

@@ -170,7 +170,7 @@ def train_statistics(store: FeatureStore, use_freq_bias: bool) -> tuple[np.ndarr
     n_pred, n_obj = len(store.manifest.predicates), len(store.manifest.objects)
     columns = ["image_id", "labels", "rels"]  # label scans: no object feature is decoded
     images = ({"image_id": i, "labels": labels, "rels": rels}
-              for table in store.iter_columns("train", columns)
+              for _, table in store.iter_columns("train", columns)
               for i, labels, rels in zip(*(table.column(c).to_pylist() for c in columns)))
     fb = frequency_bias(images, n_obj, n_pred) if use_freq_bias else None
     return store.predicate_counts("train"), fb

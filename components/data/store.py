@@ -225,24 +225,26 @@ class FeatureStore:
             raise DataError(str(self.root), f"split {split!r} is empty", "at least one shard")
         return [str(self.root / f["path"]) for f in files]
 
-    def _shard_path(self, entry: dict, check_sum: bool) -> Path:
-        """Path of a manifest entry's shard; DataError if it is missing or (with `check_sum`) modified."""
+    def _read_checked(self, entry: dict, check_sum: bool, columns: list[str] | None = None) -> tuple[Path, pa.Table]:
+        """(path, table) of a manifest entry's shard (only `columns`, if given), checked to exist, (with
+        `check_sum`) to be unmodified, to parse and to hold the manifest's row count; DataError otherwise."""
         path = self.root / entry["path"]
         if not path.is_file():
             raise DataError(str(path), "shard listed in manifest is missing")
         if check_sum and sha256_file(path) != entry["sha256"]:
             raise DataError(str(path), "checksum differs from manifest (truncated or modified file)")
-        return path
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (pa.ArrowInvalid, OSError, KeyError) as e:
+            what = "parquet" if columns is None else f"columns {columns}"
+            raise DataError(str(path), f"unreadable {what}: {e}", "a complete parquet shard") from e
+        if table.num_rows != int(entry["rows"]):
+            raise DataError(str(path), f"{table.num_rows} rows", f"{entry['rows']} rows as the manifest says")
+        return path, table
 
     def read_shard(self, entry: dict, check_sum: bool = True) -> pa.Table:
         """Read and validate one shard described by a manifest entry."""
-        path = self._shard_path(entry, check_sum)
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(str(path), f"unreadable parquet: {e}", "a complete parquet file") from e
-        if table.num_rows != int(entry["rows"]):
-            raise DataError(str(path), f"{table.num_rows} rows", f"{entry['rows']} rows as the manifest says")
+        path, table = self._read_checked(entry, check_sum)
         validate_table(table, self.manifest, where=str(path))
         return table
 
@@ -257,33 +259,26 @@ class FeatureStore:
         for e in self.manifest.splits[split]:
             yield self.read_shard(e, check_sum)
 
-    def iter_columns(self, split: str, columns: list[str], check_sum: bool = True) -> Iterator[pa.Table]:
-        """Only `columns` of each shard of `split`, one shard at a time: label scans decode no feature. Values are
-        not range-checked here (`read_shard` does that for whole shards); callers check what they use."""
+    def iter_columns(self, split: str, columns: list[str], check_sum: bool = True) -> Iterator[tuple[Path, pa.Table]]:
+        """(path, table) of each shard of `split` with only `columns`, one shard at a time: label scans decode no
+        feature. Values are not range-checked here (`read_shard` does that for whole shards); callers check
+        what they use."""
         self.paths(split)
         for entry in self.manifest.splits[split]:
-            path = self._shard_path(entry, check_sum)
-            try:
-                table = pq.read_table(path, columns=columns)
-            except (pa.ArrowInvalid, OSError, KeyError) as e:
-                raise DataError(str(path), f"unreadable columns {columns}: {e}", "a complete parquet shard") from e
-            if table.num_rows != int(entry["rows"]):
-                raise DataError(str(path), f"{table.num_rows} rows", f"{entry['rows']} rows as the manifest says")
-            yield table
+            yield self._read_checked(entry, check_sum, columns)
 
     def predicate_counts(self, split: str, check_sum: bool = True) -> np.ndarray:
         """Annotated relations per predicate label of `split`, indexed by the store's label (scene graphs:
         1-based ids, index 0 unused; relation samples: 0-based). Reads the predicate column alone, so no
         feature is decoded: a count over a real VG-150 store costs a label scan, not a feature read."""
-        self.paths(split)
         kind, n = self.manifest.kind, len(self.manifest.predicates)
         base = S.LABEL_BASE[kind]
         column = "rels" if kind == S.SCENE_GRAPH else "predicate"
         counts = np.zeros(base + n, dtype=np.int64)
-        for entry, table in zip(self.manifest.splits[split], self.iter_columns(split, [column], check_sum)):
+        for path, table in self.iter_columns(split, [column], check_sum):
             labels = _flat_values(table.column(column)).astype(np.int64)
             labels = labels.reshape(-1, 3)[:, 2] if kind == S.SCENE_GRAPH else labels
-            _check_range(str(self.root / entry["path"]), column, labels, base, base + n - 1)
+            _check_range(str(path), column, labels, base, base + n - 1)
             counts += np.bincount(labels, minlength=base + n)
         return counts
 

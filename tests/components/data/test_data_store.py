@@ -108,7 +108,9 @@ def test_missing_column_and_unknown_split(tmp_path):
 def test_iter_columns_reads_only_the_named_columns(tmp_path):
     root = make_store(tmp_path)
     store = FeatureStore(root)
-    tables = list(store.iter_columns("train", ["image_id", "rels"]))
+    pairs = list(store.iter_columns("train", ["image_id", "rels"]))
+    assert [p for p, _ in pairs] == [root / e["path"] for e in store.manifest.splits["train"]]
+    tables = [t for _, t in pairs]
     assert all(t.column_names == ["image_id", "rels"] for t in tables)
     full = store.read("train")
     assert sum(t.num_rows for t in tables) == full.num_rows
