@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from components.data.schema import RELATION_SAMPLE
 from components.data.store import FeatureStore, relation_arrays
 from components.diffaug.augment import augment_triplets
 from components.diffaug.diffusion import DiffusionConfig, load_bundle
-from components.diffaug.fidelity import copy_rate, copy_threshold, fidelity
+from components.diffaug.fidelity import SPREAD_BOUNDS, copy_rate, copy_threshold, fidelity, spread_ratio
 from components.diffaug.finetune import (
     RelationSet,
     TrainConfig,
@@ -63,6 +64,8 @@ from components.taxonomy.vectors import load_word_vectors, phrase_vectors
 
 if TYPE_CHECKING:
     from pipelines.diffusion import SamplerPool
+
+log = logging.getLogger(__name__)
 
 VARIANTS = ("baseline_ce", "baseline_wce", "real_balanced_ft", "diffaug_random", "diffaug_so",
             "diffaug_so_curriculum", "diffaug_so_half", "diffaug_so_nohardness", "wce_real_balanced_ft",
@@ -102,7 +105,8 @@ class DiffAugConfig:
     strength: float = field(default=0.7, metadata={"range": (0.0, 1.0)})
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     num_actors: int = field(default=2, metadata={"range": (1, 64)})
-    cpus_per_actor: float = field(default=0.5, metadata={"range": (0.05, 64.0)})
+    # CPUs of each sampling actor; the diffusion training actor gets twice this (both cores by default)
+    cpus_per_actor: float = field(default=1.0, metadata={"range": (0.05, 64.0)})
     shard_size: int = field(default=1024, metadata={"range": (1, None)})
     ray_address: str = ""
     experiment: str = "diffaug"
@@ -228,7 +232,12 @@ def _fidelity(gen: RelationSet, train: RelationSet, test: RelationSet, probe, mo
     many generated union features are near-copies of a training sample of their relation (`copy_rate`)."""
     real = test.subset(np.flatnonzero(np.isin(test.predicate, np.unique(gen.predicate))))
     out = {"probe": fidelity(probe, gen.union_feature, gen.predicate, real.union_feature, real.predicate),
-           "copies": _copies(gen, train, real)}
+           "copies": _copies(gen, train, real), "spread": spread_ratio(gen.union_feature, train.union_feature)}
+    lo, hi = SPREAD_BOUNDS
+    if not lo <= out["spread"] <= hi:
+        log.warning("warning: generated features spread %.2fx the real training features (expected %.2f-%.1f): "
+                    "the diffusion model has diverged or collapsed; lower diffusion.lr or check its loss curve",
+                    out["spread"], lo, hi)
     gen_hit = float((predict_logits(model, gen)["relation"].argmax(1) == gen.predicate).mean())
     real_hit = float((predict_logits(model, real)["relation"].argmax(1) == real.predicate).mean())
     out["baseline_model"] = {"generated_rate": gen_hit, "real_rate": real_hit,
@@ -375,8 +384,10 @@ def _track(cfg: DiffAugConfig, out: Path, summary: dict) -> None:
                 tracker.log_metrics(child, {f"{a}_{b}": v for a in ("rel", "sbj_obj") for b, v in rep[a].items()}
                                     | {"combined": rep["combined"]})
         for name, f in summary["fidelity"].items():
-            tracker.log_metrics(parent, {f"fidelity_{name}_{k}_{m}": v for k, d in f.items() for m, v in d.items()
-                                         if m in ("generated_rate", "real_rate", "ratio", "copy_rate", "real_copy_rate")})
+            tracker.log_metrics(parent, {f"fidelity_{name}_{k}_{m}": v for k, d in f.items() if isinstance(d, dict)
+                                         for m, v in d.items()
+                                         if m in ("generated_rate", "real_rate", "ratio", "copy_rate", "real_copy_rate")}
+                                | {f"fidelity_{name}_spread": f["spread"]})
         for art in ("results.json", "results.txt", "bands.png", "projection.png"):
             if (out / art).is_file():
                 tracker.log_artifact(parent, out / art)

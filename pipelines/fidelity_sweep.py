@@ -25,7 +25,7 @@ import numpy as np
 
 from components.atomic import write_json
 from components.diffaug.diffusion import load_bundle
-from components.diffaug.fidelity import copy_rate, copy_threshold, hit_rate
+from components.diffaug.fidelity import copy_rate, copy_threshold, hit_rate, spread_ratio
 from components.diffaug.requests import class_feature_pools, sampling_plan, tail_triplet_pools
 from components.diffaug.sampling import inference_bundle, sample_features
 from components.errors import InputError
@@ -60,7 +60,6 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
     real = {k: hit_rate(probe, *held_out[k], f"real {k} samples") for k in held_out}
     scale = {k: copy_threshold(train.union_feature, train.predicate, *held_out[k]) for k in held_out}
     real |= {f"copy_{k}": real_rate for k, (_, real_rate) in scale.items()}
-    real_spread = float(train.union_feature.std(0).mean())
     rows = []
     for g in guidance:
         row: dict[str, float] = {"guidance": float(g)}
@@ -70,7 +69,7 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
             row[name] = hit_rate(probe, feats, trip[:, 1], f"generated {name} samples")
             row[f"copy_{name}"] = copy_rate(feats, trip[:, 1], train.union_feature, train.predicate,
                                             scale[name][0])
-            row[f"spread_{name}"] = float(feats.std(0).mean()) / real_spread
+            row[f"spread_{name}"] = spread_ratio(feats, train.union_feature)
         rows.append(row)
     return {"real": real, "by_guidance": rows, "n": len(pick)}
 

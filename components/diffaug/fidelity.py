@@ -30,6 +30,22 @@ def hit_rate(classifier_fn: Callable, feats: np.ndarray, labels: np.ndarray, nam
     return float((logits.argmax(1) == labels).mean())
 
 
+SPREAD_BOUNDS = (1 / 3, 3.0)  # outside: the generator has diverged or collapsed (lr 3e-2 gave 31x; README)
+
+
+def spread_ratio(generated: np.ndarray, real: np.ndarray) -> float:
+    """Mean per-dimension std of `generated` over that of `real` features (1 = the real spread; guidance
+    3 measured 1.0, guidance 6 1.15, a diverged generator 6-31)."""
+    generated, real = np.asarray(generated, np.float64), np.asarray(real, np.float64)
+    if generated.ndim != 2 or real.ndim != 2 or generated.shape[1] != real.shape[1] or len(real) < 2:
+        raise InputError("spread_ratio features", f"shapes {generated.shape} and {real.shape}",
+                         "(N, D) generated and (M >= 2, D) real features")
+    denom = float(real.std(0).mean())
+    if not denom > 0:
+        raise InputError("spread_ratio real features", "have zero spread", "real features that vary")
+    return float(generated.std(0).mean()) / denom
+
+
 def fidelity(classifier_fn: Callable, generated: np.ndarray, intended_labels: np.ndarray,
              real_heldout: np.ndarray, real_labels: np.ndarray) -> dict:
     """{'generated_rate', 'real_rate', 'ratio', 'n_generated', 'n_real'} for any callable features -> (N, C) logits."""

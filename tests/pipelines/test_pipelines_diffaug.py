@@ -41,6 +41,7 @@ def test_every_variant_reported(summary):
     for name in ("diffaug_random", "diffaug_so", "diffaug_so_nohardness"):
         f = s["fidelity"][name]["probe"]
         assert f["n_generated"] == 40 and 0 <= f["generated_rate"] <= 1 and 0 < f["real_rate"] <= 1
+        assert 0 < s["fidelity"][name]["spread"] < 10
 
 
 def test_outputs_written_and_table(summary):

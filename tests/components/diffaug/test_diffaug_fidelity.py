@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.diffaug.fidelity import copy_rate, copy_threshold, nearest_same_label_distance
+from components.diffaug.fidelity import copy_rate, copy_threshold, nearest_same_label_distance, spread_ratio
 from components.errors import InputError
 
 TRAIN = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
@@ -39,3 +39,14 @@ def test_bad_inputs_raise():
         nearest_same_label_distance(np.zeros((2, 2)), np.zeros(3), TRAIN, TRAIN_LABELS)
     with pytest.raises(InputError, match="overlapping labels"):
         copy_threshold(TRAIN, TRAIN_LABELS, np.zeros((1, 2)), np.array([5]))
+
+
+def test_spread_ratio_by_hand():
+    real = np.array([[0.0, 0.0], [2.0, 4.0]])  # per-dim std 1 and 2: mean 1.5
+    gen = np.array([[0.0, 1.0], [6.0, 1.0]])  # per-dim std 3 and 0: mean 1.5
+    assert spread_ratio(gen, real) == pytest.approx(1.0)
+    assert spread_ratio(10 * gen, real) == pytest.approx(10.0)
+    with pytest.raises(InputError, match="zero spread"):
+        spread_ratio(gen, np.ones((3, 2)))
+    with pytest.raises(InputError, match="generated and"):
+        spread_ratio(np.zeros((2, 3)), real)
