@@ -46,8 +46,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                     "diffusion": {"steps": 150, "num_inference_steps": 10, "hidden": 64, "layers": 2,
                                   "batch_size": 128}},
     },
-    # the embedded default benchmark: 37 min measured on 2 cores with the test suite running beside it
-    # (HML 11, DiffAugment 26); DiffAugment sizes were chosen from per-part CPU costs for ~6 min when idle
+    # the embedded default benchmark: 8.3 min on a 2-core AMX (bf16) CPU (HML 112 s, DiffAugment 365 s);
+    # far longer without bf16 (README, "What make run does")
     "default": {},
     # the default benchmark with 4x the diffusion training samples (4,000 steps x 512 at lr 1e-3: tail
     # fidelity 39-44% against the default's 22-26%; ~10 min of training on a 2-core AMX CPU; README, Results)
