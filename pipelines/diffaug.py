@@ -37,7 +37,7 @@ from components.data.schema import RELATION_SAMPLE
 from components.data.store import FeatureStore, relation_arrays
 from components.diffaug.augment import augment_triplets
 from components.diffaug.diffusion import DiffusionConfig, load_bundle
-from components.diffaug.fidelity import SPREAD_BOUNDS, copy_rate, copy_threshold, fidelity, spread_ratio
+from components.diffaug.fidelity import copy_rate, copy_threshold, fidelity, spread_ratio, spread_warning
 from components.diffaug.finetune import (
     RelationSet,
     TrainConfig,
@@ -233,11 +233,9 @@ def _fidelity(gen: RelationSet, train: RelationSet, test: RelationSet, probe, mo
     real = test.subset(np.flatnonzero(np.isin(test.predicate, np.unique(gen.predicate))))
     out = {"probe": fidelity(probe, gen.union_feature, gen.predicate, real.union_feature, real.predicate),
            "copies": _copies(gen, train, real), "spread": spread_ratio(gen.union_feature, train.union_feature)}
-    lo, hi = SPREAD_BOUNDS
-    if not lo <= out["spread"] <= hi:
-        log.warning("warning: generated features spread %.2fx the real training features (expected %.2f-%.1f): "
-                    "the diffusion model has diverged or collapsed; lower diffusion.lr or check its loss curve",
-                    out["spread"], lo, hi)
+    warning = spread_warning(out["spread"])
+    if warning:
+        log.warning(warning)
     gen_hit = float((predict_logits(model, gen)["relation"].argmax(1) == gen.predicate).mean())
     real_hit = float((predict_logits(model, real)["relation"].argmax(1) == real.predicate).mean())
     out["baseline_model"] = {"generated_rate": gen_hit, "real_rate": real_hit,

@@ -46,6 +46,16 @@ def spread_ratio(generated: np.ndarray, real: np.ndarray) -> float:
     return float(generated.std(0).mean()) / denom
 
 
+def spread_warning(spread: float) -> str | None:
+    """The warning to print when a spread ratio is outside SPREAD_BOUNDS (None inside them)."""
+    lo, hi = SPREAD_BOUNDS
+    if lo <= spread <= hi:
+        return None
+    return (f"warning: generated features spread {spread:.2f}x the real training features (expected "
+            f"{lo:.2f}-{hi:.1f}): the diffusion model has diverged or collapsed; lower diffusion.lr or check "
+            "its loss curve")
+
+
 def fidelity(classifier_fn: Callable, generated: np.ndarray, intended_labels: np.ndarray,
              real_heldout: np.ndarray, real_labels: np.ndarray) -> dict:
     """{'generated_rate', 'real_rate', 'ratio', 'n_generated', 'n_real'} for any callable features -> (N, C) logits."""

@@ -4,7 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.diffaug.fidelity import copy_rate, copy_threshold, nearest_same_label_distance, spread_ratio
+from components.diffaug.fidelity import (
+    copy_rate,
+    copy_threshold,
+    nearest_same_label_distance,
+    spread_ratio,
+    spread_warning,
+)
 from components.errors import InputError
 
 TRAIN = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
@@ -50,3 +56,9 @@ def test_spread_ratio_by_hand():
         spread_ratio(gen, np.ones((3, 2)))
     with pytest.raises(InputError, match="generated and"):
         spread_ratio(np.zeros((2, 3)), real)
+
+
+def test_spread_warning_only_outside_the_bounds():
+    assert spread_warning(1.0) is None and spread_warning(3.0) is None and spread_warning(0.34) is None
+    assert "31.00x" in spread_warning(31.0) and "diffusion.lr" in spread_warning(31.0)
+    assert "collapsed" in spread_warning(0.1)
