@@ -39,6 +39,11 @@ def _threads(cpus: float) -> int:
     return max(1, round(cpus))
 
 
+def _writable(arrays: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray | None]:
+    """Own copies of arrays Ray's object store hands out read-only (torch.from_numpy warns on those)."""
+    return {k: None if v is None else np.array(v) for k, v in arrays.items()}
+
+
 @ray.remote
 class _TrainActor:
     """Runs `train_denoiser` with checkpoints every `checkpoint_every` steps into `out_dir/checkpoints`."""
@@ -47,6 +52,7 @@ class _TrainActor:
         torch.set_num_threads(threads)
         losses: list[float] = []
         ckpt = Path(out_dir) / "checkpoints"
+        arrays = _writable(arrays)
 
         def on_step(step: int, loss: float, bundle) -> None:
             losses.append(loss)
@@ -123,12 +129,11 @@ class _SampleActor:
         key = (bundle_path, Path(bundle_path).stat().st_mtime_ns)  # a rewritten bundle is loaded again
         if key != self.bundle_key:
             self.bundle, self.bundle_key = inference_bundle(load_bundle(bundle_path)), key  # cast once per bundle
-        feats = sample_features(self.bundle, req["text"][lo:hi],
-                                None if "text_mask" not in req else req["text_mask"][lo:hi],
-                                None if "hardness" not in req else req["hardness"][lo:hi], req["sample_id"][lo:hi],
-                                None if "seed_features" not in req else req["seed_features"][lo:hi], **params)
-        table = pa.table({"sample_id": req["sample_id"][lo:hi].astype(np.int64), "subject": req["subject"][lo:hi],
-                          "object": req["object"][lo:hi], "predicate": req["predicate"][lo:hi],
+        rows = _writable({k: v[lo:hi] for k, v in req.items()})  # this shard's rows only
+        feats = sample_features(self.bundle, rows["text"], rows.get("text_mask"), rows.get("hardness"),
+                                rows["sample_id"], rows.get("seed_features"), **params)
+        table = pa.table({"sample_id": rows["sample_id"].astype(np.int64), "subject": rows["subject"],
+                          "object": rows["object"], "predicate": rows["predicate"],
                           "feature": pa.FixedSizeListArray.from_arrays(pa.array(feats.reshape(-1)), feats.shape[1])})
         with atomic_path(path, suffix=".parquet") as tmp:
             pq.write_table(table, tmp)

@@ -182,11 +182,10 @@ def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray
     save it to checkpoint). Sampling of minibatches, timesteps, noise and CFG drops follows `cfg.seed`;
     with `cfg.balance` > 0, minibatches favour samples of rare `groups` (N,) (see `sampling_weights`).
     """
-    # own, writable copies: arrays from Ray's object store are read-only, which torch.from_numpy warns about
     features = np.asarray(features, np.float32)
-    text = np.array(text, np.float32)
-    text_mask = None if text_mask is None else np.array(text_mask, bool)
-    hardness = None if (hardness is None or not cfg.use_hardness) else np.array(hardness, np.float32)
+    text = np.asarray(text, np.float32)
+    text_mask = None if text_mask is None else np.asarray(text_mask, bool)
+    hardness = None if (hardness is None or not cfg.use_hardness) else np.asarray(hardness, np.float32)
     _check_inputs(features, text, text_mask, hardness)
     weights = sampling_weights(groups, cfg.balance, len(features))
     mean, std = fit_standardizer(features)

@@ -112,15 +112,15 @@ def sample_features(bundle: DiffusionBundle, text: np.ndarray, text_mask: np.nda
     mean, std = torch.from_numpy(bundle.mean), torch.from_numpy(bundle.std)
     out = np.empty((n, d), np.float32)
     for lo in tqdm(range(0, n, batch_size), desc="diffusion sample", disable=not progress, mininterval=2.0):
-        sl = slice(lo, lo + batch_size)  # inputs are copied per batch (torch.tensor): Ray hands out read-only arrays
+        sl = slice(lo, lo + batch_size)
         noise = torch.from_numpy(per_sample_noise(ids[sl], d, seed))
         if seed_features is None:
             x, steps = noise * sched.init_noise_sigma, sched.timesteps
         else:
-            x0 = (torch.tensor(np.asarray(seed_features[sl], np.float32)) - mean) / std
+            x0 = (torch.from_numpy(np.asarray(seed_features[sl], np.float32)) - mean) / std
             x, steps = noised_seed(sched, x0, noise, strength)
-        mask = None if text_mask is None else torch.tensor(np.asarray(text_mask[sl], bool))
-        hard = None if not model.hardness_dim else torch.tensor(np.asarray(hardness[sl], np.float32))
-        x = _denoise(model, sched, x, steps, torch.tensor(text[sl]), mask, hard, g)
+        mask = None if text_mask is None else torch.from_numpy(np.asarray(text_mask[sl], bool))
+        hard = None if not model.hardness_dim else torch.from_numpy(np.asarray(hardness[sl], np.float32))
+        x = _denoise(model, sched, x, steps, torch.from_numpy(text[sl]), mask, hard, g)
         out[sl] = (x * std + mean).numpy()
     return out
