@@ -36,7 +36,7 @@ SPREAD_BOUNDS = (1 / 3, 3.0)  # outside: the generator has diverged or collapsed
 def spread_ratio(generated: np.ndarray, real: np.ndarray) -> float:
     """Mean per-dimension std of `generated` over that of `real` features (1 = the real spread; guidance
     3 measured 1.0, guidance 6 1.15, a diverged generator 6-31)."""
-    generated, real = np.asarray(generated, np.float64), np.asarray(real, np.float64)
+    generated, real = np.asarray(generated), np.asarray(real)  # no float64 copy: `real` may be a whole training set
     if generated.ndim != 2 or real.ndim != 2 or generated.shape[1] != real.shape[1] or len(real) < 2:
         raise InputError("spread_ratio features", f"shapes {generated.shape} and {real.shape}",
                          "(N, D) generated and (M >= 2, D) real features")
