@@ -52,8 +52,8 @@ def sgg_table(r: dict, ks: list[int]) -> str:
     cols = [c for c in ("R", "mR", "ngR", "ngmR", "Mean", "hR", "hmR") if f"{c}@{ks[0]}" in r]
     lines = ["| K | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     lines += [f"| {k} | " + " | ".join(_fmt(r[f"{c}@{k}"]) for c in cols) + " |" for k in ks]
-    lines.append(f"\n{r['num_images']} images evaluated; skipped {r['skipped_no_gt']} without GT relations and "
-                 f"{r['skipped_no_pred']} without predicted pairs. Values in percent.")
+    lines.append(f"\n{r['num_images']} images evaluated ({r['no_pred']} without predicted pairs, scored 0); skipped "
+                 f"{r['skipped_no_gt']} without GT relations. Values in percent.")
     return "\n".join(lines)
 
 

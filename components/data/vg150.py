@@ -4,7 +4,9 @@ Follows the split conventions of Scene-Graph-Benchmark.pytorch: h5 `split == 0` 
 test; images without boxes are dropped; images without relations are dropped when
 `filter_empty_rels` (the benchmark's default, applied to every split); val = the first `num_val`
 remaining train images, train = the rest. Boxes (cx, cy, w, h at long side `box_scale`) become xyxy
-in image pixels (x1 = cx - w/2, x2 = cx + w/2, times max(width, height) / box_scale). Relation
+in image pixels as the benchmark's `load_graphs` converts them: x1 = cx - w/2 and x2 = x1 + w, with x1
+truncated toward zero when the h5 stores integers (the released file's int32, converted in place there),
+then times max(width, height) / box_scale. Relation
 indices, global in the h5, become indices into the image's own boxes. Duplicate relations are kept
 (de-duplicating is a training-time choice, not a property of the data).
 """
@@ -107,7 +109,9 @@ def _read_h5(path: Path, box_scale: int) -> dict[str, np.ndarray]:
             if missing:
                 raise DataError(str(path), f"missing keys {missing}", f"keys {[*H5_KEYS, box_key]}")
             a = {k: np.asarray(f[k][()]) for k in H5_KEYS}
-            a["boxes"] = np.asarray(f[box_key][()], dtype=np.float64)
+            raw = np.asarray(f[box_key][()])
+            a["boxes"] = np.asarray(raw, dtype=np.float64)
+            a["boxes_integer"] = np.asarray(np.issubdtype(raw.dtype, np.integer))
     except OSError as e:
         raise DataError(str(path), f"unreadable HDF5 (truncated or not HDF5): {e}", "a complete h5 file") from e
     for k in (*H5_KEYS, "boxes"):
@@ -206,7 +210,10 @@ def _image_graph(path: Path, a: dict[str, np.ndarray], i: int, info: dict, split
     b0, b1 = int(a["img_to_first_box"][i]), int(a["img_to_last_box"][i]) + 1
     cxcywh = a["boxes"][b0:b1]
     scale = max(float(info["width"]), float(info["height"])) / box_scale
-    boxes = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], axis=1) * scale
+    x1y1 = cxcywh[:, :2] - cxcywh[:, 2:] / 2
+    if a["boxes_integer"]:
+        x1y1 = np.trunc(x1y1)  # the benchmark writes the corner back into the int32 array: truncation
+    boxes = np.concatenate([x1y1, x1y1 + cxcywh[:, 2:]], axis=1) * scale
     rels = np.zeros((0, 3), dtype=np.int64)
     if a["img_to_first_rel"][i] >= 0:
         r0, r1 = int(a["img_to_first_rel"][i]), int(a["img_to_last_rel"][i]) + 1

@@ -15,8 +15,9 @@ Protocol (every choice stated; all values are returned in PERCENT, like the pape
   (area = (x2-x1+1)*(y2-y1+1)). Boxes are matched by overlap, not by index, so another box can match.
 - Recall of one image = GT triplets matched by any of the top K / number of GT triplets; duplicate GT
   triplets count separately (one prediction can match several). R@K = mean over evaluated images.
-  Images without GT relations, or without any predicted pair, are skipped (counted in `skipped_no_gt`,
-  `skipped_no_pred`).
+  Images without GT relations are skipped (counted in `skipped_no_gt`); an image with GT relations but
+  no predicted pair is evaluated with recall 0 for every K and predicate, as the benchmark scores an empty
+  prediction (counted in `no_pred`, included in `num_images`).
 - mR@K: per image and per predicate present in its GT, that predicate's recall in the image; per predicate
   the mean over the images where it appears (`per_predicate_R@K`, 0 for a predicate absent from the test
   GT); mR@K = mean over ALL C predicates (absent ones count 0). Mean@K = (R@K + mR@K) / 2.
@@ -129,7 +130,7 @@ class SGGEvaluator:
     def reset(self) -> None:
         """Forget every processed image."""
         shape = (len(self.modes), len(self.ks))
-        self.seen = self.evaluated = self.skipped_no_gt = self.skipped_no_pred = 0
+        self.seen = self.evaluated = self.skipped_no_gt = self.no_pred = 0
         self._recall_sum = np.zeros(shape)
         self._pred_recall_sum = np.zeros(shape + (self.num_predicates + 1,))
         self._pred_images = np.zeros(self.num_predicates + 1, dtype=np.int64)
@@ -142,17 +143,17 @@ class SGGEvaluator:
         if len(gt_rels) == 0:
             self.skipped_no_gt += 1
             return
-        if len(pairs) == 0:
-            self.skipped_no_pred += 1
-            return
         self.evaluated += 1
+        gs, go, gp = gt_rels[:, 0], gt_rels[:, 1], gt_rels[:, 2]
+        counts = np.bincount(gp, minlength=self.num_predicates + 1)
+        self._pred_images += counts > 0
+        if len(pairs) == 0:  # nothing predicted: every GT triplet missed, recall 0 (sums unchanged)
+            self.no_pred += 1
+            return
         kmax = max(self.ks)
         sc, rs = a["pred_scores"], a["rel_scores"][:, 1:]
         ok = (a["pred_labels"][:, None] == a["gt_labels"][None, :]) & (
             box_iou(a["pred_boxes"], a["gt_boxes"]) >= self.iou_threshold)
-        gs, go, gp = gt_rels[:, 0], gt_rels[:, 1], gt_rels[:, 2]
-        counts = np.bincount(gp, minlength=self.num_predicates + 1)
-        self._pred_images += counts > 0
 
         objp = sc[pairs[:, 0]] * sc[pairs[:, 1]]
         pmax = rs.max(1).astype(np.float64)
@@ -181,8 +182,8 @@ class SGGEvaluator:
     def evaluate(self) -> dict:
         """Metrics in percent (see the module docstring), per-predicate lists and image counts."""
         if self.evaluated == 0:
-            raise DataError("SGG predictions", f"none of {self.seen} images has both GT relations and predicted "
-                            "pairs", "at least one evaluable image")
+            raise DataError("SGG predictions", f"none of {self.seen} images has GT relations",
+                            "at least one image with GT relations")
         n_img = np.maximum(self._pred_images[1:], 1)
         out: dict = {}
         for j, mode in enumerate(self.modes):
@@ -194,7 +195,7 @@ class SGGEvaluator:
                 out[f"per_predicate_{mode}@{k}"] = per.tolist()
         for k in self.ks:
             out[f"Mean@{k}"] = (out[f"R@{k}"] + out[f"mR@{k}"]) / 2.0
-        out.update(num_images=self.evaluated, skipped_no_gt=self.skipped_no_gt, skipped_no_pred=self.skipped_no_pred,
+        out.update(num_images=self.evaluated, skipped_no_gt=self.skipped_no_gt, no_pred=self.no_pred,
                    predicate_image_counts=self._pred_images[1:].tolist())
         return out
 

@@ -88,6 +88,20 @@ def test_keep_images_without_relations_and_other_box_scale(tmp_path):
     np.testing.assert_allclose(half[0]["boxes"], full[0]["boxes"], atol=2)
 
 
+def test_odd_integer_sizes_truncate_the_corner_as_the_benchmark_does(tmp_path):
+    # load_graphs converts in the h5's int32 array: x1 = trunc(cx - w/2), x2 = x1 + w (not cx + w/2)
+    images = [(0, [[100, 201, 51, 101], [300, 300, 200, 100]], [1, 2], [(0, 1, 1)])]
+    root = write_vg(tmp_path / "vg", images=images, sizes=[(1024, 512)])
+    train, _, _ = vg150.read_vg150(root, "train", num_val=0)
+    np.testing.assert_array_equal(train[0]["boxes"][0], [74, 150, 125, 251])
+    with h5py.File(root / vg150.H5_NAME, "a") as f:  # a float h5 keeps the half
+        data = f["boxes_1024"][()].astype(np.float32)
+        del f["boxes_1024"]
+        f["boxes_1024"] = data
+    train, _, _ = vg150.read_vg150(root, "train", num_val=0)
+    np.testing.assert_array_equal(train[0]["boxes"][0], [74.5, 150.5, 125.5, 251.5])
+
+
 def test_image_data_with_the_four_absent_ids_is_aligned(tmp_path):
     extra = [{"width": 1, "height": 1, "image_id": i, "url": ""} for i in sorted(vg150.CORRUPT_IMAGE_IDS)]
     root = write_vg(tmp_path / "vg", extra_image_data=extra)

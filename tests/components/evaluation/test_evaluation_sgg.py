@@ -60,15 +60,19 @@ def test_match_through_another_box_by_iou_not_index():
     assert evaluate_sgg([hit], 2, iou_threshold=0.7)["R@20"] == 0.0  # 0.68 < 0.7
 
 
-def test_images_without_gt_or_pairs_are_skipped():
+def test_images_without_gt_are_skipped_and_without_pairs_score_zero():
+    # Scene-Graph-Benchmark skips an image only when it has no GT relation; an empty prediction recalls nothing
     good = image([A, B], [1, 2], [[0, 1, 1], [1, 0, 2]], [A, B], [1, 2], [[0, 1]], onehot([1], 2))
     no_gt = image([A, B], [1, 2], [], [A, B], [1, 2], [[0, 1]], onehot([1], 2))
     no_pairs = image([A, B], [1, 2], [[0, 1, 1]], [A, B], [1, 2], [], np.zeros((0, 3)))
     r = evaluate_sgg([no_gt, good, no_pairs], 2)
-    assert r["R@20"] == pytest.approx(50.0)
-    assert (r["num_images"], r["skipped_no_gt"], r["skipped_no_pred"]) == (1, 1, 1)
+    assert r["R@20"] == pytest.approx((50.0 + 0.0) / 2)
+    assert r["per_predicate_R@20"] == pytest.approx([(100.0 + 0.0) / 2, 0.0])  # predicate 1 in both images
+    assert r["predicate_image_counts"] == [2, 1]
+    assert (r["num_images"], r["skipped_no_gt"], r["no_pred"]) == (2, 1, 1)
+    assert evaluate_sgg([no_pairs], 2)["R@20"] == 0.0
     with pytest.raises(DataError, match="none of 2 images"):
-        evaluate_sgg([no_gt, no_pairs], 2)
+        evaluate_sgg([no_gt, no_gt], 2)
 
 
 def test_mean_recall_averages_per_image_and_counts_absent_predicates_as_zero():
