@@ -142,18 +142,39 @@ def _flat_values(col: pa.ChunkedArray) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
+def _has_nulls(col: pa.ChunkedArray) -> bool:
+    """Whether a column holds a null at any nesting level (a null inside a list would read back as NaN)."""
+    arr = col.combine_chunks()
+    while True:
+        if arr.null_count:
+            return True
+        if not (pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type) or pa.types.is_large_list(arr.type)):
+            return False
+        arr = arr.flatten()
+
+
 def validate_table(table: pa.Table, manifest: Manifest, where: str) -> None:
-    """Check columns, feature dims, finiteness and label ranges; raise DataError naming `where`."""
+    """Check columns and their declared types, nulls, feature dims, finiteness and label ranges; raise
+    DataError naming `where`."""
     expected = S.schema_for(manifest.kind, manifest.feature_dim, manifest.dtype)  # type: ignore[arg-type]
     missing = [n for n in expected.names if n not in table.column_names]
     if missing:
         raise DataError(where, f"missing columns {missing}", f"columns {expected.names}")
     for name in S.FEATURE_COLUMNS[manifest.kind]:
         t = table.schema.field(name).type
-        inner = t.value_type if manifest.kind == S.SCENE_GRAPH else t
+        inner = t.value_type if manifest.kind == S.SCENE_GRAPH and pa.types.is_list(t) else t
         if not pa.types.is_fixed_size_list(inner) or inner.list_size != manifest.feature_dim:
             got = inner.list_size if pa.types.is_fixed_size_list(inner) else str(inner)
             raise DataError(where, f"column {name!r} has feature dim {got}", f"dim {manifest.feature_dim}")
+    wrong = [f"{f.name!r} is {table.schema.field(f.name).type}, expected {f.type}" for f in expected
+             if not table.schema.field(f.name).type.equals(f.type)]
+    if wrong:
+        raise DataError(where, "columns of another type: " + "; ".join(wrong),
+                        "the store's declared schema (components/data/schema.py)")
+    nulls = [n for n in expected.names if _has_nulls(table.column(n))]
+    if nulls:
+        raise DataError(where, f"null values in columns {nulls}", "no nulls at any nesting level")
+    for name in S.FEATURE_COLUMNS[manifest.kind]:
         vals = _flat_values(table.column(name))
         if vals.size and not np.isfinite(vals.astype(np.float32)).all():
             raise DataError(where, f"column {name!r} holds NaN or inf", "finite features")

@@ -105,6 +105,25 @@ def test_missing_column_and_unknown_split(tmp_path):
         FeatureStore(root).paths("test")
 
 
+def test_null_inside_a_list_is_refused(tmp_path):
+    row = sg_row(0)
+    row["labels"] = [1, None, 3]  # would read back as NaN and pass every range check
+    w = StoreWriter(tmp_path / "s", "scene_graph", 4, OBJ, PRED)
+    with pytest.raises(DataError, match=r"null values in columns \['labels'\]"):
+        w.write("train", [row])
+    assert not list((tmp_path / "s").rglob("*.parquet"))
+
+
+def test_shard_of_another_schema_is_refused_on_read(tmp_path):
+    root = make_store(tmp_path)
+    shard = root / "train" / "part-00001.parquet"
+    t = pq.read_table(shard)
+    t = t.set_column(t.schema.get_field_index("width"), "width", t.column("width").cast(pa.float64()))
+    pq.write_table(t, shard)
+    with pytest.raises(DataError, match=r"part-00001.parquet.*'width' is double, expected int32"):
+        FeatureStore(root).read("train", check_sum=False)
+
+
 def test_iter_columns_reads_only_the_named_columns(tmp_path):
     root = make_store(tmp_path)
     store = FeatureStore(root)
