@@ -4,8 +4,10 @@ Rules (paper): a triplet whose predicate is in a tail band (few/medium by traini
 subject replaced by each similar class and, separately, its object; a triplet whose subject class is tail
 gets its object replaced; one whose object class is tail gets its subject replaced. Only vocabulary classes
 are substituted (a class without a noun synset is skipped with a warning); new triplets equal to an existing training triplet are dropped unless `allow_duplicates`.
-Bands follow the LTVRR evaluation: classes (with a training count > 0) sorted ascending by count, few =
-lowest 80%, medium = next 15%, many = top 5% (components.evaluation.ltvrr.band_edges).
+Bands use the LTVRR evaluation's cut-offs (components.evaluation.ltvrr.band_edges): classes sorted
+ascending by training count, few = lowest 80%, medium = next 15%, many = top 5%. The ranked classes are
+those with a training count > 0, not the evaluation's classes present in the test set (training never
+looks at the test split), so a class near a cut-off can sit in a neighbouring band here.
 """
 from __future__ import annotations
 

@@ -72,6 +72,10 @@ def ltvrr_report(gt_sbj, pred_sbj, gt_obj, pred_obj, gt_rel, pred_rel, obj_train
                  cutoffs: Sequence[float] = (0.80, 0.95)) -> dict:
     """GQA-LT report: sbj_obj (band-wise mean of subject and object), rel, and combined = (S/O all + R all)/2.
 
+    Subjects and objects are banded separately, each over the classes present in its own role in the test
+    GT (ranked by the same object-class training counts), so a class may fall in different bands as subject
+    and as object; REFERENCE.md leaves this open.
+
     `synonyms` applies to subject/object classes, `rel_synonyms` to relation classes.
     """
     sbj = per_class_accuracy(gt_sbj, pred_sbj, obj_train_counts, cutoffs, synonyms, "subjects")
