@@ -103,8 +103,8 @@ def reference_evaluate(images: Iterable[Mapping], num_predicates: int, ks: Seque
     for img in images:
         gt_rels = np.asarray(img["gt_rels"], dtype=np.int64).reshape(-1, 3)
         pairs = np.asarray(img["rel_pairs"], dtype=np.int64).reshape(-1, 2)
-        if len(gt_rels) == 0 or len(pairs) == 0:
-            continue
+        if len(gt_rels) == 0:
+            continue  # an image without predicted pairs still counts: its recall is 0
         gt_boxes = np.asarray(img["gt_boxes"], dtype=np.float64)
         gt_labels = np.asarray(img["gt_labels"])
         boxes = np.asarray(img["pred_boxes"], dtype=np.float64)

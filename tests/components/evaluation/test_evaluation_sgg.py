@@ -170,8 +170,11 @@ def test_evaluator_streams_and_resets():
 def test_matches_plain_loop_reference_on_random_data(ks, thr):
     c = 12
     imgs = [synthetic_image(i, num_predicates=c, boxes=10) for i in range(40)]
+    empty = dict(imgs[3], rel_pairs=np.zeros((0, 2), np.int64), rel_scores=np.zeros((0, c + 1)))
+    imgs.append(empty)  # GT relations but no predicted pair: recall 0 in both
     tree = {p: (p - 1) // 4 * 4 + 1 for p in range(1, c + 1)}
     ours = evaluate_sgg(iter(imgs), c, ks=ks, iou_threshold=thr, tree=tree)
+    assert ours["no_pred"] == 1 and ours["num_images"] + ours["skipped_no_gt"] == 41
     ref = reference_evaluate(imgs, c, ks=ks, iou_threshold=thr, tree=tree)
     assert set(ref) <= set(ours)
     assert max_abs_diff(ours, ref) < 1e-9
