@@ -5,17 +5,36 @@ directory so that checkpoint-based resumption (Ray Train) can continue where it 
 config gets a new key, so only what depends on it is recomputed."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from components.atomic import ensure_writable_dir, write_json
 from components.config import config_hash
 
 MARKER = "_DONE.json"
+
+
+def arrays_hash(arrays: Mapping[str, np.ndarray | None], length: int = 12) -> str:
+    """Content hash of named arrays (name, dtype, shape and bytes of each; None counts by name): the key of an
+    output computed from them, so that any change of the data gives a new key instead of a stale reuse."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = arrays[name]
+        h.update(name.encode() + b"\0")
+        if a is None:
+            h.update(b"none\0")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}\0".encode())
+        h.update(a.data)
+    return h.hexdigest()[:length]
 
 
 @dataclass

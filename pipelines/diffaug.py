@@ -60,6 +60,7 @@ from components.diffaug.text import GloVeEncoder, MiniLMEncoder, OpenCLIPEncoder
 from components.diffaug.wordnet import LCHSimilarity, classes_without_synset
 from components.errors import ConfigError, DataError, InputError
 from components.models.vrr_classifier import VRRClassifier
+from components.stages import arrays_hash
 from components.taxonomy.vectors import load_word_vectors, phrase_vectors
 
 if TYPE_CHECKING:
@@ -181,7 +182,11 @@ def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationS
     from pipelines.diffusion import train_diffusion_on_ray
 
     text, mask, hard = cond.of(_triplets(train))
-    run_dir = out / f"diffusion-{config_hash({'cfg': to_dict(dcfg), 'text': cfg.text_encoder, 'tok': cfg.text_tokens, 'k': cfg.hardness_k, 'store': cfg.store})}"
+    # keyed by the config and the training arrays themselves (features, text embeddings, K-means hardness):
+    # another seed, text encoder or store can never reuse this bundle
+    inputs = arrays_hash({"features": train.union_feature, "text": text, "mask": mask,
+                          "hardness": hard if dcfg.use_hardness else None, "groups": train.predicate})
+    run_dir = out / f"diffusion-{config_hash({'cfg': to_dict(dcfg), 'inputs': inputs})}"
     bundle = run_dir / "bundle.safetensors"
     if bundle.is_file():
         load_bundle(bundle, expected=dcfg)
@@ -193,7 +198,8 @@ def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationS
 
 def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pools: dict, strength: float,
             out_dir: Path, sampler: SamplerPool) -> np.ndarray:
-    """Union features for the plan's requests (Ray actor pool), in plan order."""
+    """Union features for the plan's requests (Ray actor pool), in plan order, sampled into `out_dir` suffixed
+    with the requests' content hash (a changed plan, seed or condition never meets an earlier run's shards)."""
     from pipelines.diffusion import load_samples, sample_on_ray
 
     trip = np.stack([plan["subject"], plan["predicate"], plan["object"]], axis=1)
@@ -203,6 +209,7 @@ def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pool
     if strength < 1.0:
         req["seed_features"] = subject_object_seed(pools, pools, plan["subject"], plan["object"], plan["sample_id"],
                                                    seed=cfg.seed)
+    out_dir = out_dir.with_name(f"{out_dir.name}-{arrays_hash(req)}")
     sample_on_ray(bundle, req, out_dir, num_actors=cfg.num_actors, shard_size=cfg.shard_size,
                   cpus_per_actor=cfg.cpus_per_actor, strength=strength, pool=sampler)
     table = load_samples(out_dir)

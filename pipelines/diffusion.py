@@ -26,9 +26,11 @@ from tqdm.auto import tqdm
 
 from components.atomic import atomic_path, ensure_writable_dir, write_json
 from components.config import config_hash, to_dict
+from components.data.store import sha256_file
 from components.diffaug.diffusion import DiffusionConfig, load_bundle, save_bundle, train_denoiser
 from components.diffaug.sampling import inference_bundle, sample_features
 from components.errors import DataError, InputError
+from components.stages import arrays_hash
 
 REQUIRED = ("sample_id", "subject", "object", "predicate", "text")
 OPTIONAL = ("text_mask", "hardness", "seed_features")
@@ -193,7 +195,8 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
     out = ensure_writable_dir(out_dir)
     params = {"strength": strength, "batch_size": batch_size, "guidance_scale": guidance_scale}
     ids = req["sample_id"]
-    fingerprint = config_hash({"bundle": config_hash(bundle.cfg), "ids": config_hash(ids.tolist()),
+    # the bundle's weights and every request array (not only the ids): shards of another request are never reused
+    fingerprint = config_hash({"bundle": sha256_file(Path(bundle_path)), "requests": arrays_hash(req),
                                "shard_size": shard_size, "strength": strength, "guidance_scale": guidance_scale})
     req_file = out / "request.json"
     if req_file.exists() and json.loads(req_file.read_text()).get("fingerprint") != fingerprint:

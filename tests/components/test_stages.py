@@ -1,7 +1,9 @@
 """Content-addressed stages: complete ones are skipped, a failed one is not marked, config changes rerun."""
 import pytest
 
-from components.stages import MARKER, StageCache
+import numpy as np
+
+from components.stages import MARKER, StageCache, arrays_hash
 
 
 def test_skip_resume_and_invalidate(tmp_path):
@@ -45,3 +47,16 @@ def test_failed_stage_is_not_marked_and_reuses_its_dir(tmp_path):
 
     res = cache.run("s", {}, resume)
     assert seen["partial"] and res.path == stage_dir and (stage_dir / MARKER).exists()
+
+
+def test_arrays_hash_changes_with_any_value_dtype_shape_or_name():
+    a = {"x": np.arange(6, dtype=np.float32), "m": None}
+    key = arrays_hash(a)
+    assert arrays_hash({"m": None, "x": np.arange(6, dtype=np.float32)}) == key  # order of names is irrelevant
+    assert arrays_hash({"x": np.arange(6, dtype=np.float32)[::-1][::-1].copy(), "m": None}) == key
+    changed = [{"x": np.arange(6, dtype=np.float32) + np.eye(1, 6, 5, dtype=np.float32)[0], "m": None},
+               {"x": np.arange(6, dtype=np.float64), "m": None},
+               {"x": np.arange(6, dtype=np.float32).reshape(2, 3), "m": None},
+               {"y": np.arange(6, dtype=np.float32), "m": None},
+               {"x": np.arange(6, dtype=np.float32), "m": np.zeros(0)}]
+    assert len({arrays_hash(c) for c in changed} | {key}) == len(changed) + 1

@@ -91,9 +91,12 @@ def test_pool_sampling_writes_every_id_once_equal_to_in_process(trained, tmp_pat
     table2 = load_samples(tmp_path)
     assert np.allclose(np.stack(table2.column("feature").to_numpy(zero_copy_only=False)), got, atol=1e-5)
 
-    # a different request refuses to mix into this directory
+    # a different request refuses to mix into this directory, also with the same ids (another plan or condition)
     with pytest.raises(InputError, match="another request"):
         sample_on_ray(res["bundle"], _requests(n=7, seed=2), tmp_path, shard_size=5, progress=False)
+    same_ids = dict(req, hardness=req["hardness"] + 1.0)
+    with pytest.raises(InputError, match="another request"):
+        sample_on_ray(res["bundle"], same_ids, tmp_path, shard_size=5, progress=False)
 
 
 def test_bad_requests_are_rejected(trained, tmp_path):
