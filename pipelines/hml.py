@@ -173,7 +173,12 @@ def train_statistics(store: FeatureStore, use_freq_bias: bool) -> tuple[np.ndarr
               for _, table in store.iter_columns("train", columns)
               for i, labels, rels in zip(*(table.column(c).to_pylist() for c in columns)))
     fb = frequency_bias(images, n_obj, n_pred) if use_freq_bias else None
-    return store.predicate_counts("train"), fb
+    counts = store.predicate_counts("train")
+    absent = [store.manifest.predicates[p - 1] for p in range(1, n_pred + 1) if counts[p] == 0]
+    if absent:  # never a CE target; class-balanced weights treat them as seen once (count clamped to 1)
+        print(f"[hml] warning: {len(absent)} predicates have no training relation and are never learnt: "
+              f"{absent[:10]}{' ...' if len(absent) > 10 else ''}", file=sys.stderr, flush=True)
+    return counts, fb
 
 
 # ----------------------------------------------------------------------------------------- worker side
@@ -319,7 +324,13 @@ def _fit_stage(stage_dir: Path, cfg: HMLConfig, loop_cfg: dict, train_data: tupl
     if meta["step"] != loop_cfg["steps"]:
         raise InputError(str(final), f"stopped at step {meta['step']}", f"{loop_cfg['steps']} steps")
     write_text(stage_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in state["history"]))
-    return {"checkpoint": str(final), "steps": int(meta["step"]), "summary": summarize(state["history"])}
+    return {"checkpoint": final.name, "steps": int(meta["step"]), "summary": summarize(state["history"])}
+
+
+def stage_checkpoint(stage: StageResult) -> Path:
+    """Absolute path of a stage's final checkpoint. `_DONE.json` stores its name only, relative to the stage
+    directory, so a moved or copied output_dir (or another working directory) still finds its own file."""
+    return (stage.path / stage.result["checkpoint"]).resolve()
 
 
 def build_tree(cfg: HMLConfig, predicates: list[str], counts: np.ndarray) -> PredicateTree:
@@ -328,6 +339,9 @@ def build_tree(cfg: HMLConfig, predicates: list[str], counts: np.ndarray) -> Pre
         tree = PredicateTree.load(cfg.tree)
         if tree.predicates != predicates:
             raise InputError(cfg.tree, "predicate list differs from the feature store's", "a tree of this store")
+        if tree.num_stages != cfg.stages:
+            print(f"[hml] warning: stages={cfg.stages} ignored: the tree {cfg.tree} has {tree.num_stages} layers, "
+                  "one stage each", file=sys.stderr, flush=True)
     else:
         from components.taxonomy.vectors import load_word_vectors
 
@@ -346,7 +360,7 @@ def train_method(method: str, cfg: HMLConfig, tree: PredicateTree, counts: np.nd
         key = cache.key(name, key_cfg, [prev] if prev else None)
         loop_cfg = {**key_cfg, "stage_key": key, "label_map": label_map(spec, len(tree.predicates)),
                     # absolute: Ray Train workers run in another directory than the driver
-                    "prev_checkpoint": str(Path(prev.result["checkpoint"]).resolve()) if prev else None,
+                    "prev_checkpoint": str(stage_checkpoint(prev)) if prev else None,
                     "progress": cfg.progress,
                     "max_fg": cfg.max_fg_per_image, "max_bg": cfg.max_bg_per_image}
         loop_cfg.update(loop_extra or {})
@@ -355,7 +369,7 @@ def train_method(method: str, cfg: HMLConfig, tree: PredicateTree, counts: np.nd
         prev = cache.run(name, key_cfg, lambda d, lc=loop_cfg: _fit_stage(d, cfg, lc, train_data),
                          [prev] if prev else None)
         print(f"[hml] {name}: {'cached' if prev.cached else f'trained in {prev.seconds:.1f} s'} -> "
-              f"{prev.result['checkpoint']}", flush=True)
+              f"{stage_checkpoint(prev)}", flush=True)
     assert prev is not None
     return prev
 
@@ -401,9 +415,9 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
     loop_extra = {"freq_bias_path": str(fb_path.resolve()) if fb_path else None, **(loop_extra or {})}
     for method in cfg.methods:
         final = train_method(method, cfg, tree, counts, base_cfg, cache, train_data, loop_extra)
-        results["methods"][method] = {"checkpoint": final.result["checkpoint"], "stage_dir": str(final.path),
+        results["methods"][method] = {"checkpoint": str(stage_checkpoint(final)), "stage_dir": str(final.path),
                                       "train_summary": final.result["summary"]}
-        results["methods"][method].update(evaluate_method(method, final.result["checkpoint"], cfg, store, tree,
+        results["methods"][method].update(evaluate_method(method, stage_checkpoint(final), cfg, store, tree,
                                                           model_cfg, fb_path, out))
     write_json(out / "results.json", results)
     log_results(cfg, results, out)
@@ -449,7 +463,7 @@ def evaluation_images(store: FeatureStore, split: str, limit: int | None) -> lis
     return images
 
 
-def evaluate_method(method: str, checkpoint: str, cfg: HMLConfig, store: FeatureStore, tree: PredicateTree,
+def evaluate_method(method: str, checkpoint: str | Path, cfg: HMLConfig, store: FeatureStore, tree: PredicateTree,
                     model_cfg: dict, fb_path: Path | None, out: Path) -> dict:
     """Predict on the evaluation split, save the predictions, and compute R@K/mR@K/Mean@K (+ hierarchy)."""
     from components.models.checkpoint import save_predictor

@@ -14,6 +14,9 @@ Choices where the paper is ambiguous (and where we differ from the authors' code
 - Gradients: g_t is the gradient of the *total* stage loss (CE + CR + lambda MR) at step t, read after
   backward (all-reduced under DDP, so every rank holds the same F and Omega). It is the gradient that
   actually moved the parameters, which keeps -g * dtheta a faithful estimate of the loss decrease.
+  Consequence: F is the square of the rank-averaged gradient, whose noise shrinks with the number of
+  workers, so F (and MR's strength, and Omega's denominator) depends on the DDP world size, as it would on
+  the batch size in one process. Compare runs at the same num_workers x batch_size.
 - Interval: every optimiser step (RWalk's reference uses a 10-step window; the paper writes the
   per-iteration sum). F_t in the denominator is the running mean *including* step t.
 - eps = float32 machine epsilon (as in RWalk's reference), guarding parameters that did not move.

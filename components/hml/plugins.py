@@ -263,13 +263,15 @@ class ImportanceTracker(Plugin):
         return self._split(self.sq_sum / max(self.t, 1))
 
     def state_dict(self) -> dict:
+        """Step count and the raw sums S and Omega (not F = S / t: S = F * t would not restore S bit for bit)."""
         cpu = lambda d: {k: v.cpu() for k, v in d.items()}
-        return {"t": self.t, "fisher": cpu(self._fisher()), "omega": cpu(self._split(self.omega))}
+        return {"t": self.t, "sq_sum": cpu(self._split(self.sq_sum)), "omega": cpu(self._split(self.omega))}
 
     def load_state_dict(self, state: Mapping) -> None:
-        if set(state["fisher"]) != set(self.names):
-            raise InputError("ImportanceTracker state", "parameter names differ", f"{self.names[:3]}...")
+        if set(state.get("sq_sum", {})) != set(self.names) or set(state.get("omega", {})) != set(self.names):
+            raise InputError("ImportanceTracker state", "parameter names differ or sums missing",
+                             f"sq_sum and omega for {self.names[:3]}...")
         self.t = int(state["t"])
         dev = self.sq_sum.device
-        self.sq_sum = torch.cat([state["fisher"][n].reshape(-1) for n in self.names]).to(dev) * max(self.t, 1)
+        self.sq_sum = torch.cat([state["sq_sum"][n].reshape(-1) for n in self.names]).to(dev)
         self.omega = torch.cat([state["omega"][n].reshape(-1) for n in self.names]).to(dev)

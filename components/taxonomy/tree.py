@@ -94,6 +94,9 @@ class PredicateTree:
             raise DataError(where, f"unknown predicate {e}", "groups/layers naming listed predicates") from e
         if sorted(i for g in groups for i in g) != list(range(len(names))):
             raise DataError(where, "groups do not partition the predicates", "each predicate in one group")
+        if layer and sorted(set(layer)) != list(range(1, max(layer) + 1)):
+            raise DataError(where, f"layers {sorted(set(layer))}",
+                            "layers 1..L with none empty (a predicate in no stage, or a stage without predicates)")
         return cls(names, [int(c) for c in d["counts"]], groups, layer, float(d["threshold"]),
                    dict(d.get("overrides", {})))
 
@@ -223,6 +226,10 @@ def build_predicate_tree(predicates: list[str], counts: dict[str, int] | list[in
     groups = cluster_predicates(order, vecs, threshold)
     overrides = dict(overrides or {})
     index = {p: i for i, p in enumerate(predicates)}
+    moved_to_moved = [f"{src} -> {dst}" for src, dst in overrides.items() if dst in overrides]
+    if moved_to_moved:  # chains (a -> b, b -> c) and self-moves (a -> a) would depend on the dict's order
+        raise InputError("overrides", f"{moved_to_moved} move a predicate to one that is itself moved",
+                         "targets that stay in their groups")
     for src, dst in overrides.items():
         unknown = [n for n in (src, dst) if n not in index]
         if unknown:

@@ -1,7 +1,6 @@
 """Content-addressed stages: complete ones are skipped, a failed one is not marked, config changes rerun."""
-import pytest
-
 import numpy as np
+import pytest
 
 from components.stages import MARKER, StageCache, arrays_hash
 

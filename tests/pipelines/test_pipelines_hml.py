@@ -185,7 +185,9 @@ def test_stage_init_previous_starts_from_stage1_and_a_copied_run_stays_cached(ra
     assert all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
     copy = Path(shutil.copytree(tmp_path / "out", tmp_path / "copy"))
     shutil.rmtree(copy / "ray")
+    shutil.rmtree(tmp_path / "out")  # a moved run: nothing may still point into the original
     mtimes = {d.name: (d / "final.pt").stat().st_mtime_ns for d in (copy / "stages").iterdir()}
-    run(replace(cfg, output_dir=str(copy)))
+    res = run(replace(cfg, output_dir=str(copy)))
     assert {d.name: (d / "final.pt").stat().st_mtime_ns for d in (copy / "stages").iterdir()} == mtimes
     assert not (copy / "ray").exists()  # no TorchTrainer ran
+    assert Path(res["methods"]["hml"]["checkpoint"]).is_relative_to(copy.resolve())

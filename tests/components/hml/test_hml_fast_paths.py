@@ -66,6 +66,7 @@ def test_flat_importance_tracker_equals_per_tensor_formulas_under_adam_and_resum
         if t == 3:  # resume a fresh tracker from a checkpoint of this one
             resumed = ImportanceTracker(model)
             resumed.load_state_dict(copy.deepcopy(tracker.state_dict()))
+            assert torch.equal(resumed.sq_sum, tracker.sq_sum) and torch.equal(resumed.omega, tracker.omega)  # exact
             trainer.plugins = [ce, resumed]
             tracker = resumed
     table_grad_rows = (grads["encoder.label_embed.weight"].abs().sum(1) > 0)

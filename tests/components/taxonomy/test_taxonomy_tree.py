@@ -56,6 +56,9 @@ def test_overrides_move_predicate_before_layers():
     assert _layers(tree)["parked on"] == 3 and tree.parent[NAMES.index("parked on")] == NAMES.index("has")
     with pytest.raises(InputError, match="nope"):
         build_predicate_tree(NAMES, COUNTS, VECS, overrides={"nope": "on"})
+    for chained in ({"parked on": "parked on"}, {"parked on": "wears", "wears": "on"}):  # order-dependent
+        with pytest.raises(InputError, match="itself moved"):
+            build_predicate_tree(NAMES, COUNTS, VECS, overrides=chained)
 
 
 def test_json_round_trip_save_load_and_draw(tmp_path):
@@ -71,6 +74,11 @@ def test_json_round_trip_save_load_and_draw(tmp_path):
     bad = dict(d, groups=d["groups"][:1])
     with pytest.raises(DataError, match="partition"):
         PredicateTree.from_json(bad)
+    gap = dict(d, layer={**d["layer"], "wears": 3, "sitting on": 3})  # layer 2 left empty: an empty stage
+    with pytest.raises(DataError, match=r"layers \[1, 3\]"):
+        PredicateTree.from_json(gap)
+    with pytest.raises(DataError, match=r"layers \[0, 1, 2, 3\]"):  # layer 0: a predicate in no stage
+        PredicateTree.from_json(dict(d, layer={**d["layer"], "flying": 0}))
 
 
 def test_bad_inputs_raise():
