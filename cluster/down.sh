@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Stop the local Ray cluster started by cluster/up.sh: signal exactly the process groups recorded in its
 # state file (SIGTERM, then SIGKILL after a grace period), then verify that no process of this cluster
-# is left (every one carries the cluster's id in its environment). Never runs `ray stop`.
+# is left (every one carries the cluster's id in its environment). Never runs `ray stop`. A recorded group
+# none of whose members carries the cluster's id (a stale state file: the id may now be someone else's)
+# is left alone.
 #
 # usage: cluster/down.sh [--dir DIR] [--grace SECONDS]
 set -uo pipefail
+
+# Run without the cluster's id in our own environment (up.sh's clean-up after a failed start calls us
+# with it): otherwise this script and its subshells would count as leftovers of the cluster and be killed.
+if [[ -n ${HMLDIFF_RAY_CLUSTER+set} ]]; then
+  exec env -u HMLDIFF_RAY_CLUSTER bash "${BASH_SOURCE[0]}" "$@"
+fi
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DIR=$ROOT/runs/ray GRACE=10
@@ -13,7 +21,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --dir) [[ -n ${2:-} ]] || die "--dir needs a value"; DIR=$2; shift 2 ;;
     --grace) [[ ${2:-} =~ ^[0-9]+$ ]] || die "--grace needs whole seconds"; GRACE=$2; shift 2 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
 done
@@ -21,11 +29,19 @@ STATE=$DIR/cluster.state
 [[ -f $STATE ]] || { echo "cluster/down.sh: no cluster recorded in $STATE; nothing to stop"; exit 0; }
 
 CLUSTER_ID=$(awk '$1 == "cluster_id" {print $2}' "$STATE")
-mapfile -t GROUPS_ < <(awk '$1 == "node" {print $4}' "$STATE" | tac)  # workers first, head last
+# the recorded process group ids, workers first, head last
+mapfile -t RECORDED < <(awk '$1 == "node" && $4 ~ /^[1-9][0-9]*$/ {print $4}' "$STATE" | tac)
 [[ -n $CLUSTER_ID ]] || die "$STATE has no cluster_id line"
 
 group_alive() {  # live (non-zombie) members of process group $1
   ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/' | grep -q .
+}
+group_ours() {  # some member of process group $1 carries this cluster's id (the group id was not reused)
+  local p
+  for p in $(ps -eo pid=,pgid= | awk -v g="$1" '$2 == g {print $1}'); do
+    grep -qsxzF "HMLDIFF_RAY_CLUSTER=$CLUSTER_ID" "/proc/$p/environ" && return 0
+  done
+  return 1
 }
 ours() {  # pids of live processes carrying this cluster's id in their environment
   local f p
@@ -35,7 +51,7 @@ ours() {  # pids of live processes carrying this cluster's id in their environme
   done
 }
 
-wait_groups() {  # wait_groups SECONDS: until no recorded group has a live member (0) or time is up (1)
+wait_groups() {  # wait_groups SECONDS: until none of GROUPS_ has a live member (0) or time is up (1)
   local deadline=$((SECONDS + $1)) g alive
   while :; do
     alive=0
@@ -46,10 +62,19 @@ wait_groups() {  # wait_groups SECONDS: until no recorded group has a live membe
   done
 }
 
+GROUPS_=()  # the recorded groups that are still this cluster's: the only ones we signal
+for g in "${RECORDED[@]}"; do
+  if group_ours "$g"; then
+    GROUPS_+=("$g")
+  elif group_alive "$g"; then
+    echo "cluster/down.sh: process group $g has no process of this cluster (stale $STATE?); not signalling it"
+  fi
+done
+
 for g in "${GROUPS_[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
 wait_groups "$GRACE"
 for g in "${GROUPS_[@]}"; do
-  if group_alive "$g"; then
+  if group_ours "$g"; then
     echo "cluster/down.sh: process group $g still running after ${GRACE}s; sending SIGKILL"
     kill -KILL -- "-$g" 2>/dev/null || true
   fi

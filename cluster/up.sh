@@ -116,8 +116,13 @@ wait_agent() {  # wait_agent PORT: the node's dashboard agent listens (job submi
   "$PY" - "$1" "$TIMEOUT" <<'PYEOF'
 import socket, sys, time
 port, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+hosts = ["127.0.0.1"]
+try:  # Ray may bind the agent to the machine's address; a hostname that does not resolve leaves 127.0.0.1
+    hosts.append(socket.gethostbyname(socket.gethostname()))
+except (OSError, UnicodeError):
+    pass
 while time.monotonic() < deadline:
-    for host in ("127.0.0.1", socket.gethostbyname(socket.gethostname())):
+    for host in hosts:
         try:
             socket.create_connection((host, port), timeout=1).close()
             sys.exit(0)
@@ -145,6 +150,8 @@ cat >"$DIR/cluster.env" <<ENVEOF
 export RAY_ADDRESS=http://127.0.0.1:$DASH_PORT
 export RAY_AUTH_MODE=token
 export RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH
+# pipelines/ray_runtime.py reads the GCS address behind RAY_ADDRESS (the dashboard) from this file
+export HMLDIFF_RAY_STATE=$STATE
 ENVEOF
 cat <<MSG
 Ray cluster up: 1 head + $WORKERS worker node(s), dashboard http://127.0.0.1:$DASH_PORT, GCS 127.0.0.1:$PORT

@@ -1,20 +1,96 @@
 """Connect to Ray the way the user launched us: inside `ray job submit` (RAY_ADDRESS set) join that
-cluster; with `--ray-address` join the given one; otherwise start a local instance with `num_cpus`."""
+cluster; with `--ray-address` join the given one; otherwise start a local instance with `num_cpus`.
+A dashboard (job-submission) address http://host:port, as `source runs/ray/cluster.env` exports, is
+resolved to the GCS address of the cluster/up.sh cluster it belongs to: ray.init only accepts the GCS."""
 from __future__ import annotations
 
 import os
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import ray
+
+from components.errors import ConfigError
+
+# The state file cluster/up.sh writes (its "dashboard" and "gcs" lines); cluster.env exports its path.
+STATE_ENV = "HMLDIFF_RAY_STATE"
+DEFAULT_STATE = Path(__file__).resolve().parents[1] / "runs" / "ray" / "cluster.state"
+
+
+def _endpoint(url: str) -> tuple[str, int | None]:
+    """(host, port) of an http(s) URL, localhost spelled 127.0.0.1 (up.sh records 127.0.0.1)."""
+    parts = urlsplit(url.strip().rstrip("/"))
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or ""
+    return ("127.0.0.1" if host == "localhost" else host), port
+
+
+def _state_lines(path: Path) -> dict[str, str]:
+    """The `key value` lines of a cluster state file ({} if it cannot be read)."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeError):
+        return {}
+    pairs = (line.split(None, 1) for line in lines)
+    return {pair[0]: pair[1].strip() for pair in pairs if len(pair) == 2}
+
+
+def _recorded(dashboard: str) -> tuple[list[Path], Path | None, str]:
+    """(state files searched, the one recording `dashboard` or None, its GCS address or "")."""
+    candidates = [Path(p) for p in (os.environ.get(STATE_ENV), DEFAULT_STATE) if p]
+    for path in candidates:
+        state = _state_lines(path)
+        recorded = state.get("dashboard")
+        if recorded and state.get("gcs") and _endpoint(recorded) == _endpoint(dashboard):
+            return candidates, path, state["gcs"]
+    return candidates, None, ""
+
+
+def _listening(address: str) -> bool:
+    """Something accepts TCP connections at host:port within 2 s."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def gcs_address_for(dashboard: str, where: str) -> str:
+    """The GCS address of the running cluster/up.sh cluster whose dashboard is `dashboard`, read from its
+    state file ($HMLDIFF_RAY_STATE, else runs/ray/cluster.state). Ray rejects http:// addresses (also
+    behind address="auto", which reads RAY_ADDRESS), and ray.init waits minutes for a GCS that is gone, so
+    an unknown dashboard or a stale state file is a ConfigError naming `where`."""
+    candidates, path, gcs = _recorded(dashboard)
+    if path is None:
+        raise ConfigError(
+            f"{where}={dashboard}",
+            "is a dashboard (job-submission) address, which ray.init cannot join, and no cluster started by "
+            f"cluster/up.sh with that dashboard is recorded in {' or '.join(map(str, candidates))}",
+            "a GCS address host:port such as 127.0.0.1:6379, the cluster.env of a running cluster/up.sh "
+            "cluster, or a run through `ray job submit`")
+    if not _listening(gcs):
+        raise ConfigError(
+            f"{where}={dashboard}",
+            f"the cluster recorded in {path} is not running (nothing listens at its GCS address {gcs})",
+            f"a running cluster: cluster/down.sh --dir {path.parent}, then cluster/up.sh")
+    return gcs
 
 
 def init_ray(address: str | None = None, num_cpus: float | None = None) -> dict:
     """Initialise Ray once (idempotent); returns the cluster's resources."""
     if not ray.is_initialized():
+        where = "ray_address" if address else "RAY_ADDRESS"
         target = address or os.environ.get("RAY_ADDRESS")
         kwargs = {"log_to_driver": True, "configure_logging": False}
         if target:
-            # An http:// address is the job-submission endpoint, not the GCS: join the running cluster.
-            ray.init(address="auto" if target.startswith("http") else target, **kwargs)
+            if target.startswith(("http://", "https://")):
+                target = gcs_address_for(target, where)
+            ray.init(address=target, **kwargs)
         else:
             ray.init(address="local", num_cpus=int(num_cpus) if num_cpus else None,
                      include_dashboard=False, **kwargs)

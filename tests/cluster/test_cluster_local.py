@@ -83,6 +83,120 @@ def short_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
+FAKE_RAY = '''#!{python}
+"""Stands in for `ray start --block` so that up.sh's start-up paths run in a second: it records its pid in
+its --temp-dir; with FAKE_RAY=serve it answers up.sh's readiness checks (one ALIVE node on the dashboard
+port, a listener on the agent port), otherwise it never becomes ready."""
+import http.server, json, os, socket, sys, time
+args = sys.argv[1:]
+opt = lambda name: args[args.index(name) + 1]
+with open(os.path.join(opt("--temp-dir"), "fake_ray.pid"), "w") as f:
+    f.write(str(os.getpid()))
+if os.environ.get("FAKE_RAY") != "serve":
+    time.sleep(300)
+class Nodes(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{"data": {{"result": {{"result": [{{"state": "ALIVE"}}]}}}}}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+agent = socket.create_server(("127.0.0.1", int(opt("--dashboard-agent-listen-port"))))
+http.server.HTTPServer(("127.0.0.1", int(opt("--dashboard-port"))), Nodes).serve_forever()
+'''
+
+# Makes this machine's hostname unresolvable for every Python process that gets it on PYTHONPATH.
+UNRESOLVABLE_HOSTNAME = """
+import socket
+_resolve = socket.gethostbyname
+def gethostbyname(host):
+    if host == socket.gethostname():
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    return _resolve(host)
+socket.gethostbyname = gethostbyname
+"""
+
+
+def fake_ray_env(directory: Path, mode: str) -> dict:
+    """clean_env() whose `ray` (up.sh's $RAY) is FAKE_RAY in `mode` ("serve" or "hang")."""
+    fake = directory / "fake_ray"
+    fake.write_text(FAKE_RAY.format(python=sys.executable))
+    fake.chmod(0o755)
+    return {**clean_env(), "RAY": str(fake), "FAKE_RAY": mode}
+
+
+def run_up(directory: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """up.sh into `directory` on free ports, with `args`."""
+    ports = ["--port", str(free_port()), "--dashboard-port", str(free_port())]
+    return subprocess.run(check=False, args=["bash", str(UP), "--dir", str(directory), *ports, *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def alive(pid: int) -> bool:
+    """`pid` runs and is no zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_failed_up_stops_its_node_and_leaves_no_state(short_dir):
+    """up.sh's clean-up after a failed start runs down.sh with the cluster id in its environment; down.sh
+    must not take itself for a leftover of the cluster (it SIGKILLed itself, left cluster.state behind, and
+    the next up.sh refused to start)."""
+    r = run_up(short_dir, fake_ray_env(short_dir, "hang"), "--timeout", "2")
+    assert r.returncode == 1 and "the head node did not come up" in r.stderr, r.stderr
+    assert "leftover" not in r.stderr
+    assert not (short_dir / "cluster.state").exists()
+    assert not alive(int((short_dir / "tmp" / "fake_ray.pid").read_text()))
+
+
+def test_up_starts_with_an_unresolvable_hostname(short_dir):
+    """The agent check also tries the hostname's address; a hostname that does not resolve must fall back to
+    127.0.0.1 instead of aborting the start."""
+    site = short_dir / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(UNRESOLVABLE_HOSTNAME)
+    env = {**fake_ray_env(short_dir, "serve"), "PYTHONPATH": str(site)}
+    r = run_up(short_dir, env, "--timeout", "20")
+    assert r.returncode == 0, r.stderr
+    pid = int((short_dir / "tmp" / "fake_ray.pid").read_text())
+    r = subprocess.run(check=False, args=["bash", str(DOWN), "--dir", str(short_dir), "--grace", "2"],
+                       capture_output=True, text=True, env=clean_env(), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not alive(pid) and not (short_dir / "cluster.state").exists()
+
+
+def sleeper(env: dict) -> subprocess.Popen:
+    """A process leading its own process group (as up.sh's nodes do)."""
+    return subprocess.Popen(["sleep", "120"], env=env, start_new_session=True)
+
+
+def test_down_signals_only_groups_that_carry_the_cluster_id(short_dir):
+    """A stale cluster.state (after a crash or reboot) may name process groups whose ids now belong to
+    unrelated processes: down.sh signals a group only if a member still carries the cluster's id."""
+    cluster_id = "0123456789abcdef0123456789abcdef"
+    ours = sleeper({**clean_env(), "HMLDIFF_RAY_CLUSTER": cluster_id})
+    stranger = sleeper(clean_env())
+    try:
+        (short_dir / "cluster.state").write_text(
+            f"cluster_id {cluster_id}\ntemp_dir {short_dir}/tmp\n"
+            f"node head {ours.pid} {ours.pid}\nnode worker1 {stranger.pid} {stranger.pid}\n")
+        r = subprocess.run(check=False, args=["bash", str(DOWN), "--dir", str(short_dir), "--grace", "1"],
+                           capture_output=True, text=True, env=clean_env(), timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert ours.wait(timeout=10) == -15  # SIGTERM
+        assert stranger.poll() is None and alive(stranger.pid)
+        assert f"process group {stranger.pid}" in r.stdout and "not signalling" in r.stdout
+        assert not (short_dir / "cluster.state").exists()
+    finally:
+        for proc in (ours, stranger):
+            proc.kill()
+            proc.wait()
+
+
 def test_down_without_cluster_is_a_no_op(short_dir):
     r = subprocess.run(check=False, args=["bash", str(DOWN), "--dir", str(short_dir)], capture_output=True, text=True)
     assert r.returncode == 0 and "nothing to stop" in r.stdout
