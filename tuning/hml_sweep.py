@@ -16,6 +16,7 @@ Trials log only through the sweep (HML's own MLflow logging is off).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,8 +77,16 @@ def hml_trial(config: dict) -> None:
     tune.report(metrics)
 
 
+def resume_command(argv: Sequence[str]) -> str:
+    """The command that continues the sweep `argv` started: the same arguments with --resume."""
+    args = list(argv) if "--resume" in argv else [*argv, "--resume"]
+    return f"python tuning/hml_sweep.py {shlex.join(args)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: run (or resume) the HML sweep and print the best trial."""
+    """CLI: run (or resume) the HML sweep and print the best trial. Exits 0 when every trial finished,
+    1 when some errored, 2 on bad input, 130 when interrupted (Ctrl-C / SIGUSR1) with trials unfinished."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", required=True, help="scene-graph feature store to train and evaluate on")
     ap.add_argument("--name", default="hml-sweep", help="sweep name (Tune experiment and MLflow parent run)")
@@ -117,12 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     best = {k: v for k, v in res.best_config.items() if k in SEARCHABLE} if res.best_config else None
-    print(f"{len(res.trials)} trials ({res.num_errors} errors); best {args.metric} = "
-          f"{(res.best_metrics or {}).get(args.metric)} with {best}")
+    print(f"{len(res.trials)} trials ({res.num_errors} errors, {res.num_unfinished} unfinished); "
+          f"best {args.metric} = {(res.best_metrics or {}).get(args.metric)} with {best}")
     if res.tracking:
         print(res.tracking.summary())
     print(f"compare: python pipelines/compare.py --tracking-uri {tracker.uri} --sweep {res.parent_run_id} "
           f"--metric {args.metric} " + " ".join(f"--param {n}" for n in names))
+    if res.num_unfinished:
+        print(f"sweep interrupted, {res.num_unfinished} trials unfinished; continue it with: "
+              f"{resume_command(argv)}", file=sys.stderr)
+        return 130
     return 0 if res.num_errors == 0 else 1
 
 

@@ -2,19 +2,20 @@
 
 Ray's own `MLflowLoggerCallback` (ray.air.integrations.mlflow) nests runs only through tags and, after
 `Tuner.restore`, opens fresh runs for trials it already logged; it also stalls on a dead server. This
-callback runs on the driver with our resilient Tracker (buffer + replay), keeps the trial -> run map in
+callback runs on the driver with the sweep's own resilient Tracker (buffer + replay): one fallback file
+holds the parent's and the trials' records in order, so trials started while MLflow is unreachable
+still nest under the parent (its offline id is resolved on replay). It keeps the trial -> run map in
 Tune's experiment state (so a restored sweep continues it), and gives each attempt of a restarted
 trial its own run (tagged `attempt`), closing an interrupted attempt as KILLED.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from components.tracking import Tracker, TrackerStatus
+from components.tracking import Tracker
 
 _SKIP = (set(AUTO_RESULT_KEYS) - {"time_total_s"}) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
 
@@ -22,11 +23,12 @@ _SKIP = (set(AUTO_RESULT_KEYS) - {"time_total_s"}) | {"done", "trial_id", "exper
 class MlflowTrialCallback(Callback):
     """Logs each trial's config (params) and reported metrics (per training_iteration) to MLflow."""
 
-    def __init__(self, uri: str, experiment: str, parent_run_id: str, fallback_path: str | Path,
-                 artifact_root: str | None = None, sweep_name: str = "") -> None:
-        self.uri, self.experiment, self.parent_run_id = uri, experiment, parent_run_id
-        self.fallback_path, self.artifact_root, self.sweep_name = str(fallback_path), artifact_root, sweep_name
-        self._tracker: Tracker | None = None
+    def __init__(self, tracker: Tracker, parent_run_id: str, sweep_name: str = "") -> None:
+        # Where to rebuild a Tracker when unpickled without one (resume_sweep() without a tracker).
+        self.uri, self.experiment = tracker.uri, tracker.experiment
+        self.fallback_path, self.artifact_root = str(tracker.fallback_path), tracker.artifact_root
+        self.parent_run_id, self.sweep_name = parent_run_id, sweep_name
+        self._tracker: Tracker | None = tracker
         self._runs: dict[str, str] = {}      # trial id -> MLflow run id of its current attempt
         self._open: set[str] = set()         # trial ids whose current attempt is not ended
         self._attempts: dict[str, int] = {}
@@ -41,6 +43,13 @@ class MlflowTrialCallback(Callback):
         if self._tracker is None:
             self._tracker = Tracker(self.uri, self.experiment, self.fallback_path, self.artifact_root)
         return self._tracker
+
+    def rebind(self, parent_run_id: str, tracker: Tracker | None) -> None:
+        """Before a restored sweep runs: nest new runs under `parent_run_id` and, given one, log through
+        `tracker` (the resuming process's, whose fallback file may hold this sweep's buffered records)."""
+        self.parent_run_id = parent_run_id
+        if tracker is not None:
+            self._tracker = tracker
 
     def setup(self, **info: Any) -> None:
         self.tracker  # noqa: B018 - create the client on the driver
@@ -78,12 +87,10 @@ class MlflowTrialCallback(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.tracker.flush()
 
-    def status(self) -> TrackerStatus:
-        """Tracking status of the trials' runs (fallback used, pending records)."""
-        return self.tracker.status()
-
     def get_state(self) -> dict:
-        return {"runs": dict(self._runs), "open": sorted(self._open), "attempts": dict(self._attempts)}
+        # Backend ids where known: the offline -> backend id map lives only in this process's Tracker.
+        return {"runs": {tid: self.tracker.resolve(r) for tid, r in self._runs.items()},
+                "open": sorted(self._open), "attempts": dict(self._attempts)}
 
     def set_state(self, state: dict) -> None:
         self._runs = dict(state.get("runs", {}))

@@ -17,11 +17,11 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from components.atomic import ensure_writable_dir, write_json
-from components.config import flatten
 from components.errors import InputError
 from components.tracking import Tracker, TrackerStatus
 from tuning.mlflow_callback import MlflowTrialCallback
@@ -39,6 +39,7 @@ class SweepResult:
     best_metrics: dict | None
     trials: list[dict]
     num_errors: int
+    num_unfinished: int  # trials interrupted or never started: resume_sweep() completes them
     tracking: TrackerStatus | None
 
 
@@ -58,8 +59,20 @@ def _scheduler(max_t: int, grace_period: int) -> ASHAScheduler:
                          reduction_factor=2)
 
 
-def _summarise(grid: tune.ResultGrid, metric: str, mode: str, path: Path, parent: str | None,
-               tracking: TrackerStatus | None) -> SweepResult:
+def _num_unfinished(grid: tune.ResultGrid, num_samples: int) -> int:
+    """Trials a resume would still run: neither TERMINATED nor ERROR, plus samples never made trials.
+
+    An interrupted `fit()` returns normally, and its grid cannot tell: Tune saves the experiment state,
+    then stops the running trials and marks them TERMINATED in memory only. The saved state (what
+    `Tuner.restore` resumes from) has their true status, so count from it."""
+    saved = tune.ExperimentAnalysis(grid.experiment_path, storage_filesystem=grid.filesystem).trials
+    ended = sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in saved)
+    return max(num_samples, len(saved)) - ended
+
+
+def _summarise(grid: tune.ResultGrid, meta: dict, path: Path) -> SweepResult:
+    """SweepResult of a grid; `meta` is the sweep description (metric, mode, num_samples, parent run)."""
+    metric, mode = meta["metric"], meta["mode"]
     trials = []
     for r in grid:
         trials.append({"trial_id": r.metrics.get("trial_id") if r.metrics else None, "config": r.config,
@@ -70,20 +83,52 @@ def _summarise(grid: tune.ResultGrid, metric: str, mode: str, path: Path, parent
         best = grid.get_best_result(metric=metric, mode=mode, scope="last", filter_nan_and_inf=True)
     except RuntimeError:
         best = None  # no trial reported the metric
-    return SweepResult(path, parent, metric, mode, best.config if best else None,
+    # Descriptions written before num_samples was saved lack it: then only created trials count.
+    unfinished = _num_unfinished(grid, meta.get("num_samples", 0))
+    return SweepResult(path, meta["parent_run_id"], metric, mode, best.config if best else None,
                        ({k: v for k, v in best.metrics.items() if k != "config"} if best else None),
-                       trials, grid.num_errors, tracking)
+                       trials, grid.num_errors, unfinished, None)
+
+
+def _parent_status(res: SweepResult) -> str:
+    """KILLED while trials are unfinished (the sweep is to be resumed), else FAILED on errors, else
+    FINISHED."""
+    if res.num_unfinished:
+        return "KILLED"
+    return "FAILED" if res.num_errors else "FINISHED"
 
 
 def _finish_parent(tracker: Tracker | None, parent: str | None, owned: bool, res: SweepResult) -> None:
+    """Log the best result and trial counts on the parent run; close it if the sweep opened it."""
     if tracker is None or parent is None:
         return
     if res.best_metrics and res.metric in res.best_metrics:
         tracker.log_metrics(parent, {f"best_{res.metric}": res.best_metrics[res.metric]})
-        tracker.log_params(parent, {f"best.{k}": v for k, v in flatten(res.best_config or {}).items()})
-    tracker.set_tags(parent, {"sweep.trials": len(res.trials), "sweep.errors": res.num_errors})
+        if not res.num_unfinished:  # MLflow params cannot change: log the best config once it is final
+            tracker.log_config(parent, {"best": res.best_config or {}})
+    tracker.set_tags(parent, {"sweep.trials": len(res.trials), "sweep.errors": res.num_errors,
+                              "sweep.unfinished": res.num_unfinished})
     if owned:
-        tracker.end_run(parent, "FINISHED" if res.num_errors == 0 else "FAILED")
+        tracker.end_run(parent, _parent_status(res))
+
+
+def _conclude(grid: tune.ResultGrid, meta: dict, storage: Path, tracker: Tracker | None,
+              callback: MlflowTrialCallback | None) -> SweepResult:
+    """Summarise the grid, close the parent run, and save the parent's backend id in the sweep description
+    (it was an offline id if MLflow was unreachable at the start) so that a resume nests under it."""
+    res = _summarise(grid, meta, storage / meta["name"])
+    _finish_parent(tracker, meta["parent_run_id"], bool(meta.get("owned_parent")), res)
+    if callback is not None:
+        res.tracking = callback.tracker.flush()
+        res.parent_run_id = callback.tracker.resolve(meta["parent_run_id"])
+        write_json(_meta_path(storage, meta["name"]), {**meta, "parent_run_id": res.parent_run_id})
+    return res
+
+
+def _trial_callback(tuner: tune.Tuner) -> MlflowTrialCallback | None:
+    """The MlflowTrialCallback a (restored) tuner runs with, if any."""
+    cbs = tuner._local_tuner.get_run_config().callbacks or []
+    return next((c for c in cbs if isinstance(c, MlflowTrialCallback)), None)
 
 
 def run_sweep(trainable_fn: Callable[[dict], Any], param_space: dict, metric: str, mode: str,
@@ -93,9 +138,11 @@ def run_sweep(trainable_fn: Callable[[dict], Any], param_space: dict, metric: st
               seed: int | None = 0) -> SweepResult:
     """Run an Optuna + ASHA sweep of `num_samples` trials under `<storage_path>/<name>`.
 
-    Ctrl-C (or SIGUSR1) stops the sweep with its state saved; resume_sweep() continues it.
+    Ctrl-C (or SIGUSR1) stops the sweep with its state saved and returns a result with `num_unfinished`
+    > 0 (an owned parent run is then closed KILLED); resume_sweep() continues it.
     With a `tracker`, trials are MLflow runs nested under `mlflow_parent` (a run id), or under a parent
-    run this function opens (and closes) when `mlflow_parent` is None.
+    run this function opens (and closes) when `mlflow_parent` is None. Parent and trials share the
+    tracker, so while MLflow is unreachable their records wait in one fallback file, replayed in order.
     """
     if mode not in ("min", "max"):
         raise InputError("mode", f"got {mode!r}", "'min' or 'max'")
@@ -108,18 +155,16 @@ def run_sweep(trainable_fn: Callable[[dict], Any], param_space: dict, metric: st
     _ensure_ray()
     owned = tracker is not None and mlflow_parent is None
     parent = mlflow_parent
-    callbacks = []
+    callback = None
     if tracker is not None:
         if owned:
             parent = tracker.start_run(name, tags={"ray.sweep": name, "kind": "sweep"})
-            tracker.log_params(parent, {"sweep.metric": metric, "sweep.mode": mode,
-                                        "sweep.num_samples": num_samples, "sweep.max_concurrent": max_concurrent,
-                                        **{f"space.{k}": v for k, v in flatten(param_space).items()}})
-        callbacks.append(MlflowTrialCallback(tracker.uri, tracker.experiment, tracker.resolve(parent),
-                                             tracker.fallback_path.with_name(f"mlflow_fallback.{name}.jsonl"),
-                                             tracker.artifact_root, sweep_name=name))
-    write_json(_meta_path(storage, name), {"name": name, "metric": metric, "mode": mode,
-                                           "parent_run_id": parent, "owned_parent": owned})
+            tracker.log_config(parent, {"sweep": {"metric": metric, "mode": mode, "num_samples": num_samples,
+                                                  "max_concurrent": max_concurrent}, "space": param_space})
+        callback = MlflowTrialCallback(tracker, parent, sweep_name=name)
+    meta = {"name": name, "metric": metric, "mode": mode, "num_samples": num_samples,
+            "parent_run_id": parent, "owned_parent": owned}
+    write_json(_meta_path(storage, name), meta)
     tuner = tune.Tuner(
         tune.with_resources(trainable_fn, resources_per_trial or {"cpu": 0.5}),
         param_space=param_space,
@@ -127,20 +172,18 @@ def run_sweep(trainable_fn: Callable[[dict], Any], param_space: dict, metric: st
                                     search_alg=OptunaSearch(seed=seed), scheduler=_scheduler(max_t, grace_period),
                                     max_concurrent_trials=max_concurrent),
         # No fail_fast: it is pickled with the run config and would stop a restored sweep at once.
-        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks, verbose=1),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                                  callbacks=[callback] if callback else [], verbose=1),
     )
-    grid = tuner.fit()
-    status = callbacks[0].status() if callbacks else None
-    res = _summarise(grid, metric, mode, storage / name, parent, status)
-    _finish_parent(tracker, parent, owned, res)
-    return res
+    return _conclude(tuner.fit(), meta, storage, tracker, callback)
 
 
 def resume_sweep(trainable_fn: Callable[[dict], Any], storage_path: str | Path, name: str,
                  tracker: Tracker | None = None, restart_errored: bool = True) -> SweepResult:
     """Continue an interrupted sweep: finished trials are kept as they are, unfinished ones resume from
     their last checkpoint, errored ones restart from scratch (or stay errored with restart_errored=False).
-    `trainable_fn` must be the function the sweep was started with."""
+    `trainable_fn` must be the function the sweep was started with; `tracker` should be the sweep's
+    (same backend and fallback file): its buffered records are replayed before the new ones."""
     storage = Path(storage_path).resolve()
     path = storage / name
     if not tune.Tuner.can_restore(str(path)):
@@ -152,10 +195,9 @@ def resume_sweep(trainable_fn: Callable[[dict], Any], storage_path: str | Path, 
     _ensure_ray()
     tuner = tune.Tuner.restore(str(path), trainable_fn, resume_unfinished=True,
                                restart_errored=restart_errored)
-    grid = tuner.fit()
-    # The restored callback (unpickled from tuner.pkl) is the one that ran: ask it for its status.
-    cbs = [c for c in (tuner._local_tuner.get_run_config().callbacks or []) if isinstance(c, MlflowTrialCallback)]
-    status = cbs[0].status() if cbs else None
-    res = _summarise(grid, meta["metric"], meta["mode"], path, meta.get("parent_run_id"), status)
-    _finish_parent(tracker, meta.get("parent_run_id"), bool(meta.get("owned_parent")), res)
-    return res
+    # The restored callback (unpickled from tuner.pkl) is the one that runs: point it at the parent's id
+    # as last saved (the pickled one may be an offline id) and at the caller's tracker.
+    callback = _trial_callback(tuner)
+    if callback is not None:
+        callback.rebind(meta["parent_run_id"], tracker)
+    return _conclude(tuner.fit(), meta, storage, tracker, callback)

@@ -1,9 +1,15 @@
-"""A real 4-trial Optuna/ASHA sweep of a tiny numpy fit: interrupted by a failing trial, restored, and
-finished trials are not rerun (counted with marker files); every trial is an MLflow child run."""
+"""A real 4-trial Optuna/ASHA sweep of a tiny numpy fit: interrupted by a trial (reported unfinished, its
+MLflow parent run KILLED), restored, and finished trials are not rerun (counted with marker files); every
+trial is an MLflow child run, and secrets in the search space are redacted. A sweep run while MLflow is
+unreachable buffers parent and trials in one file: replaying it, or resuming the sweep once MLflow is back,
+nests the trials under the parent."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -15,7 +21,7 @@ from mlflow import MlflowClient
 from ray import cloudpickle, tune
 
 from components.errors import InputError
-from components.tracking import Tracker
+from components.tracking import Tracker, replay
 from pipelines import compare
 from tuning.sweep import resume_sweep, run_sweep
 
@@ -52,8 +58,20 @@ def ridge_fit(config: dict) -> None:
         tune.report({"loss": float(np.mean((x @ w - y) ** 2))})
 
 
+def quadratic(config: dict) -> None:
+    """One report of (x - 1)^2: the cheapest trainable, for sweeps whose tracking is under test."""
+    tune.report({"loss": (config["x"] - 1.0) ** 2})
+
+
 def count(markers: Path, kind: str, tid: str) -> int:
     return len(list(markers.glob(f"{kind}-{tid}-*")))
+
+
+def free_port() -> int:
+    """A local TCP port nothing listens on: an MLflow server that is down."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.mark.ray
@@ -63,7 +81,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, 
     markers.mkdir()
     flag = tmp_path / "fail-once"
     flag.touch()
-    space = {"lr": tune.loguniform(1e-3, 0.3), "l2": tune.uniform(0.0, 0.1),
+    space = {"lr": tune.loguniform(1e-3, 0.3), "l2": tune.uniform(0.0, 0.1), "api_token": "s3cret",
              "marker_dir": str(markers), "fail_flag": str(flag), "driver_pid": os.getpid()}
     tracker = Tracker.for_run_dir(tmp_path / "run", "sweeps")
     t0 = time.monotonic()
@@ -73,13 +91,18 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, 
     assert not flag.exists() and first.num_errors == 0
     finished = [t["trial_id"] for t in first.trials if t["metrics"].get("done")]
     assert 1 <= len(finished) < 4
+    # Tune returns normally after the signal: the interruption shows as unfinished trials (running or never
+    # started), and the parent run is KILLED, not FINISHED.
+    assert first.num_unfinished == 4 - len(finished)
+    client = MlflowClient(tracker.uri)
+    assert client.get_run(first.parent_run_id).info.status == "KILLED"
     with pytest.raises(InputError):
         run_sweep(ridge_fit, space, "loss", "min", 4, tmp_path / "tune", "toy")
 
     t1 = time.monotonic()
     second = resume_sweep(ridge_fit, tmp_path / "tune", "toy", tracker=tracker)
     print(f"first sweep {t1 - t0:.1f} s, resumed sweep {time.monotonic() - t1:.1f} s")
-    assert second.num_errors == 0 and len(second.trials) == 4
+    assert second.num_errors == 0 and second.num_unfinished == 0 and len(second.trials) == 4
     assert all(t["metrics"]["training_iteration"] == STEPS for t in second.trials)
     for tid in finished:  # finished before the interruption: executed exactly once
         assert count(markers, "start", tid) == 1 and count(markers, "done", tid) == 1
@@ -89,7 +112,6 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, 
     assert second.best_metrics["loss"] == min(losses)
     assert second.parent_run_id == first.parent_run_id
 
-    client = MlflowClient(tracker.uri)
     exp = client.get_experiment_by_name("sweeps").experiment_id
     children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{first.parent_run_id}'")
     finished_runs = {r.data.tags["ray.trial_id"]: r for r in children if r.info.status == "FINISHED"}
@@ -105,6 +127,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, 
         assert float(r.data.params["lr"]) > 0
     parent = client.get_run(first.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.metrics["best_loss"] == pytest.approx(min(losses))
+    params = parent.data.params  # the search space and best config go through the secret redaction
+    assert params["space.api_token"] == params["best.api_token"] == "***"
+    assert params["sweep.num_samples"] == "4"
+    assert float(params["best.lr"]) == second.best_config["lr"]
     assert not tracker.status().fallback_used
 
     out = tmp_path / "cmp"
@@ -112,3 +138,45 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, 
                          first.parent_run_id, "--metric", "loss", "--param", "lr", "--out", str(out)]) == 0
     rows = (out / "compare.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 4 and (out / "loss_vs_lr.png").stat().st_size > 0
+
+
+def nested_runs(uri: str) -> tuple[list, list]:
+    """The sweep parent runs and the trial runs of experiment 'sweeps' at `uri`."""
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("sweeps").experiment_id])
+    return ([r for r in runs if r.data.tags.get("kind") == "sweep"],
+            [r for r in runs if "ray.trial_id" in r.data.tags])
+
+
+def assert_trials_nested(uri: str, num_trials: int) -> str:
+    """One FINISHED sweep run at `uri` with `num_trials` FINISHED trial runs nested under it; its id."""
+    parents, trials = nested_runs(uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(trials) == num_trials and all(r.info.status == "FINISHED" for r in trials)
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
+    return parents[0].info.run_id
+
+
+@pytest.mark.ray
+def test_sweep_while_mlflow_is_down_nests_trials_under_parent_when_back(ray_local, tmp_path, monkeypatch):
+    """MLflow unreachable for the whole sweep: the parent's and the trials' records wait in the sweep's one
+    fallback file, so replaying it (CLI) or resuming the sweep once MLflow is back creates the parent first
+    and nests the trials under its real id, which the sweep description then keeps."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a refused connection fails at once
+    fallback = tmp_path / "run" / "mlflow_fallback.jsonl"
+    tracker = Tracker(f"http://127.0.0.1:{free_port()}", "sweeps", fallback, retry_seconds=3600)
+    res = run_sweep(quadratic, {"x": tune.uniform(0.0, 2.0)}, metric="loss", mode="min", num_samples=2,
+                    storage_path=tmp_path / "tune", name="offline", tracker=tracker, max_t=1)
+    assert res.num_unfinished == 0 and res.parent_run_id.startswith("offline-")
+    assert res.tracking.pending > 0 and [p.name for p in fallback.parent.iterdir()] == [fallback.name]
+
+    copy = shutil.copy(fallback, tmp_path / "copy.jsonl")
+    replayed = f"sqlite:///{tmp_path / 'replayed.db'}"
+    assert replay.main([str(copy), "--tracking-uri", replayed]) == 0
+    assert_trials_nested(replayed, 2)
+
+    back = Tracker(f"sqlite:///{tmp_path / 'back.db'}", "sweeps", fallback)
+    resumed = resume_sweep(quadratic, tmp_path / "tune", "offline", tracker=back)
+    parent = assert_trials_nested(back.uri, 2)
+    assert resumed.parent_run_id == parent and resumed.tracking.pending == 0 and not fallback.exists()
+    assert json.loads((tmp_path / "tune" / "offline.sweep.json").read_text())["parent_run_id"] == parent
