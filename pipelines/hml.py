@@ -173,12 +173,7 @@ def train_statistics(store: FeatureStore, use_freq_bias: bool) -> tuple[np.ndarr
               for _, table in store.iter_columns("train", columns)
               for i, labels, rels in zip(*(table.column(c).to_pylist() for c in columns)))
     fb = frequency_bias(images, n_obj, n_pred) if use_freq_bias else None
-    counts = store.predicate_counts("train")
-    absent = [store.manifest.predicates[p - 1] for p in range(1, n_pred + 1) if counts[p] == 0]
-    if absent:  # never a CE target; class-balanced weights treat them as seen once (count clamped to 1)
-        print(f"[hml] warning: {len(absent)} predicates have no training relation and are never learnt: "
-              f"{absent[:10]}{' ...' if len(absent) > 10 else ''}", file=sys.stderr, flush=True)
-    return counts, fb
+    return store.predicate_counts("train"), fb
 
 
 # ----------------------------------------------------------------------------------------- worker side
