@@ -15,7 +15,10 @@ export PYTHONPATH := $(CURDIR)
 setup: $(STAMP) $(NLTK_STAMP)
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@# A venv without pip (python3 -m venv fails half-way where Debian's python3-venv is missing) is rebuilt.
+	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); python3 -m venv $(VENV) 2>/dev/null || { rm -rf $(VENV); \
+	  (apt-get update -qq && apt-get install -y -qq python3-venv) >/dev/null || { echo "python3 -m venv failed: install Debian package python3-venv"; exit 1; }; \
+	  python3 -m venv $(VENV); }; }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)

@@ -13,6 +13,19 @@ from typing import Any
 from components.errors import InputError
 
 
+def _umask() -> int:
+    """The process umask: from /proc on Linux (thread-safe), else by setting and restoring it (macOS)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def ensure_writable_dir(path: str | os.PathLike) -> Path:
     """Create `path` if needed and check it is writable; raise InputError naming it otherwise."""
     p = Path(path)
@@ -31,6 +44,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     target = Path(target)
     ensure_writable_dir(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the finished file gets what open() would give
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -66,6 +80,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     ensure_writable_dir(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the finished directory gets what mkdir would give
     try:
         yield tmp
         if target.exists():

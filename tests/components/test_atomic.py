@@ -1,9 +1,10 @@
 """Atomic writes leave either the old complete file or the new one, never a partial file."""
 import os
+import stat
 
 import pytest
 
-from components.atomic import atomic_dir, atomic_path, ensure_writable_dir, write_json
+from components.atomic import atomic_dir, atomic_path, ensure_writable_dir, write_json, write_text
 from components.errors import InputError
 
 
@@ -42,3 +43,17 @@ def test_output_path_under_a_file_is_clear_error(tmp_path):
     f.write_text("x")
     with pytest.raises(InputError, match="cannot create output directory"):
         write_json(f / "sub" / "x.json", {})
+
+
+def test_written_files_and_dirs_follow_the_umask(tmp_path):
+    """Atomic outputs get the permissions a plain open()/mkdir would give (mkstemp/mkdtemp alone give
+    0600/0700, which hides results from a group sharing a run directory)."""
+    old = os.umask(0o027)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o750
