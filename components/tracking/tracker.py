@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
-from components.atomic import ensure_writable_dir, write_text
+from components.atomic import ensure_writable_dir, write_json, write_text
 from components.tracking.params import config_params, mlflow_name
 from components.tracking.uri import default_artifact_root, get_or_create_experiment
 
@@ -101,7 +101,8 @@ class Tracker:
         self._client = MlflowClient(uri)
         self._lock = threading.RLock()
         self._experiment_ids: dict[tuple[str, str | None], str] = {}
-        self._ids: dict[str, str] = {}
+        self._ids_path = Path(f"{self.fallback_path}.ids.json")
+        self._ids: dict[str, str] = self._load_ids()
         self._pending: list[dict] = self._load_pending()
         self._online = not self._pending
         self._last_try = 0.0
@@ -226,6 +227,23 @@ class Tracker:
                     log.warning("skipping a truncated line in %s", self.fallback_path)
         return out
 
+    def _load_ids(self) -> dict[str, str]:
+        """Offline -> backend ids of the runs that earlier replays of this fallback file created."""
+        if not self._ids_path.is_file():
+            return {}
+        try:
+            ids = json.loads(self._ids_path.read_text())
+        except json.JSONDecodeError:
+            log.warning("ignoring the unreadable id map %s", self._ids_path)
+            return {}
+        return {str(k): str(v) for k, v in ids.items()} if isinstance(ids, dict) else {}
+
+    def _save_ids(self, replayed: dict[str, str]) -> None:
+        """Add the ids of runs a replay created to the map file, so that a later process still holding an
+        offline id (a pending record, a sweep description) reaches the run instead of an orphan."""
+        if replayed:
+            write_json(self._ids_path, {**self._load_ids(), **replayed})
+
     def _submit(self, rec: dict) -> bool:
         """Deliver `rec` now if possible, else buffer it; True when delivered."""
         with self._lock:
@@ -270,6 +288,7 @@ class Tracker:
     def _drain(self) -> None:
         """Replay buffered records in order; stop at the first transport failure."""
         self._last_try = time.monotonic()
+        known = set(self._ids)
         done = 0
         for rec in self._pending:
             try:
@@ -280,6 +299,7 @@ class Tracker:
                 self._reject(rec, err)
             done += 1
         if done:
+            self._save_ids({k: v for k, v in self._ids.items() if k not in known})  # first: see _apply
             self._replayed += done
             self._pending = self._pending[done:]
             if self._pending:
@@ -297,6 +317,8 @@ class Tracker:
     def _apply(self, rec: dict) -> None:
         op = rec["op"]
         if op == "start_run":
+            if rec["local"] in self._ids:  # created by a replay killed after saving ids, before the buffer
+                return
             exp_id = self._experiment_id(rec["experiment"], rec["artifact_root"])
             tags = dict(rec["tags"])
             if rec["parent"]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -196,3 +197,40 @@ def test_left_over_fallback_is_delivered_by_replay_cli(tmp_path, capsys):
     runs = c.search_runs([c.get_experiment_by_name("later").experiment_id])
     assert len(runs) == 1 and runs[0].data.metrics["m"] == 2.0 and runs[0].info.status == "FINISHED"
     assert replay.main([str(tmp_path / "fb.jsonl"), "--tracking-uri", target]) == 2
+
+
+def test_replay_stopped_half_way_resumes_in_another_process(tmp_path):
+    """A replay that stops after creating a run (here: the artifact store is unusable) leaves the rest
+    pending; a later Tracker on the same fallback file logs it into that same run instead of rejecting
+    it as an orphan of a run "never created"; the offline id still resolves afterwards."""
+    arts = tmp_path / "arts"
+    fb = tmp_path / "fb.jsonl"
+    dead = Tracker(f"http://127.0.0.1:{free_port()}", "partial", fb, artifact_root=arts, retry_seconds=3600)
+    rid = dead.start_run("offline")
+    dead.log_metrics(rid, {"m": 1.0}, step=0)
+    (tmp_path / "plot.txt").write_text("x")
+    dead.log_artifact(rid, tmp_path / "plot.txt")
+    dead.log_metrics(rid, {"m": 2.0}, step=1)
+    dead.end_run(rid)
+    assert dead.close().pending == 5
+    target = f"sqlite:///{tmp_path / 'back.db'}"
+    get_or_create_experiment("partial", str(arts), target)
+    shutil.rmtree(arts, ignore_errors=True)
+    arts.write_text("a file where the artifact directory should be")  # a real, non-rejection failure
+    first = Tracker(target, "partial", fb, artifact_root=arts, retry_seconds=0.0)
+    st = first.flush()
+    assert st.replayed == 2 and st.pending == 3 and Path(f"{fb}.ids.json").is_file()
+    del first  # the process ends; only the files remain
+    arts.unlink()
+    second = Tracker(target, "partial", fb, artifact_root=arts, retry_seconds=0.0)
+    st = second.flush()
+    assert st.pending == 0 and st.rejected == 0 and st.replayed == 3
+    assert Tracker(target, "partial", fb).resolve(rid) == second.resolve(rid) != rid
+    assert not fb.exists()
+    c = MlflowClient(target)
+    runs = c.search_runs([c.get_experiment_by_name("partial").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert sorted((m.step, m.value) for m in c.get_metric_history(run.info.run_id, "m")) == [(0, 1.0), (1, 2.0)]
+    assert [a.path for a in c.list_artifacts(run.info.run_id)] == ["plot.txt"]
