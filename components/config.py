@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -57,7 +58,10 @@ def _coerce(where: str, tp: Any, value: Any) -> Any:
         return from_dict(tp, value, prefix=where + ".")
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise ConfigError(where, f"cannot parse {value!r} as a list", "a list such as [a, b]") from e
         if not isinstance(value, (list, tuple)):
             raise ConfigError(where, f"got {type(value).__name__} {value!r}", "a list")
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
@@ -93,21 +97,27 @@ def _coerce(where: str, tp: Any, value: Any) -> Any:
                 pass
         raise ConfigError(where, f"got {type(value).__name__} {value!r}", "an integer")
     if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(where, f"got boolean {value!r}", "a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(where, f"got {type(value).__name__} {value!r}", "a number")
+        return _finite_float(where, value)
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(where, f"got {type(value).__name__} {value!r}", "a string")
     return value
+
+
+def _finite_float(where: str, value: Any) -> float:
+    """`value` as a finite float: NaN slips through every range check and no field means anything by inf."""
+    if isinstance(value, bool):
+        raise ConfigError(where, f"got boolean {value!r}", "a number")
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) else None
+    except ValueError:
+        number = None
+    if number is None:
+        raise ConfigError(where, f"got {type(value).__name__} {value!r}", "a number")
+    if not math.isfinite(number):
+        raise ConfigError(where, f"got {value!r}", "a finite number")
+    return number
 
 
 def _check_meta(where: str, f: dataclasses.Field, value: Any) -> None:
@@ -128,8 +138,8 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
-        if key not in fields:
-            raise ConfigError(f"{prefix}{key}", "unknown config key" + _suggest(key, list(fields)))
+        if not isinstance(key, str) or key not in fields:  # YAML also allows keys such as 1 or null
+            raise ConfigError(f"{prefix}{key}", "unknown config key" + _suggest(str(key), list(fields)))
     kwargs = {}
     for name, value in data.items():
         where = f"{prefix}{name}"

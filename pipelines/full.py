@@ -3,7 +3,11 @@ SGG evaluation; -> DiffAugment (augmentation, text + hardness, diffusion, distri
 fine-tuning) -> LTVRR evaluation; then one summary table, `runs/<run_name>/summary.json`, and MLflow.
 
     python pipelines/full.py [--preset tiny|default|paper] [--config cfg.yaml] [key=value ...]
-    ray job submit --working-dir . -- python pipelines/full.py --preset tiny
+    ray job submit --working-dir . -- python pipelines/full.py --preset tiny run_dir=$PWD/runs
+
+The preset is `--preset`, or `preset=` in the YAML or the overrides (the two may not disagree). Under
+`ray job submit --working-dir` the driver runs in Ray's temporary copy of the directory: give an absolute
+`run_dir`, or the outputs stay in that copy (the path is printed at start: `[full] outputs: ...`).
 
 Every phase is a content-addressed stage (components/stages.py): a rerun after an interruption resumes
 at the first stage not completed, and a changed config recomputes only what depends on it.
@@ -24,9 +28,10 @@ if __package__ in (None, ""):  # run as a script (also under `ray job submit`): 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.atomic import ensure_writable_dir, write_json
-from components.config import config_hash, load_config, to_dict
+from components.config import apply_overrides, config_hash, load_config, load_yaml, to_dict
 from components.data.planted_sgg import PlantedSGGConfig
 from components.data.planted_vrr import PlantedVRRConfig
+from components.errors import ConfigError
 from components.stages import StageCache, StageResult
 from pipelines.cli import exit_code
 from pipelines.diffaug import DiffAugConfig, run_diffaug
@@ -89,15 +94,28 @@ class FullConfig:
     diffaug: DiffAugConfig = field(default_factory=lambda: DiffAugConfig(store=PLACEHOLDER, out=PLACEHOLDER))
 
     def validate(self) -> None:
-        from components.errors import ConfigError
-
         bad = [p for p in self.phases if p not in PHASES]
         if bad:
             raise ConfigError("phases", f"unknown phases {bad}", f"a subset of {list(PHASES)}")
 
 
-def load(preset: str, path: str | None, overrides: list[str]) -> FullConfig:
+def chosen_preset(flag: str | None, path: str | None, overrides: list[str]) -> str:
+    """The preset to start from: `preset=` of the overrides or YAML, else `--preset` (`flag`), else default;
+    an explicit `--preset` that disagrees is refused rather than silently ignored."""
+    given = apply_overrides(load_yaml(path) if path else {}, list(overrides)).get("preset")
+    if given is None:
+        return flag or "default"
+    if not isinstance(given, str) or given not in PRESETS:
+        raise ConfigError("preset", f"value {given!r} is not allowed", f"one of {list(PRESETS)}")
+    if flag is not None and flag != given:
+        raise ConfigError("preset", f"--preset {flag} conflicts with preset={given} of the config or overrides",
+                          "one preset, or the same one in both places")
+    return given
+
+
+def load(preset: str | None, path: str | None, overrides: list[str]) -> FullConfig:
     """Defaults <- preset <- YAML <- overrides; sub-pipeline stores are filled in by the stages."""
+    preset = chosen_preset(preset, path, overrides)
     base = json.loads(json.dumps(PRESETS[preset]))
     base.setdefault("hml", {}).setdefault("store", PLACEHOLDER)
     base.setdefault("diffaug", {}).setdefault("store", PLACEHOLDER)
@@ -143,15 +161,28 @@ def timed(timings: dict[str, float], stage: StageResult) -> StageResult:
 
 
 def run(cfg: FullConfig) -> dict:
-    """Run the selected phases; returns the summary (also written to runs/<run_name>/summary.json)."""
+    """Run the selected phases; returns the summary (also written to runs/<run_name>/summary.json). The
+    MLflow parent run ends FINISHED, FAILED when a phase raises, or KILLED on Ctrl-C (never left RUNNING)."""
     from components.tracking import Tracker
-    from pipelines.ray_runtime import init_ray
 
-    run_root = ensure_writable_dir(Path(cfg.run_dir) / cfg.run_name)
+    run_root = ensure_writable_dir(Path(cfg.run_dir) / cfg.run_name).resolve()
+    print(f"[full] outputs: {run_root}", flush=True)
     # One MLflow backend for every phase: runs/mlflow.db unless MLFLOW_TRACKING_URI says otherwise.
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path(cfg.run_dir).resolve() / 'mlflow.db'}")
     tracker = Tracker.for_run_dir(run_root, cfg.experiment)
-    parent = tracker.start_run(f"full-{cfg.run_name}", tags={"preset": cfg.preset})
+    try:
+        with tracker.run(f"full-{cfg.run_name}", tags={"preset": cfg.preset}) as parent:
+            summary = run_phases(cfg, tracker, parent, run_root)
+    finally:
+        tracker.close()
+    print_summary(summary, run_root)
+    return summary
+
+
+def run_phases(cfg: FullConfig, tracker: Any, parent: str, run_root: Path) -> dict:
+    """The phases of one run under the MLflow run `parent`; writes and returns the summary."""
+    from pipelines.ray_runtime import init_ray
+
     tracker.log_config(parent, cfg)
     cache = StageCache(Path(cfg.run_dir) / ".cache")
     resources = init_ray(cfg.ray_address, cfg.num_cpus)
@@ -197,9 +228,6 @@ def run(cfg: FullConfig) -> dict:
     summary["tracking"] = tracker.status().summary()
     write_json(run_root / "summary.json", summary)
     tracker.log_artifact(parent, run_root / "summary.json")
-    tracker.end_run(parent)
-    tracker.close()
-    print_summary(summary, run_root)
     return summary
 
 
@@ -259,7 +287,8 @@ def print_summary(summary: dict, run_root: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI; a bad input prints one clear line and exits 2."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=tuple(PRESETS), default="default")
+    ap.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                    help="default: preset= of --config or the overrides, else 'default'")
     ap.add_argument("--config", help="YAML with FullConfig fields")
     ap.add_argument("overrides", nargs="*", help="key=value, e.g. hml.lam=0.25 run_name=ablation")
     args = ap.parse_args(argv)

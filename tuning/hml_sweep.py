@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repo importable
 from components.config import apply_overrides, config_hash, from_dict, to_dict
 from components.errors import InputError
 from components.tracking import Tracker
+from components.tracking.uri import redact_uri
 from pipelines.hml import HMLConfig
 
 DEFAULT_SWEPT = ("lam", "threshold", "stages")
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"best {args.metric} = {(res.best_metrics or {}).get(args.metric)} with {best}")
     if res.tracking:
         print(res.tracking.summary())
-    print(f"compare: python pipelines/compare.py --tracking-uri {tracker.uri} --sweep {res.parent_run_id} "
+    print(f"compare: python pipelines/compare.py --tracking-uri {redact_uri(tracker.uri)} --sweep {res.parent_run_id} "
           f"--metric {args.metric} " + " ".join(f"--param {n}" for n in names))
     if res.num_unfinished:
         print(f"sweep interrupted, {res.num_unfinished} trials unfinished; continue it with: "

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from components.atomic import ensure_writable_dir, write_json, write_text
 from components.tracking.params import config_params, mlflow_name
-from components.tracking.uri import default_artifact_root, get_or_create_experiment
+from components.tracking.uri import default_artifact_root, get_or_create_experiment, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def _number(value: Any) -> float | None:
 
 @dataclass
 class TrackerStatus:
-    """Whether tracking fell back to the local file, and what is still waiting there."""
+    """Whether tracking fell back to the local file, and what is still waiting there (the URI and the error
+    with credentials redacted: this goes to logs and summaries)."""
 
     uri: str
     online: bool
@@ -211,7 +212,7 @@ class Tracker:
 
     def status(self) -> TrackerStatus:
         """Whether a fallback was used, and how many records are replayed / pending / rejected."""
-        return TrackerStatus(self.uri, self._online, self._fallback_used, len(self._pending), self._replayed,
+        return TrackerStatus(redact_uri(self.uri), self._online, self._fallback_used, len(self._pending), self._replayed,
                              self._rejected, str(self.fallback_path), self._first_error)
 
     # ---- internals --------------------------------------------------------------------------
@@ -266,9 +267,9 @@ class Tracker:
         if self._online:
             self._online = False
             if self._first_error is None:
-                self._first_error = str(err).splitlines()[0][:300]
+                self._first_error = redact_uri(str(err).splitlines()[0])[:300]  # errors quote the URL
                 log.warning("MLflow tracking at %s is unreachable (%s); training continues, records are "
-                            "buffered in %s and replayed when it is back", self.uri, self._first_error,
+                            "buffered in %s and replayed when it is back", redact_uri(self.uri), self._first_error,
                             self.fallback_path)
 
     def _buffer(self, rec: dict) -> None:

@@ -3,15 +3,19 @@ artifact location (so artifacts never land in the current directory or Ray's tem
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from mlflow import MlflowClient
 
 from components.atomic import ensure_writable_dir
 from components.errors import InputError
+from components.tracking.params import REDACTED, is_secret_key
 
 DB_NAME = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@?#]+@")
+_QUERY_ITEM = re.compile(r"([?&;])([^=&;\s#]+)=([^&;\s#]*)")
 
 
 def tracking_uri(run_dir: str | Path) -> str:
@@ -21,6 +25,13 @@ def tracking_uri(run_dir: str | Path) -> str:
         return env
     root = ensure_writable_dir(run_dir).resolve()
     return f"sqlite:///{root / DB_NAME}"
+
+
+def redact_uri(text: str) -> str:
+    """`text` with the credentials of every URI in it (user:password@, secret query values such as token=)
+    replaced by ***, so tracking URIs can be written to summaries and logs."""
+    text = _USERINFO.sub(rf"\1{REDACTED}@", text)
+    return _QUERY_ITEM.sub(lambda m: f"{m[1]}{m[2]}={REDACTED}" if is_secret_key(m[2]) else m[0], text)
 
 
 def is_local_uri(uri: str) -> bool:

@@ -1,4 +1,5 @@
 """Typed config: YAML + overrides, unknown keys with suggestions, wrong types, ranges."""
+import math
 from dataclasses import dataclass, field
 
 import pytest
@@ -60,3 +61,47 @@ def test_flatten_and_hash_are_stable():
     flat = flatten(to_dict(a))
     assert flat["inner.lam"] == 0.5 and flat["ks"] == [20, 50]
     assert config_hash(a) == config_hash(Root()) != config_hash(b)
+
+
+@dataclass
+class Floats:
+    lr: float = field(default=0.1, metadata={"range": (0.0, 1.0)})
+    weight: float = field(default=1.0, metadata={"range": (0.0, None)})  # open above
+    free: float = 0.0
+    scales: tuple[float, ...] = (1.0,)
+    share: float | None = None
+
+
+def test_malformed_list_override_names_the_key():
+    with pytest.raises(ConfigError, match=r"^ks: cannot parse '\[20,50' as a list \(expected a list such as \[a, b\]\)$"):
+        load_config(Root, None, ["ks=[20,50"])
+
+
+def test_non_string_keys_are_unknown_config_keys(tmp_path):
+    top = tmp_path / "top.yaml"
+    top.write_text("1: x\n")
+    with pytest.raises(ConfigError, match=r"^1: unknown config key"):
+        load_config(Root, top)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("inner: {2: y}\n")
+    with pytest.raises(ConfigError, match=r"^inner\.2: unknown config key"):
+        load_config(Root, nested)
+    with pytest.raises(ConfigError, match=r"^None: unknown config key"):
+        from_dict(Root, {None: 1})
+
+
+@pytest.mark.parametrize("key", ["lr", "weight", "free", "scales", "share"])
+@pytest.mark.parametrize("raw", [".nan", "nan", ".inf", "-.inf", "inf", "-inf", "1e999"])
+def test_non_finite_floats_are_refused(key, raw):
+    value = f"[1.0, {raw}]" if key == "scales" else raw
+    with pytest.raises(ConfigError, match=rf"^{key}(\[1\])?: got .* \(expected a finite number\)$"):
+        load_config(Floats, None, [f"{key}={value}"])
+    assert load_config(Floats, None, [f"{key}={'[0.5]' if key == 'scales' else '0.5'}"]) is not None
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_non_finite_python_floats_are_refused(number):
+    with pytest.raises(ConfigError, match=r"^weight: got .* \(expected a finite number\)$"):
+        from_dict(Floats, {"weight": number})
+    with pytest.raises(ConfigError, match=r"^scales\[0\]: got .* \(expected a finite number\)$"):
+        from_dict(Floats, {"scales": [number]})

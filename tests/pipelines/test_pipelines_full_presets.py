@@ -5,7 +5,7 @@ import pytest
 
 from components.config import to_dict
 from components.errors import ConfigError
-from pipelines.full import PRESETS, load
+from pipelines.full import PRESETS, load, main
 
 
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "paper"])
@@ -28,3 +28,31 @@ def test_long_diffusion_is_the_default_with_the_generator_recipe():
             del cfg["diffaug"]["diffusion"][key]
         del cfg["preset"]
     assert long == base  # nothing else differs: results compare with the default's
+
+
+def test_preset_given_as_override_or_yaml_is_applied(tmp_path):
+    tiny_scale = PRESETS["tiny"]["sgg"]["scale"]
+    by_override = load(None, None, ["preset=tiny"])
+    assert (by_override.preset, by_override.sgg.scale) == ("tiny", tiny_scale)
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("preset: tiny\nhml:\n  lam: 0.25\n")
+    by_yaml = load(None, str(yaml), [])
+    assert (by_yaml.preset, by_yaml.sgg.scale, by_yaml.hml.lam) == ("tiny", tiny_scale, 0.25)
+    assert load("tiny", str(yaml), ["preset=tiny"]).hml.steps_per_stage == PRESETS["tiny"]["hml"]["steps_per_stage"]
+    by_both = load(None, str(yaml), ["preset=long-diffusion"])  # an override beats the YAML, as for any key
+    assert (by_both.preset, by_both.sgg.scale, by_both.diffaug.diffusion.steps) == ("long-diffusion", 1.0, 4000)
+    assert load(None, None, []).preset == "default"
+
+
+def test_preset_conflicting_with_explicit_flag_is_one_error(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"^preset: --preset default conflicts with preset=tiny"):
+        load("default", None, ["preset=tiny"])
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("preset: tiny\n")
+    assert main(["--preset", "paper", "--config", str(yaml), f"run_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [("error: preset: --preset paper conflicts with preset=tiny of the config or overrides "
+                    "(expected one preset, or the same one in both places)")]
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(ConfigError, match=r"^preset: value 'huge' is not allowed"):
+        load(None, None, ["preset=huge"])
