@@ -71,7 +71,8 @@ log = logging.getLogger(__name__)
 VARIANTS = ("baseline_ce", "baseline_wce", "real_balanced_ft", "diffaug_random", "diffaug_so",
             "diffaug_so_curriculum", "diffaug_so_half", "diffaug_so_nohardness", "wce_real_balanced_ft",
             "wce_diffaug_so")
-# variants that fine-tune on the S-O-seeded samples (diffaug_so's); wce_* start from the WCE baseline
+# variants that fine-tune on the S-O-seeded samples (diffaug_so's); wce_* start from the WCE baseline (and,
+# like every variant, fine-tune with plain CE: their fine-tuning data is already tail-heavy or balanced)
 FROM_SO = ("diffaug_so_curriculum", "diffaug_so_half", "wce_diffaug_so")
 ENCODERS = ("minilm", "glove-roles", "glove-mean", "openclip")
 
@@ -205,13 +206,16 @@ def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pool
     trip = np.stack([plan["subject"], plan["predicate"], plan["object"]], axis=1)
     text, mask, hard = cond.of(trip)
     req = {"sample_id": plan["sample_id"], "subject": plan["subject"], "object": plan["object"],
-           "predicate": plan["predicate"], "text": text, "text_mask": mask, "hardness": hard}
+           "predicate": plan["predicate"], "text": text, "hardness": hard}
+    if mask is not None:  # absent, not None: the hash then equals the one sample_on_ray takes of its columns
+        req["text_mask"] = mask
     if strength < 1.0:
         req["seed_features"] = subject_object_seed(pools, pools, plan["subject"], plan["object"], plan["sample_id"],
                                                    seed=cfg.seed)
-    out_dir = out_dir.with_name(f"{out_dir.name}-{arrays_hash(req)}")
+    key = arrays_hash(req)  # hashed once: names the directory and keys its shards
+    out_dir = out_dir.with_name(f"{out_dir.name}-{key}")
     sample_on_ray(bundle, req, out_dir, num_actors=cfg.num_actors, shard_size=cfg.shard_size,
-                  cpus_per_actor=cfg.cpus_per_actor, strength=strength, pool=sampler)
+                  cpus_per_actor=cfg.cpus_per_actor, strength=strength, pool=sampler, requests_hash=key)
     table = load_samples(out_dir)
     ids = table.column("sample_id").to_numpy()
     feats = np.asarray(table.column("feature").combine_chunks().flatten().to_numpy(), np.float32).reshape(len(ids), -1)

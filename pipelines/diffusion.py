@@ -184,9 +184,10 @@ def _shard_complete(path: Path, ids: np.ndarray) -> bool:
 def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | str | Path, out_dir: str | Path,
                   num_actors: int = 2, shard_size: int = 1024, cpus_per_actor: float = 0.5, strength: float = 1.0,
                   batch_size: int = 512, guidance_scale: float | None = None, progress: bool = True,
-                  pool: SamplerPool | None = None) -> dict:
+                  pool: SamplerPool | None = None, requests_hash: str | None = None) -> dict:
     """Sample every request on a Ray actor pool into idempotent parquet shards; returns (and writes) the manifest.
-    `pool`: actors to use (and leave running); without it a pool of `num_actors` is started for this call."""
+    `pool`: actors to use (and leave running); without it a pool of `num_actors` is started for this call.
+    `requests_hash`: `arrays_hash(requests)` if the caller has it (it keys the shards), else computed here."""
     if num_actors < 1 or shard_size < 1 or cpus_per_actor <= 0:
         raise InputError("sample_on_ray", f"num_actors={num_actors}, shard_size={shard_size}, "
                          f"cpus_per_actor={cpus_per_actor}", "positive values")
@@ -196,7 +197,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
     params = {"strength": strength, "batch_size": batch_size, "guidance_scale": guidance_scale}
     ids = req["sample_id"]
     # the bundle's weights and every request array (not only the ids): shards of another request are never reused
-    fingerprint = config_hash({"bundle": sha256_file(Path(bundle_path)), "requests": arrays_hash(req),
+    fingerprint = config_hash({"bundle": sha256_file(Path(bundle_path)), "requests": requests_hash or arrays_hash(req),
                                "shard_size": shard_size, "strength": strength, "guidance_scale": guidance_scale})
     req_file = out / "request.json"
     if req_file.exists() and json.loads(req_file.read_text()).get("fingerprint") != fingerprint:

@@ -10,7 +10,8 @@ trial's own share small (`resources_per_trial`, default half a CPU) so trials ru
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,26 @@ def _conclude(grid: tune.ResultGrid, meta: dict, storage: Path, tracker: Tracker
 
 def _trial_callback(tuner: tune.Tuner) -> MlflowTrialCallback | None:
     """The MlflowTrialCallback a (restored) tuner runs with, if any."""
-    cbs = tuner._local_tuner.get_run_config().callbacks or []
+    # Ray 2.60 has no public way to the restored run config (Tuner's public API is fit, get_results, restore,
+    # can_restore), so read the private TunerInternal; it is absent under Ray Client or if Ray's internals change.
+    internal = getattr(tuner, "_local_tuner", None)
+    run_config = getattr(internal, "get_run_config", None)
+    if run_config is None:
+        raise InputError("resume_sweep", f"Ray {ray.__version__}'s Tuner gives no access to the restored callbacks",
+                         "a local (not Ray Client) driver on a Ray whose Tuner keeps _local_tuner.get_run_config()")
+    cbs = run_config().callbacks or []
     return next((c for c in cbs if isinstance(c, MlflowTrialCallback)), None)
+
+
+@contextmanager
+def _killed_on_interrupt(tracker: Tracker | None, parent: str | None, owned: bool) -> Iterator[None]:
+    """Close an owned parent run KILLED when Ctrl-C escapes the sweep (e.g. a second one during Tune's final save)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if tracker is not None and parent is not None and owned:
+            tracker.end_run(parent, "KILLED")
+        raise
 
 
 def run_sweep(trainable_fn: Callable[[dict], Any], param_space: dict, metric: str, mode: str,
@@ -154,28 +173,29 @@ def run_sweep(trainable_fn: Callable[[dict], Any], param_space: dict, metric: st
                          "a new name, or resume_sweep() to continue it")
     _ensure_ray()
     owned = tracker is not None and mlflow_parent is None
-    parent = mlflow_parent
-    callback = None
-    if tracker is not None:
-        if owned:
-            parent = tracker.start_run(name, tags={"ray.sweep": name, "kind": "sweep"})
-            tracker.log_config(parent, {"sweep": {"metric": metric, "mode": mode, "num_samples": num_samples,
-                                                  "max_concurrent": max_concurrent}, "space": param_space})
-        callback = MlflowTrialCallback(tracker, parent, sweep_name=name)
-    meta = {"name": name, "metric": metric, "mode": mode, "num_samples": num_samples,
-            "parent_run_id": parent, "owned_parent": owned}
-    write_json(_meta_path(storage, name), meta)
-    tuner = tune.Tuner(
-        tune.with_resources(trainable_fn, resources_per_trial or {"cpu": 0.5}),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
-                                    search_alg=OptunaSearch(seed=seed), scheduler=_scheduler(max_t, grace_period),
-                                    max_concurrent_trials=max_concurrent),
-        # No fail_fast: it is pickled with the run config and would stop a restored sweep at once.
-        run_config=tune.RunConfig(name=name, storage_path=str(storage),
-                                  callbacks=[callback] if callback else [], verbose=1),
-    )
-    return _conclude(tuner.fit(), meta, storage, tracker, callback)
+    parent = tracker.start_run(name, tags={"ray.sweep": name, "kind": "sweep"}) if owned else mlflow_parent
+    with _killed_on_interrupt(tracker, parent, owned):
+        callback = None
+        if tracker is not None:
+            if owned:
+                tracker.log_config(parent, {"sweep": {"metric": metric, "mode": mode, "num_samples": num_samples,
+                                                      "max_concurrent": max_concurrent}, "space": param_space})
+            callback = MlflowTrialCallback(tracker, parent, sweep_name=name)
+        meta = {"name": name, "metric": metric, "mode": mode, "num_samples": num_samples,
+                "parent_run_id": parent, "owned_parent": owned}
+        write_json(_meta_path(storage, name), meta)
+        tuner = tune.Tuner(
+            tune.with_resources(trainable_fn, resources_per_trial or {"cpu": 0.5}),
+            param_space=param_space,
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
+                                        search_alg=OptunaSearch(seed=seed),
+                                        scheduler=_scheduler(max_t, grace_period),
+                                        max_concurrent_trials=max_concurrent),
+            # No fail_fast: it is pickled with the run config and would stop a restored sweep at once.
+            run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                                      callbacks=[callback] if callback else [], verbose=1),
+        )
+        return _conclude(tuner.fit(), meta, storage, tracker, callback)
 
 
 def resume_sweep(trainable_fn: Callable[[dict], Any], storage_path: str | Path, name: str,
@@ -200,4 +220,5 @@ def resume_sweep(trainable_fn: Callable[[dict], Any], storage_path: str | Path, 
     callback = _trial_callback(tuner)
     if callback is not None:
         callback.rebind(meta["parent_run_id"], tracker)
-    return _conclude(tuner.fit(), meta, storage, tracker, callback)
+    with _killed_on_interrupt(tracker, meta["parent_run_id"], bool(meta.get("owned_parent"))):
+        return _conclude(tuner.fit(), meta, storage, tracker, callback)

@@ -5,6 +5,8 @@ import pytest
 
 from components.config import from_dict
 from components.errors import ConfigError
+from components.stages import arrays_hash
+from pipelines import diffusion
 from pipelines.diffaug import VARIANTS, DiffAugConfig, main, run_diffaug
 from pipelines.prepare_data import PrepareDataConfig, write_store
 
@@ -55,10 +57,13 @@ def test_outputs_written_and_table(summary):
     assert s["table"].splitlines()[2].startswith("baseline_ce")
 
 
-def test_rerun_reuses_artifacts_and_reproduces(summary):
+def test_rerun_reuses_artifacts_and_reproduces(summary, monkeypatch):
     cfg, s = summary
     cfg.variants = ["baseline_ce", "diffaug_so"]
+    rehashed: list[int] = []  # the request is hashed once, by _sample, which hands the hash to sample_on_ray
+    monkeypatch.setattr(diffusion, "arrays_hash", lambda arrays: rehashed.append(1) or arrays_hash(arrays))
     again = run_diffaug(cfg, progress=False)
+    assert rehashed == []
     for v in cfg.variants:
         assert again["results"][v] == s["results"][v]  # same seed, cached bundle and shards -> same numbers
     assert json.dumps(again["fidelity"]["diffaug_so"]) == json.dumps(s["fidelity"]["diffaug_so"])  # NaN-safe

@@ -9,6 +9,8 @@ import pytest
 from components.diffaug.diffusion import DiffusionConfig, load_bundle
 from components.diffaug.sampling import sample_features
 from components.errors import InputError
+from components.stages import arrays_hash
+from pipelines import diffusion
 from pipelines.diffusion import SamplerPool, load_samples, sample_on_ray, train_diffusion_on_ray
 
 N, D, E, T, K = 23, 8, 5, 3, 4
@@ -97,6 +99,19 @@ def test_pool_sampling_writes_every_id_once_equal_to_in_process(trained, tmp_pat
     same_ids = dict(req, hardness=req["hardness"] + 1.0)
     with pytest.raises(InputError, match="another request"):
         sample_on_ray(res["bundle"], same_ids, tmp_path, shard_size=5, progress=False)
+
+
+def test_a_callers_request_hash_is_not_taken_again_and_keys_the_shards_alike(trained, tmp_path, monkeypatch):
+    """DiffAugment hashes its request to name the sample directory and passes the hash on: sample_on_ray then
+    hashes nothing, and keys the shards as its own hash would (a call without the hash resumes them)."""
+    _, res, _ = trained
+    req = _requests(n=6)
+    hashed: list[int] = []
+    monkeypatch.setattr(diffusion, "arrays_hash", lambda arrays: hashed.append(len(arrays)) or arrays_hash(arrays))
+    first = sample_on_ray(res["bundle"], req, tmp_path, shard_size=3, progress=False, requests_hash=arrays_hash(req))
+    assert hashed == [] and first["skipped_shards"] == 0
+    again = sample_on_ray(res["bundle"], req, tmp_path, shard_size=3, progress=False)
+    assert hashed == [len(req)] and again["skipped_shards"] == 2
 
 
 def test_bad_requests_are_rejected(trained, tmp_path):

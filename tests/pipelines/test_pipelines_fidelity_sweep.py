@@ -1,10 +1,12 @@
 """Fidelity sweep over guidance scales on a tiny vrr-planted store and a tiny trained diffusion bundle."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-from components.config import from_dict
+from components.atomic import write_json
+from components.config import from_dict, to_dict
 from components.diffaug.diffusion import DiffusionConfig, save_bundle, train_denoiser
 from components.errors import InputError
 from pipelines.diffaug import DiffAugConfig, _Conditions, _triplets, load_splits
@@ -56,3 +58,25 @@ def test_bad_inputs_one_error_and_exit_2(bundle, tmp_path, capsys):
     assert main(["--store", store, "--bundle", path, "--n", "20", "--text-encoder", "glove-roles",
                  "--guidance", "1", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["by_guidance"][0]["guidance"] == 1.0
+
+
+def test_seed_is_the_diffaugment_runs_and_a_mismatch_is_refused(bundle, tmp_path, capsys):
+    """The seed fitted the K-means hardness vectors the bundle was trained on: for a bundle inside a DiffAugment
+    run it is read from the run's results.json (config.seed); another --seed is one error, before any work."""
+    store, path = bundle
+    run = tmp_path / "run"
+    (run / "diffusion-0123abcd").mkdir(parents=True)
+    in_run = str(shutil.copy(path, run / "diffusion-0123abcd" / "bundle.safetensors"))
+    with pytest.raises(InputError, match="seed: not given.*no results.json"):  # an unfinished run records no seed
+        fidelity_sweep(store, in_run, [1.0], n=20, text_encoder="glove-roles")
+    cfg = DiffAugConfig(store=store, out=str(run), seed=3, text_encoder="glove-roles", hardness_k=4)
+    write_json(run / "results.json", {"results": {}, "config": to_dict(cfg)})  # as run_diffaug writes it
+    got = fidelity_sweep(store, in_run, [1.0], n=20, text_encoder="glove-roles")
+    assert got["seed"] == 3
+    assert json.dumps(got) == json.dumps(fidelity_sweep(store, path, [1.0], n=20, seed=3, text_encoder="glove-roles"))
+    out = tmp_path / "res.json"
+    assert main(["--store", store, "--bundle", in_run, "--seed", "0", "--text-encoder", "glove-roles",
+                 "--out", str(out)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: seed: 0, but") and "used 3" in errors[0]
+    assert not out.exists()

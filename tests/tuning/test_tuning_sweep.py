@@ -2,7 +2,7 @@
 MLflow parent run KILLED), restored, and finished trials are not rerun (counted with marker files); every
 trial is an MLflow child run, and secrets in the search space are redacted. A sweep run while MLflow is
 unreachable buffers parent and trials in one file: replaying it, or resuming the sweep once MLflow is back,
-nests the trials under the parent."""
+nests the trials under the parent. A second Ctrl-C that escapes a sweep or a resume closes the parent KILLED."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +24,7 @@ from ray import cloudpickle, tune
 from components.errors import InputError
 from components.tracking import Tracker, replay
 from pipelines import compare
-from tuning.sweep import resume_sweep, run_sweep
+from tuning.sweep import _trial_callback, resume_sweep, run_sweep
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
 
@@ -61,6 +62,17 @@ def ridge_fit(config: dict) -> None:
 def quadratic(config: dict) -> None:
     """One report of (x - 1)^2: the cheapest trainable, for sweeps whose tracking is under test."""
     tune.report({"loss": (config["x"] - 1.0) ** 2})
+
+
+def held(config: dict) -> None:
+    """Fails while the `fail` file exists; else marks itself started and runs until `release` exists."""
+    if Path(config["fail"]).exists():
+        raise RuntimeError("failing on purpose")
+    Path(config["started"]).touch()
+    deadline = time.monotonic() + 60
+    while not Path(config["release"]).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tune.report({"loss": 0.0})
 
 
 def count(markers: Path, kind: str, tid: str) -> int:
@@ -180,3 +192,75 @@ def test_sweep_while_mlflow_is_down_nests_trials_under_parent_when_back(ray_loca
     parent = assert_trials_nested(back.uri, 2)
     assert resumed.parent_run_id == parent and resumed.tracking.pending == 0 and not fallback.exists()
     assert json.loads((tmp_path / "tune" / "offline.sweep.json").read_text())["parent_run_id"] == parent
+
+
+def ctrl_c_twice(started: Path) -> threading.Thread:
+    """From Python's own SIGINT handler (a fresh CLI's), a thread pressing Ctrl-C once a trial runs, and again
+    once Tune's handler has taken the first press and put Python's back: the second raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # not a handler an earlier sweep left installed
+
+    def press() -> None:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            if time.monotonic() > deadline:
+                return  # no trial ran: the sweep failed otherwise, and nothing is pressed
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+        while signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            if time.monotonic() > deadline:
+                return  # Tune never took the first press: the test fails on its missing KeyboardInterrupt
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=press, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.ray
+def test_second_ctrl_c_escaping_the_sweep_closes_its_parent_killed(ray_local, tmp_path, monkeypatch):
+    """A second Ctrl-C (after the first stopped the sweep) escapes run_sweep / resume_sweep as KeyboardInterrupt:
+    the sweep's own parent run is closed KILLED (resumable), not left RUNNING or FAILED."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = Tracker.for_run_dir(tmp_path / "run", "sweeps")
+    client = MlflowClient(tracker.uri)
+    fail, release = tmp_path / "fail", tmp_path / "release"
+    space = {"x": tune.uniform(0.0, 1.0), "fail": str(fail), "started": str(tmp_path / "started"),
+             "release": str(release)}
+
+    def parent_status(name: str) -> str:
+        meta = json.loads((tmp_path / "tune" / f"{name}.sweep.json").read_text())
+        return client.get_run(meta["parent_run_id"]).info.status
+
+    handler = signal.getsignal(signal.SIGINT)
+    presser = ctrl_c_twice(tmp_path / "started")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(held, space, "loss", "min", 1, tmp_path / "tune", "twice", tracker=tracker, max_t=1)
+    finally:
+        release.touch()
+        signal.signal(signal.SIGINT, handler)
+    presser.join(timeout=10)
+    assert parent_status("twice") == "KILLED"
+
+    fail.touch()  # a sweep whose trial errored: its parent is FAILED until a resume restarts the trial
+    failed = run_sweep(held, space | {"started": str(tmp_path / "started2")}, "loss", "min", 1, tmp_path / "tune",
+                       "errored", tracker=tracker, max_t=1)
+    assert failed.num_errors == 1 and parent_status("errored") == "FAILED"
+    fail.unlink()
+    release.unlink()
+    presser = ctrl_c_twice(tmp_path / "started2")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            resume_sweep(held, tmp_path / "tune", "errored", tracker=tracker)
+    finally:
+        release.touch()
+        signal.signal(signal.SIGINT, handler)
+    presser.join(timeout=10)
+    assert parent_status("errored") == "KILLED"
+
+
+def test_tuner_without_the_private_run_config_is_one_input_error():
+    """Ray gives no public access to a restored Tuner's callbacks; if its internals change, one clear error."""
+    with pytest.raises(InputError, match="resume_sweep.*restored callbacks"):
+        _trial_callback(tune.Tuner.__new__(tune.Tuner))
