@@ -112,3 +112,26 @@ def test_tracking_credentials_never_reach_summary_or_output(secret_uri_run):
 def test_absolute_output_directory_is_printed_at_start(secret_uri_run):
     d, p = secret_uri_run
     assert p.stdout.splitlines()[0] == f"[full] outputs: {d.resolve() / 'runs' / 'r'}"
+
+
+def test_phase_records_buffered_while_mlflow_was_down_are_replayed_by_a_later_run(tmp_path, monkeypatch):
+    """A phase's own tracker buffers in its stage directory; a cached phase never runs again, so full.py
+    replays that buffer on every run and reports per phase what was delivered."""
+    from components.tracking import Tracker
+    from pipelines.full import replay_phase_tracking
+
+    stage = tmp_path / ".cache" / "hml-abc"
+    dead = Tracker(f"http://127.0.0.1:{free_port()}", "hmldiff", stage / "mlflow_fallback.jsonl",
+                   retry_seconds=3600)
+    with dead.run("hml-abc") as rid:
+        dead.log_metrics(rid, {"mR@100": 12.5})
+    assert dead.close().pending == 3
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    report = replay_phase_tracking({"hml": str(stage), "diffaug": str(tmp_path / "nothing-buffered")}, "hmldiff")
+    assert list(report) == ["hml"] and "3 buffered records replayed" in report["hml"]
+    assert not (stage / "mlflow_fallback.jsonl").exists()
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("hmldiff").experiment_id])
+    assert run.info.run_name == "hml-abc" and run.data.metrics["mR_at_100"] == 12.5 and run.info.status == "FINISHED"
+    assert replay_phase_tracking({"hml": str(stage)}, "hmldiff") == {}
