@@ -297,20 +297,26 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
                          progress)
         return m
 
+    def scored(model: VRRClassifier, variant: str) -> dict:
+        """The variant's LTVRR summary on the test split; its predictions saved for re-scoring."""
+        return _summary(evaluate_classifier(model, test, obj_counts, rel_counts,
+                                            ensure_writable_dir(out / "predictions") / f"{variant}.npz"))
+
     results: dict[str, dict] = {}
     base = fresh("ce")
     torch.save(base.state_dict(), out / "baseline_ce.pt")
     if "baseline_ce" in cfg.variants:
-        results["baseline_ce"] = _summary(evaluate_classifier(base, test, obj_counts, rel_counts))
+        results["baseline_ce"] = scored(base, "baseline_ce")
     wce = fresh("wce") if any(v == "baseline_wce" or v.startswith("wce_") for v in cfg.variants) else None
     if "baseline_wce" in cfg.variants:
-        results["baseline_wce"] = _summary(evaluate_classifier(wce, test, obj_counts, rel_counts))
+        results["baseline_wce"] = scored(wce, "baseline_wce")
 
     pools = class_feature_pools(train)
     plan = sampling_plan(tail_triplet_pools(np.concatenate([train_trip, aug_trip]), rel_counts, pools),
                          cfg.n_generated, cfg.seed)
 
-    def finetuned(data: RelationSet, curriculum: bool = False, start: VRRClassifier | None = None) -> dict:
+    def finetuned(variant: str, data: RelationSet, curriculum: bool = False, start: VRRClassifier | None = None
+                  ) -> dict:
         if cfg.finetune_real_fraction > 0:
             n_real = round(len(data) * cfg.finetune_real_fraction / (1 - cfg.finetune_real_fraction))
             pick = np.random.default_rng([cfg.seed, 41]).choice(len(train), n_real)
@@ -318,14 +324,14 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         m = copy.deepcopy(start or base)
         finetune_classifier(m, data, obj_counts, rel_counts, cfg.finetune_epochs, cfg.finetune_batch,
                             cfg.finetune_lr, curriculum, seed=cfg.seed, progress=progress)
-        return _summary(evaluate_classifier(m, test, obj_counts, rel_counts))
+        return scored(m, variant)
 
     if {"real_balanced_ft", "wce_real_balanced_ft"} & set(cfg.variants):  # built only when a variant uses it
         control = real_control(train, rel_counts, len(plan["sample_id"]), cfg.seed)
         if "real_balanced_ft" in cfg.variants:
-            results["real_balanced_ft"] = finetuned(control)
+            results["real_balanced_ft"] = finetuned("real_balanced_ft", control)
         if "wce_real_balanced_ft" in cfg.variants:
-            results["wce_real_balanced_ft"] = finetuned(control, start=wce)
+            results["wce_real_balanced_ft"] = finetuned("wce_real_balanced_ft", control, start=wce)
 
     gen_variants = [v for v in cfg.variants if v.startswith(("diffaug", "wce_diffaug"))]
     fid: dict[str, dict] = {}
@@ -355,13 +361,13 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
             if v == "diffaug_so_half":
                 idx = np.concatenate([np.flatnonzero(plan["band"] == b)[: (plan["band"] == b).sum() // 2]
                                       for b in np.unique(plan["band"])])
-                results[v] = finetuned(generated["diffaug_so"].subset(idx))
+                results[v] = finetuned(v, generated["diffaug_so"].subset(idx))
             elif v == "diffaug_so_curriculum":
-                results[v] = finetuned(generated["diffaug_so"], curriculum=True)
+                results[v] = finetuned(v, generated["diffaug_so"], curriculum=True)
             elif v == "wce_diffaug_so":
-                results[v] = finetuned(generated["diffaug_so"], start=wce)
+                results[v] = finetuned(v, generated["diffaug_so"], start=wce)
             else:
-                results[v] = finetuned(generated[v])
+                results[v] = finetuned(v, generated[v])
 
     ordered = {v: results[v] for v in cfg.variants if v in results}
     table = results_table(ordered)

@@ -9,6 +9,7 @@ Everything random (init aside) follows `seed`: shuffles, dropout and RelMix draw
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from components.diffaug.curriculum import curriculum_order
 from components.diffaug.losses import relmix_loss, vilhub_loss, wce_weights
 from components.errors import InputError
 from components.evaluation.ltvrr import ltvrr_report
+from components.evaluation.predictions import save_ltvrr_predictions
 from components.models.vrr_classifier import VRRClassifier
 from components.optim import adamw
 
@@ -148,10 +150,14 @@ def predict_logits(model: VRRClassifier, data: RelationSet, batch_size: int = 20
 
 
 def evaluate_classifier(model: VRRClassifier, data: RelationSet, obj_counts: np.ndarray,
-                        rel_counts: np.ndarray) -> dict:
-    """LTVRR report (percent): sbj_obj / rel per band and combined, on `data`."""
+                        rel_counts: np.ndarray, predictions: str | Path | None = None) -> dict:
+    """LTVRR report (percent): sbj_obj / rel per band and combined, on `data`; with `predictions`, the top-1
+    predictions are also saved there (.npz that `pipelines/evaluate.py ltvrr` re-scores)."""
     pred = {k: v.argmax(1) for k, v in predict_logits(model, data).items()}
     oc = {i: int(c) for i, c in enumerate(obj_counts)}
     rc = {i: int(c) for i, c in enumerate(rel_counts)}
+    if predictions is not None:
+        save_ltvrr_predictions(predictions, data.subject, pred["subject"], data.object, pred["object"],
+                               data.predicate, pred["relation"], oc, rc)
     return ltvrr_report(data.subject, pred["subject"], data.object, pred["object"], data.predicate,
                         pred["relation"], oc, rc)

@@ -6,7 +6,7 @@ import pytest
 from components.config import from_dict
 from components.errors import ConfigError
 from components.stages import arrays_hash
-from pipelines import diffusion
+from pipelines import diffusion, evaluate
 from pipelines.diffaug import VARIANTS, DiffAugConfig, main, run_diffaug
 from pipelines.prepare_data import PrepareDataConfig, write_store
 
@@ -54,6 +54,9 @@ def test_outputs_written_and_table(summary):
     for name in ("results.json", "results.txt", "bands.png", "projection.png", "baseline_ce.pt"):
         assert (out / name).is_file(), name
     assert json.loads((out / "results.json").read_text())["results"].keys() == s["results"].keys()
+    for variant, rep in s["results"].items():  # saved test predictions re-score to the reported numbers
+        rescored = evaluate.ltvrr_report(**evaluate.load_ltvrr_predictions(out / "predictions" / f"{variant}.npz"))
+        assert rescored["combined"] == pytest.approx(rep["combined"]) and rescored["rel"] == pytest.approx(rep["rel"], nan_ok=True)
     assert s["table"].splitlines()[2].startswith("baseline_ce")
 
 

@@ -1,4 +1,6 @@
 """Classifier losses by hand (WCE, VilHub, RelMix), and a tiny train -> fine-tune -> evaluate run."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,8 @@ from components.diffaug.finetune import (
     train_classifier,
 )
 from components.diffaug.losses import relmix_loss, vilhub_loss, wce_weights
+from components.evaluation.ltvrr import ltvrr_report
+from components.evaluation.predictions import load_ltvrr_predictions
 from components.models.vrr_classifier import VRRClassifier
 
 
@@ -55,7 +59,7 @@ def planted(n, rng, protos_o, protos_p, d):
                        rng.random((n, 5)).astype(np.float32))
 
 
-def test_train_finetune_evaluate_tiny():
+def test_train_finetune_evaluate_tiny(tmp_path):
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     d = 12
@@ -75,7 +79,9 @@ def test_train_finetune_evaluate_tiny():
 
     m, hist = run(0)
     assert hist[-1] < hist[0]
-    rep = evaluate_classifier(m, test, oc, rc)
+    rep = evaluate_classifier(m, test, oc, rc, predictions=tmp_path / "preds.npz")
+    rescored = ltvrr_report(**load_ltvrr_predictions(tmp_path / "preds.npz"))  # saved for re-scoring
+    assert json.dumps(rescored, sort_keys=True) == json.dumps(rep, sort_keys=True)  # NaN (empty band) included
     assert rep["rel"]["all"] > 80 and rep["sbj_obj"]["all"] > 80  # well separated prototypes
     assert rep["combined"] == pytest.approx((rep["sbj_obj"]["all"] + rep["rel"]["all"]) / 2)
     before = predict_logits(m, test)["relation"]
