@@ -11,9 +11,10 @@ test distribution's prior alone earns, so the gap between it and guidance > 0 is
 `copy_*` = share of samples closer to a training sample of their relation than half the median such
 distance of real held-out samples (components.diffaug.fidelity.copy_threshold / copy_rate): a memorising generator earns
 a high rate by copying, so read the rates together.
-The text encoder must be the one the bundle was trained with (`--text-encoder`, `--text-tokens`). The seed
-(it also fits the K-means hardness vectors) is the DiffAugment run's, read from its results.json (`--seed`
-must match it); an unfinished run needs `--seed`, a bundle outside a DiffAugment run takes it (default 0).
+The seed (it fits the K-means hardness vectors) and the text encoder and token mode must be those the bundle was
+trained with: for a bundle inside a DiffAugment run they are read from its results.json (`--seed`,
+`--text-encoder`, `--[no-]text-tokens` must match them if given); an unfinished run needs `--seed`; a bundle
+outside a run takes them as given (defaults: 0, minilm, pooled).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,36 +35,46 @@ from components.diffaug.sampling import inference_bundle, sample_features
 from components.errors import DataError, InputError
 from pipelines.diffaug import DiffAugConfig, _Conditions, _counts, _probe, _triplets, load_splits
 
+# What the bundle was trained with that sampling must repeat: the seed fitted the K-means hardness vectors,
+# the text encoder (and token mode) made the condition embeddings. Outside a DiffAugment run: these defaults.
+RUN_SETTINGS: dict[str, Any] = {"seed": 0, "text_encoder": "minilm", "text_tokens": False}
 
-def run_seed(bundle_path: str, seed: int | None) -> int:
-    """The seed of the DiffAugment run holding the bundle (RUN/diffusion-*/bundle.safetensors, RUN/results.json),
-    which `seed` must equal if given; `seed` for an unfinished run (required) or a bundle outside a run (default 0)."""
+
+def run_settings(bundle_path: str, given: dict[str, Any]) -> dict[str, Any]:
+    """seed / text_encoder / text_tokens of the DiffAugment run holding the bundle (RUN/diffusion-*/bundle.safetensors,
+    RUN/results.json), which the `given` ones (None = not given) must equal; for a bundle outside a run the given
+    ones, else RUN_SETTINGS; an unfinished run (no results.json) needs the seed given."""
     bundle_dir = Path(bundle_path).resolve().parent
     in_run, results = bundle_dir.name.startswith("diffusion-"), bundle_dir.parent / "results.json"
     if not (in_run and results.is_file()):
-        if in_run and seed is None:
+        if in_run and given.get("seed") is None:
             raise InputError("seed", f"not given, and the bundle's DiffAugment run {bundle_dir.parent} has no "
                              "results.json (unfinished?) to read it from", "the seed that run was started with")
-        return 0 if seed is None else seed
+        return {k: d if given.get(k) is None else given[k] for k, d in RUN_SETTINGS.items()}
     try:
-        recorded = int(json.loads(results.read_text())["config"]["seed"])
+        config = json.loads(results.read_text())["config"]
+        recorded = {k: type(d)(config[k]) for k, d in RUN_SETTINGS.items()}
     except (ValueError, KeyError, TypeError) as e:
-        raise DataError(str(results), f"no readable config.seed ({e})", "the results.json of a DiffAugment run") from e
-    if seed is not None and seed != recorded:
-        raise InputError("seed", f"{seed}, but the bundle's DiffAugment run {results.parent} used {recorded} "
-                         "(it fitted the hardness vectors the bundle was trained on)", f"{recorded}, or no seed")
+        raise DataError(str(results), f"no readable config.{'/'.join(RUN_SETTINGS)} ({e})",
+                        "the results.json of a DiffAugment run") from e
+    for k, v in given.items():
+        if v is not None and v != recorded[k]:
+            raise InputError(k, f"{v}, but the bundle's DiffAugment run {results.parent} used {recorded[k]} "
+                             "(the bundle was trained on what it made)", f"{recorded[k]}, or not given")
     return recorded
 
 
 def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], n: int = 1000,
-                   seed: int | None = None, text_encoder: str = "minilm", text_tokens: bool = False,
+                   seed: int | None = None, text_encoder: str | None = None, text_tokens: bool | None = None,
                    cache_dir: str | Path | None = None) -> dict:
     """{'real': {'tail', 'test', 'copy_tail', 'copy_test'}, 'by_guidance': [{'guidance', 'tail', 'test', 'spread_tail',
-    'spread_test', 'copy_tail', 'copy_test'}], 'n', 'seed'}; `seed`: see `run_seed`.
+    'spread_test', 'copy_tail', 'copy_test'}], 'n', 'seed', 'text_encoder', 'text_tokens'}; settings left None:
+    see `run_settings`.
     `cache_dir`: where text embeddings are cached (e.g. the DiffAugment run's `text_cache`; None = not cached)."""
     if not guidance or any(g < 0 for g in guidance):
         raise InputError("guidance", f"{list(guidance)}", "one or more scales >= 0")
-    seed = run_seed(bundle_path, seed)
+    settings = run_settings(bundle_path, {"seed": seed, "text_encoder": text_encoder, "text_tokens": text_tokens})
+    seed, text_encoder, text_tokens = settings["seed"], settings["text_encoder"], settings["text_tokens"]
     bundle = inference_bundle(load_bundle(bundle_path))  # cast once for the 2 x len(guidance) sampling calls
     store, train, test = load_splits(store_dir)
     objects, predicates = store.manifest.objects, store.manifest.predicates
@@ -94,7 +106,7 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
                                             scale[name][0])
             row[f"spread_{name}"] = spread_ratio(feats, train.union_feature)
         rows.append(row)
-    return {"real": real, "by_guidance": rows, "n": len(pick), "seed": seed}
+    return {"real": real, "by_guidance": rows, "n": len(pick), **settings}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,9 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--bundle", required=True, help="a trained diffusion bundle (bundle.safetensors)")
     ap.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 3.0, 6.0])
     ap.add_argument("--n", type=int, default=1000, help="generated samples per set and guidance scale")
-    ap.add_argument("--seed", type=int, help="default: the bundle's DiffAugment run's (RUN/results.json), else 0")
-    ap.add_argument("--text-encoder", default="minilm")
-    ap.add_argument("--text-tokens", action="store_true")
+    run = "default: the bundle's DiffAugment run's (RUN/results.json), else"
+    ap.add_argument("--seed", type=int, help=f"{run} 0")
+    ap.add_argument("--text-encoder", help=f"{run} minilm")
+    ap.add_argument("--text-tokens", action=argparse.BooleanOptionalAction, help=f"{run} pooled")
     ap.add_argument("--text-cache", help="text-embedding cache dir (e.g. the DiffAugment run's text_cache)")
     ap.add_argument("--out", help="also write the JSON here (atomically)")
     args = ap.parse_args(argv)

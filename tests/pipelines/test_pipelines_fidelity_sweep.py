@@ -60,9 +60,10 @@ def test_bad_inputs_one_error_and_exit_2(bundle, tmp_path, capsys):
     assert json.loads(out.read_text())["by_guidance"][0]["guidance"] == 1.0
 
 
-def test_seed_is_the_diffaugment_runs_and_a_mismatch_is_refused(bundle, tmp_path, capsys):
-    """The seed fitted the K-means hardness vectors the bundle was trained on: for a bundle inside a DiffAugment
-    run it is read from the run's results.json (config.seed); another --seed is one error, before any work."""
+def test_settings_are_the_diffaugment_runs_and_a_mismatch_is_refused(bundle, tmp_path, capsys):
+    """The seed fitted the K-means hardness vectors and the text encoder made the conditions the bundle was
+    trained on: for a bundle inside a DiffAugment run they are read from the run's results.json (config.seed,
+    config.text_encoder); another value is one error, before any work."""
     store, path = bundle
     run = tmp_path / "run"
     (run / "diffusion-0123abcd").mkdir(parents=True)
@@ -71,8 +72,10 @@ def test_seed_is_the_diffaugment_runs_and_a_mismatch_is_refused(bundle, tmp_path
         fidelity_sweep(store, in_run, [1.0], n=20, text_encoder="glove-roles")
     cfg = DiffAugConfig(store=store, out=str(run), seed=3, text_encoder="glove-roles", hardness_k=4)
     write_json(run / "results.json", {"results": {}, "config": to_dict(cfg)})  # as run_diffaug writes it
-    got = fidelity_sweep(store, in_run, [1.0], n=20, text_encoder="glove-roles")
-    assert got["seed"] == 3
+    got = fidelity_sweep(store, in_run, [1.0], n=20)  # seed and text encoder read from the run
+    assert (got["seed"], got["text_encoder"], got["text_tokens"]) == (3, "glove-roles", False)
+    with pytest.raises(InputError, match="text_encoder: minilm, but .* used glove-roles"):
+        fidelity_sweep(store, in_run, [1.0], n=20, text_encoder="minilm")
     assert json.dumps(got) == json.dumps(fidelity_sweep(store, path, [1.0], n=20, seed=3, text_encoder="glove-roles"))
     out = tmp_path / "res.json"
     assert main(["--store", store, "--bundle", in_run, "--seed", "0", "--text-encoder", "glove-roles",
