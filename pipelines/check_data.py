@@ -36,7 +36,8 @@ def check_vg150(root: Path, num_val: int) -> dict:
     for split in vg150.SPLITS:
         graphs, objects, predicates = vg150.read_vg150(root, split, num_val=num_val)  # type: ignore[arg-type]
         out["splits"][split] = {"images": len(graphs), "objects": int(sum(len(g["labels"]) for g in graphs)),
-                                "relations": int(sum(len(g["rels"]) for g in graphs))}
+                                "relations": int(sum(len(g["rels"]) for g in graphs)),
+                                "self_relations_dropped": int(sum(g["self_rels_dropped"] for g in graphs))}
         if split == "train":
             labels = np.concatenate([g["labels"] for g in graphs] or [np.zeros(0, int)])
             preds = np.concatenate([g["rels"][:, 2] for g in graphs] or [np.zeros(0, int)])

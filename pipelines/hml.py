@@ -465,9 +465,6 @@ def evaluate_method(method: str, checkpoint: str | Path, cfg: HMLConfig, store: 
 
     model = load_stage_model(checkpoint, model_cfg, fb_path)
     mdir = ensure_writable_dir(out / method)
-    model.build_spec = {"name": model_cfg["predictor"], "num_objects": model_cfg["num_objects"],
-                        "num_predicates": model_cfg["num_predicates"], "feature_dim": model_cfg["feature_dim"],
-                        "hidden_dim": model_cfg["hidden_dim"], "freq_bias": fb_path is not None}
     save_predictor(model, mdir / "model.safetensors", extra={"method": method})
     images = evaluation_images(store, cfg.eval_split, cfg.eval_images)
     preds = predict_images(model, images)

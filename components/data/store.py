@@ -194,6 +194,7 @@ def _check_range(where: str, name: str, vals: np.ndarray, lo: int, hi: int) -> N
 
 
 def _validate_scene_graph_rels(table: pa.Table, manifest: Manifest, where: str) -> None:
+    """Relations index two distinct objects of their image with predicates in range; lengths agree per row."""
     n_obj = np.asarray(table.column("labels").combine_chunks().value_lengths())
     rels = table.column("rels").combine_chunks()
     n_rel = np.asarray(rels.value_lengths())
@@ -202,6 +203,11 @@ def _validate_scene_graph_rels(table: pa.Table, manifest: Manifest, where: str) 
     if flat.size:
         if (flat[:, :2] < 0).any() or (flat[:, :2] >= n_obj[owner][:, None]).any():
             raise DataError(where, "column 'rels' indexes an object outside its image", "indices in [0, N_obj)")
+        selfs = np.flatnonzero(flat[:, 0] == flat[:, 1])
+        if selfs.size:
+            image = table.column("image_id")[int(owner[selfs[0]])].as_py()
+            raise DataError(where, f"column 'rels' of image {image!r} relates an object to itself ({selfs.size} "
+                            "such relations in this shard; no model can predict them)", "subject != object")
         _check_range(where, "rels[:, 2]", flat[:, 2], 1, len(manifest.predicates))
         _check_range(where, "rel_fine", _flat_values(table.column("rel_fine")), 1, len(manifest.predicates))
     n_box = np.asarray(table.column("boxes").combine_chunks().value_lengths())

@@ -8,7 +8,10 @@ in image pixels as the benchmark's `load_graphs` converts them: x1 = cx - w/2 an
 truncated toward zero when the h5 stores integers (the released file's int32, converted in place there),
 then times max(width, height) / box_scale. Relation
 indices, global in the h5, become indices into the image's own boxes. Duplicate relations are kept
-(de-duplicating is a training-time choice, not a property of the data).
+(de-duplicating is a training-time choice, not a property of the data). Relations of an object to
+itself (subject == object) are dropped: PredCls and SGDet score only pairs i != j, so they can never be
+predicted; each graph's `self_rels_dropped` says how many of its relations were dropped. An image
+whose relations were all such stays in its split with no relation (split membership follows the h5).
 """
 from __future__ import annotations
 
@@ -194,7 +197,8 @@ def split_indices(split_col: np.ndarray, has_boxes: np.ndarray, has_rels: np.nda
 
 def read_vg150(root: str | Path, split: Split, num_val: int = 5000, filter_empty_rels: bool = True,
                box_scale: int = 1024) -> tuple[list[dict], list[str], list[str]]:
-    """Scene graphs of one split plus (object names, predicate names); rows follow store.scene_graphs' layout."""
+    """Scene graphs of one split plus (object names, predicate names); rows follow store.scene_graphs' layout
+    plus reader facts (`h5_index`; `self_rels_dropped`, the image's self-relations the reader dropped)."""
     files = find_files(root)
     objects, predicates = load_vocab(files.dicts)
     a = _read_h5(files.h5, box_scale)
@@ -206,7 +210,7 @@ def read_vg150(root: str | Path, split: Split, num_val: int = 5000, filter_empty
 
 
 def _image_graph(path: Path, a: dict[str, np.ndarray], i: int, info: dict, split: str, box_scale: int) -> dict:
-    """One image's scene graph: xyxy pixel boxes, 1-based labels, per-image relation indices."""
+    """One image's scene graph: xyxy pixel boxes, 1-based labels, per-image relations (self-relations dropped)."""
     b0, b1 = int(a["img_to_first_box"][i]), int(a["img_to_last_box"][i]) + 1
     cxcywh = a["boxes"][b0:b1]
     scale = max(float(info["width"]), float(info["height"])) / box_scale
@@ -214,21 +218,22 @@ def _image_graph(path: Path, a: dict[str, np.ndarray], i: int, info: dict, split
     if a["boxes_integer"]:
         x1y1 = np.trunc(x1y1)  # the benchmark writes the corner back into the int32 array: truncation
     boxes = np.concatenate([x1y1, x1y1 + cxcywh[:, 2:]], axis=1) * scale
-    rels = np.zeros((0, 3), dtype=np.int64)
+    rels, n_annotated = np.zeros((0, 3), dtype=np.int64), 0
     if a["img_to_first_rel"][i] >= 0:
         r0, r1 = int(a["img_to_first_rel"][i]), int(a["img_to_last_rel"][i]) + 1
-        pairs = a["relationships"][r0:r1].astype(np.int64)
+        pairs, n_annotated = a["relationships"][r0:r1].astype(np.int64), r1 - r0
         if ((pairs < b0) | (pairs >= b1)).any():
             j = r0 + int(np.flatnonzero(((pairs < b0) | (pairs >= b1)).any(axis=1))[0])
             raise DataError(str(path), f"relationships[{j}] = {a['relationships'][j].tolist()} is outside image {i}'s "
                             f"boxes", f"global box indices in [{b0}, {b1 - 1}]")
         rels = np.concatenate([pairs - b0, a["predicates"][r0:r1].astype(np.int64)], axis=1)
+        rels = rels[rels[:, 0] != rels[:, 1]]
     image_id = int(info["image_id"])
     url = str(info.get("url") or "")
     return {"image_id": str(image_id), "split": split, "width": int(info["width"]), "height": int(info["height"]),
             "boxes": boxes.astype(np.float32), "labels": a["labels"][b0:b1, 0].astype(np.int64),
             "rels": rels, "rel_fine": rels[:, 2].copy(), "file_name": f"{image_id}.jpg", "url": url,
-            "h5_index": int(i)}
+            "h5_index": int(i), "self_rels_dropped": n_annotated - len(rels)}
 
 
 def image_path(image_root: str | Path, row: dict) -> Path:

@@ -51,10 +51,26 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
                               "a complete file written by save_predictor") from e
     if meta.get("format") != FORMAT:
         raise CheckpointError(str(p), f"format {meta.get('format')!r}", f"format {FORMAT!r}")
-    spec = json.loads(meta["build_spec"])
-    if config_hash(spec) != meta.get("config_hash"):
+    missing = [k for k in ("build_spec", "config_hash", "extra") if k not in meta]
+    if missing:
+        raise CheckpointError(str(p), f"metadata misses keys {missing}", "metadata written by save_predictor")
+    spec, extra = _json_metadata(p, meta, "build_spec"), _json_metadata(p, meta, "extra")
+    if config_hash(spec) != meta["config_hash"]:
         raise CheckpointError(str(p), "stored config hash does not match its build spec (modified metadata)")
-    return {"build_spec": spec, "config_hash": meta["config_hash"], "extra": json.loads(meta["extra"])}
+    return {"build_spec": spec, "config_hash": meta["config_hash"], "extra": extra}
+
+
+def _json_metadata(path: Path, meta: dict[str, str], key: str) -> dict[str, Any]:
+    """The JSON object stored under metadata `key`; CheckpointError naming the file and key when it is not one."""
+    try:
+        value = json.loads(meta[key])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(str(path), f"metadata {key!r} is not valid JSON: {e}",
+                              "a JSON object written by save_predictor") from e
+    if not isinstance(value, dict):
+        raise CheckpointError(str(path), f"metadata {key!r} is a JSON {type(value).__name__}",
+                              "a JSON object written by save_predictor")
+    return value
 
 
 def load_predictor(path: str | Path, expected: dict[str, Any] | None = None) -> RelationPredictor:

@@ -1,7 +1,9 @@
 """MOTIFS-style frequency bias: log p(predicate | subject label, object label) from training graphs.
 
-Background (column 0) is counted from every ordered pair of GT objects i != j without a GT relation,
-as MOTIFS does for PredCls. Counts are streamed image by image and smoothed additively.
+Background (column 0) is counted from every ordered pair of GT objects i != j without a GT relation.
+This is our choice: MOTIFS (Scene-Graph-Benchmark's get_VG_statistics, must_overlap=True) counts
+background only over pairs whose boxes overlap. The table is learnable, so only its initial values
+differ. Counts are streamed image by image and smoothed additively.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from torch import nn
 
 from components.errors import InputError
+from components.models.pairs import check_rel_indices
 
 
 def frequency_bias(images_iterable: Iterable[dict[str, Any]], num_objects: int, num_predicates: int,
@@ -25,12 +28,12 @@ def frequency_bias(images_iterable: Iterable[dict[str, Any]], num_objects: int, 
         labels = np.asarray(img["labels"], dtype=np.int64).reshape(-1)
         rels = np.asarray(img["rels"], dtype=np.int64).reshape(-1, 3)
         n = len(labels)
+        where = f"image {k} ({img.get('image_id', '?')})"
         if n and (labels.min() < 1 or labels.max() > num_objects):
-            raise InputError(f"image {k} ({img.get('image_id', '?')})", "object label out of range",
-                             f"labels in [1, {num_objects}]")
+            raise InputError(where, "object label out of range", f"labels in [1, {num_objects}]")
         if rels.size and (rels[:, 2].min() < 1 or rels[:, 2].max() > num_predicates):
-            raise InputError(f"image {k} ({img.get('image_id', '?')})", "predicate out of range",
-                             f"predicates in [1, {num_predicates}]")
+            raise InputError(where, "predicate out of range", f"predicates in [1, {num_predicates}]")
+        check_rel_indices(where, rels, n)
         np.add.at(counts, (labels[rels[:, 0]], labels[rels[:, 1]], rels[:, 2]), 1.0)
         related = np.zeros((n, n), dtype=bool)
         related[rels[:, 0], rels[:, 1]] = True

@@ -19,6 +19,13 @@ from components.errors import InputError
 from components.models.base import SGBatch
 
 
+def check_rel_indices(where: str, rels: np.ndarray, n: int) -> None:
+    """InputError naming `where` unless each (M,3) relation joins two distinct of the n objects (no index wraps)."""
+    if rels.size and ((rels[:, :2] < 0).any() or (rels[:, :2] >= n).any() or (rels[:, 0] == rels[:, 1]).any()):
+        raise InputError(where, "rels index an object outside the image or relate an object to itself",
+                         f"subject != object, indices in [0, {n})")
+
+
 def _check_image(k: int, img: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Validate one image dict; return its boxes (N,4) and rels (M,3) as numpy."""
     where = f"image {k} ({img.get('image_id', '?')})"
@@ -32,9 +39,7 @@ def _check_image(k: int, img: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(where, f"{boxes.shape[0]} boxes, {n} labels, {len(img['obj_features'])} features",
                          "one box, label and feature per object")
     rels = np.asarray(img["rels"], dtype=np.int64).reshape(-1, 3)
-    if rels.size and ((rels[:, :2] < 0).any() or (rels[:, :2] >= n).any() or (rels[:, 0] == rels[:, 1]).any()):
-        raise InputError(where, "rels index an object outside the image or relate an object to itself",
-                         f"subject != object, indices in [0, {n})")
+    check_rel_indices(where, rels, n)
     return boxes, rels
 
 

@@ -1,6 +1,7 @@
 """Build relation predictors by name; each model records its build spec for checkpoints."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,17 @@ _BUILDERS: dict[str, Callable[..., RelationPredictor]] = {
     "gnn": GNNPredictor,
 }
 PREDICTORS: tuple[str, ...] = tuple(_BUILDERS)
+# Arguments build_predictor itself passes to every builder (never options).
+_COMMON = ("num_objects", "num_predicates", "feature_dim", "hidden_dim", "freq_bias")
+
+
+def _check_options(name: str, options: dict[str, Any]) -> None:
+    """ConfigError for options `name` does not take, checked up front: a TypeError inside a builder is a bug."""
+    accepted = set(inspect.signature(_BUILDERS[name]).parameters) - set(_COMMON)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(f"predictor {name!r} options", f"unknown options {unknown}",
+                          f"options among {sorted(accepted)}")
 
 
 def build_predictor(name: str, num_objects: int, num_predicates: int, feature_dim: int,
@@ -27,11 +39,9 @@ def build_predictor(name: str, num_objects: int, num_predicates: int, feature_di
     """A fresh predictor `name` (one of PREDICTORS); `model.build_spec` holds what rebuilds it."""
     if name not in _BUILDERS:
         raise ConfigError("predictor name", f"unknown predictor {name!r}", f"one of {PREDICTORS}")
-    try:
-        model = _BUILDERS[name](num_objects=num_objects, num_predicates=num_predicates, feature_dim=feature_dim,
-                                hidden_dim=hidden_dim, freq_bias=freq_bias, **kw)
-    except TypeError as e:
-        raise ConfigError(f"predictor {name!r} options", str(e), "options the predictor accepts") from e
+    _check_options(name, kw)
+    model = _BUILDERS[name](num_objects=num_objects, num_predicates=num_predicates, feature_dim=feature_dim,
+                            hidden_dim=hidden_dim, freq_bias=freq_bias, **kw)
     model.build_spec = {"name": name, "num_objects": int(num_objects), "num_predicates": int(num_predicates),
                         "feature_dim": int(feature_dim), "hidden_dim": int(hidden_dim),
                         "freq_bias": freq_bias is not None, **kw}

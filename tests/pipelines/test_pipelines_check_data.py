@@ -13,7 +13,7 @@ from components.data.store import StoreWriter
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "components" / "data"))
 from test_data_gqa import write_gqa
-from test_data_vg150 import write_vg
+from test_data_vg150 import IMAGES, SIZES, write_vg
 
 
 def run(*args):
@@ -27,11 +27,21 @@ def test_vg150_json_and_plot(tmp_path):
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["kind"] == "vg150"
-    assert s["splits"] == {"train": {"images": 1, "objects": 3, "relations": 2},
-                           "val": {"images": 1, "objects": 2, "relations": 1},
-                           "test": {"images": 1, "objects": 2, "relations": 1}}
+    assert s["splits"] == {"train": {"images": 1, "objects": 3, "relations": 2, "self_relations_dropped": 0},
+                           "val": {"images": 1, "objects": 2, "relations": 1, "self_relations_dropped": 0},
+                           "test": {"images": 1, "objects": 2, "relations": 1, "self_relations_dropped": 0}}
     assert s["predicate_counts"] == {"on": 1, "has": 1} and s["object_counts"] == {"man": 1, "horse": 1, "hat": 1}
     assert (tmp_path / "tail.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_vg150_self_relations_are_counted(tmp_path):
+    """Relations of a box to itself cannot be predicted (only pairs i != j are scored): the reader drops them
+    and the summary says how many."""
+    images = [(0, IMAGES[0][1], IMAGES[0][2], [(0, 1, 1), (1, 1, 2)]), IMAGES[1], IMAGES[2]]
+    r = run(write_vg(tmp_path / "vg", images=images, sizes=SIZES[:3]), "--json", "--num-val", "0")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["splits"]["train"] == {"images": 2, "objects": 5, "relations": 3,
+                                                       "self_relations_dropped": 1}
 
 
 def test_gqa_lt_and_text_summary(tmp_path):

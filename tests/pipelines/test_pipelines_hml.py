@@ -15,13 +15,16 @@ from components.errors import ConfigError
 from components.evaluation.predictions import iter_sgg_predictions
 from components.evaluation.sgg import evaluate_sgg
 from components.hml.checkpoint import load_checkpoint
+from components.models.checkpoint import load_predictor
 from components.models.frequency import frequency_bias
 from components.taxonomy.tree import build_predicate_tree
 from pipelines.hml import (
     HMLConfig,
     StageSpec,
+    evaluation_images,
     label_map,
     main,
+    predict_images,
     run,
     stage_plan,
     stage_steps,
@@ -183,6 +186,15 @@ def test_stage_init_previous_starts_from_stage1_and_a_copied_run_stays_cached(ra
     stage_dirs = sorted((tmp_path / "out" / "stages").glob("hml-stage*"))
     (_, first), (_, second) = (load_checkpoint(d / "final.pt") for d in stage_dirs)
     assert all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
+    # model.safetensors describes itself: it reloads (build spec recorded by build_predictor) with the final
+    # weights and reproduces the saved predictions
+    reloaded = load_predictor(tmp_path / "out" / "hml" / "model.safetensors").eval()
+    assert reloaded.build_spec["hidden_dim"] == 8 and reloaded.build_spec["freq_bias"] is True
+    assert all(torch.equal(v, second["model"][k]) for k, v in reloaded.state_dict().items())
+    saved = list(iter_sgg_predictions(tmp_path / "out" / "hml" / "predictions"))
+    again = predict_images(reloaded, evaluation_images(FeatureStore(store), cfg.eval_split, cfg.eval_images))
+    assert len(again) == len(saved) == 6
+    assert all(np.allclose(a["rel_scores"], s["rel_scores"], atol=1e-6) for a, s in zip(again, saved))
     copy = Path(shutil.copytree(tmp_path / "out", tmp_path / "copy"))
     shutil.rmtree(copy / "ray")
     shutil.rmtree(tmp_path / "out")  # a moved run: nothing may still point into the original

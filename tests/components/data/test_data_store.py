@@ -60,6 +60,8 @@ def test_relation_round_trip_float16(tmp_path):
     (lambda r: r.update(obj_features=np.full((3, 4), np.nan)), "NaN or inf"),
     (lambda r: r.update(labels=np.array([1, 2, 9])), "label 9 out of range"),
     (lambda r: r.update(rels=np.array([[0, 7, 1]])), "outside its image"),
+    (lambda r: r.update(rels=np.array([[0, 1, 1], [2, 2, 1]]), rel_fine=np.array([1, 1])),
+     r"image '0' relates an object to itself .*expected subject != object"),
     (lambda r: r.update(rels=np.array([[0, 1, 5]]), rel_fine=np.array([5])), "out of range"),
 ])
 def test_bad_rows_are_refused(tmp_path, mutate, message):
@@ -69,6 +71,22 @@ def test_bad_rows_are_refused(tmp_path, mutate, message):
     with pytest.raises(DataError, match=message):
         w.write("train", [row])
     assert not list((tmp_path / "s").rglob("*.parquet"))
+
+
+def test_shard_with_a_self_relation_is_refused_on_read(tmp_path):
+    """A shard written before the check (here by hand) is refused when read, before any training step."""
+    from components.data.store import sha256_file
+
+    root = make_store(tmp_path)
+    shard = root / "train" / "part-00001.parquet"
+    t = pq.read_table(shard)
+    rels = pa.array([[[1, 1, 2]]], type=t.schema.field("rels").type)
+    pq.write_table(t.set_column(t.schema.get_field_index("rels"), "rels", rels), shard)
+    m = json.loads((root / "manifest.json").read_text())
+    m["splits"]["train"]["files"][1]["sha256"] = sha256_file(shard)
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match=r"part-00001.parquet: column 'rels' of image '2' relates an object to itself"):
+        FeatureStore(root).read("train")
 
 
 def test_wrong_dim_is_refused(tmp_path):

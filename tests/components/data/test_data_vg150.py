@@ -109,6 +109,21 @@ def test_image_data_with_the_four_absent_ids_is_aligned(tmp_path):
     assert val[0]["image_id"] == "10" and val[0]["width"] == 800
 
 
+def test_self_relations_are_dropped_and_counted(tmp_path):
+    # Only pairs i != j are scored, so a relation of a box to itself can never be predicted. Image 10 has one
+    # beside a valid relation; image 12's only relation is one (the image keeps its split, with no relation).
+    images = [(0, IMAGES[0][1], IMAGES[0][2], [(0, 1, 1), (1, 1, 2)]), IMAGES[1],
+              (0, [[512, 512, 100, 100]], [1], [(5, 5, 1)])]
+    root = write_vg(tmp_path / "vg", images=images, sizes=SIZES[:3])
+    train, _, _ = vg150.read_vg150(root, "train", num_val=0)
+    assert [g["image_id"] for g in train] == ["10", "11", "12"]
+    np.testing.assert_array_equal(train[0]["rels"], [[0, 1, 1]])
+    np.testing.assert_array_equal(train[0]["rel_fine"], [1])
+    np.testing.assert_array_equal(train[1]["rels"], [[2, 0, 2], [0, 1, 1]])
+    assert train[2]["rels"].shape == (0, 3) and train[2]["rel_fine"].shape == (0,)
+    assert [g["self_rels_dropped"] for g in train] == [1, 0, 1]
+
+
 def _modify_h5(root, key, value):
     with h5py.File(root / vg150.H5_NAME, "a") as f:
         del f[key]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from components.errors import CheckpointError
 from components.models.checkpoint import checkpoint_info, load_predictor, save_predictor
@@ -61,3 +63,29 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="unreadable"):
         load_predictor(tmp_path / "junk.safetensors")
+
+
+def _rewrite_metadata(path, **changes):
+    """Rewrite the checkpoint at `path` with its metadata changed (None deletes a key), weights kept."""
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+        state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not iterable
+    meta.update(changes)
+    save_file(state, str(path), metadata={k: v for k, v in meta.items() if v is not None})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"build_spec": None}, r"metadata misses keys \['build_spec'\]"),
+    ({"config_hash": None}, r"metadata misses keys \['config_hash'\]"),
+    ({"extra": None}, r"metadata misses keys \['extra'\]"),
+    ({"build_spec": '{"name": "mlp",'}, "metadata 'build_spec' is not valid JSON"),
+    ({"extra": "{oops"}, "metadata 'extra' is not valid JSON"),
+    ({"extra": "[1, 2]"}, "metadata 'extra' is a JSON list"),
+])
+def test_incomplete_or_corrupt_metadata_names_the_key(tmp_path, changes, message):
+    path = save_predictor(build_predictor("mlp", N_OBJ, N_PRED, DIM, hidden_dim=8), tmp_path / "m.safetensors")
+    _rewrite_metadata(path, **changes)
+    with pytest.raises(CheckpointError, match=f"m.safetensors: {message}"):
+        checkpoint_info(path)
+    with pytest.raises(CheckpointError, match=message):
+        load_predictor(path)

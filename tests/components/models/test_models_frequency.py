@@ -35,6 +35,15 @@ def test_frequency_bias_rejects_bad_input():
         frequency_bias([], 2, 2, smoothing=0)
 
 
+@pytest.mark.parametrize("rel", [(-1, 1, 1), (0, 2, 1), (1, 1, 1)])
+def test_frequency_bias_rejects_relation_indices_outside_the_image_or_to_itself(rel):
+    # -1 used to wrap to the last object, 2 (of 2 objects) gave a bare IndexError, (1, 1) counted a self-pair.
+    images = [img([1, 2], [(0, 1, 1)]), dict(img([1, 2], [rel]), image_id="vg-7")]
+    with pytest.raises(InputError, match=r"image 1 \(vg-7\): rels index an object outside the image or relate an "
+                                         r"object to itself \(expected subject != object, indices in \[0, 2\)\)"):
+        frequency_bias(images, 2, 2)
+
+
 def test_frequency_module_looks_up_table():
     fb = np.arange(2 * 2 * 3, dtype=np.float32).reshape(2, 2, 3)
     mod = FrequencyBias(fb)

@@ -84,8 +84,11 @@ def test_frequency_bias_is_added():
 def test_registry_errors():
     with pytest.raises(ConfigError, match="unknown predictor"):
         build_predictor("nope", N_OBJ, N_PRED, DIM)
-    with pytest.raises(ConfigError, match="options"):
+    with pytest.raises(ConfigError, match=r"predictor 'mlp' options: unknown options \['bogus'\] "
+                                          r"\(expected options among \['dropout', 'embed_dim'\]\)"):
         build_predictor("mlp", N_OBJ, N_PRED, DIM, bogus=1)
+    with pytest.raises(ConfigError, match=r"unknown options \['num_layers'\]"):  # a transformer-only option
+        build_predictor("gnn", N_OBJ, N_PRED, DIM, num_layers=3)
     with pytest.raises(InputError, match="freq_bias"):
         build_predictor("mlp", N_OBJ, N_PRED, DIM, freq_bias=np.zeros((2, 2, 2)))
     model = build_predictor("mlp", N_OBJ, N_PRED, DIM + 1)
@@ -94,6 +97,15 @@ def test_registry_errors():
     model = build_predictor("mlp", N_OBJ - 1, N_PRED, DIM)
     with pytest.raises(InputError, match="label out of range"):
         model(all_pairs([dict(IMAGES[0], labels=np.array([1, 2, 3, N_OBJ]))]))
+
+
+def test_type_error_inside_a_builder_is_not_reported_as_an_unknown_option():
+    # embed_dim is an accepted option; a float makes torch raise TypeError inside the builder, which must
+    # surface as it is rather than as "options the predictor accepts".
+    with pytest.raises(TypeError, match="tuple of ints"):
+        build_predictor("mlp", N_OBJ, N_PRED, DIM, embed_dim=8.5)
+    model = build_predictor("transformer", N_OBJ, N_PRED, DIM, hidden_dim=16, num_layers=1, num_heads=2)
+    assert model.build_spec["num_layers"] == 1 and model.build_spec["num_heads"] == 2
 
 
 @pytest.mark.parametrize("name", PREDICTORS)
