@@ -13,13 +13,14 @@ results.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -427,48 +428,69 @@ def load_stage_model(path: str | Path, model_cfg: dict, fb_path: Path | None):
     return model.eval()
 
 
-def predict_images(model, images: list[dict], batch_images: int = 8) -> list[dict]:
-    """PredCls predictions per image: all ordered pairs with their softmax scores over 0..C (0 = background)."""
+def predict_images(model, images: Iterable[dict], batch_images: int = 8) -> Iterator[tuple[dict, dict]]:
+    """(image, PredCls prediction) per image, streamed `batch_images` at a time: all ordered pairs with their
+    softmax scores over 0..C (0 = background)."""
     import torch
 
     from components.models.pairs import all_pairs
 
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_images):
-            chunk = images[i:i + batch_images]
+    it = iter(images)
+    while chunk := list(itertools.islice(it, batch_images)):
+        with torch.no_grad():
             batch = all_pairs(chunk)
             scores = torch.softmax(model(batch), dim=1).numpy()
-            owner = batch.pair_to_img.numpy()
-            offsets = np.cumsum([0] + [len(im["labels"]) for im in chunk])
-            for k, img in enumerate(chunk):
-                sel = owner == k
-                out.append({"image_id": img["image_id"], "pairs": batch.pairs.numpy()[sel] - offsets[k],
-                            "rel_scores": scores[sel]})
-    return out
+        owner = batch.pair_to_img.numpy()
+        offsets = np.cumsum([0] + [len(im["labels"]) for im in chunk])
+        for k, img in enumerate(chunk):
+            sel = owner == k
+            yield img, {"image_id": img["image_id"], "pairs": batch.pairs.numpy()[sel] - offsets[k],
+                        "rel_scores": scores[sel]}
 
 
-def evaluation_images(store: FeatureStore, split: str, limit: int | None) -> list[dict]:
-    """GT scene graphs of the evaluation split (first `limit` images if set)."""
-    images: list[dict] = []
-    for table in store.iter_tables(split):
-        images.extend(scene_graphs(table))
-        if limit is not None and len(images) >= limit:
-            return images[:limit]
-    return images
+def evaluation_images(store: FeatureStore, split: str, limit: int | None) -> Iterator[dict]:
+    """GT scene graphs of the evaluation split, streamed shard by shard (first `limit` images if set)."""
+    graphs = (img for table in store.iter_tables(split) for img in scene_graphs(table))
+    return itertools.islice(graphs, limit)
 
 
 def evaluate_method(method: str, checkpoint: str | Path, cfg: HMLConfig, store: FeatureStore, tree: PredicateTree,
                     model_cfg: dict, fb_path: Path | None, out: Path) -> dict:
-    """Predict on the evaluation split, save the predictions, and compute R@K/mR@K/Mean@K (+ hierarchy)."""
+    """Predict on the evaluation split, save the predictions, and compute R@K/mR@K/Mean@K (+ hierarchy), in one
+    streamed pass (memory bounded by a shard and a batch of images, whatever the split's size)."""
     from components.models.checkpoint import save_predictor
 
     model = load_stage_model(checkpoint, model_cfg, fb_path)
     mdir = ensure_writable_dir(out / method)
     save_predictor(model, mdir / "model.safetensors", extra={"method": method})
-    images = evaluation_images(store, cfg.eval_split, cfg.eval_images)
-    preds = predict_images(model, images)
-    return evaluate_predictions(method, images, preds, tree, cfg, mdir)
+    return evaluate_predictions(predict_images(model, evaluation_images(store, cfg.eval_split, cfg.eval_images)),
+                                tree, cfg, mdir)
+
+
+def evaluate_predictions(predicted: Iterable[tuple[dict, dict]], tree: PredicateTree, cfg: HMLConfig,
+                         mdir: Path) -> dict:
+    """Save predictions (pipelines/evaluate.py format); R@K, mR@K, Mean@K, hR@K/hmR@K (parent = the HML tree's
+    coarse parent) against the annotated labels, and the same against the true fine labels where the store
+    has them (sgg-planted). One pass over (image, prediction) pairs: nothing is kept per image."""
+    from components.evaluation.predictions import SGGPredictionWriter
+    from components.evaluation.sgg import SGGEvaluator
+
+    parent = tree.to_json()["parent"]
+    n = len(tree.predicates)
+    annotated, fine = SGGEvaluator(n, cfg.ks, tree=parent), SGGEvaluator(n, cfg.ks, tree=parent)
+    has_fine = False
+    with SGGPredictionWriter(mdir / "predictions", n) as writer:
+        for img, pred in predicted:
+            inputs = sgg_inputs(img, pred)
+            writer.add(inputs)
+            annotated.process(inputs)
+            fine.process(sgg_inputs(img, pred, fine=True))
+            has_fine = has_fine or not np.array_equal(img["rels"][:, 2], img["rel_fine"])
+    metrics = annotated.evaluate()
+    if has_fine:
+        metrics.update({f"fine_{k}": v for k, v in fine.evaluate().items() if isinstance(v, (int, float))})
+    write_json(mdir / "metrics.json", metrics)
+    return {"metrics": metrics}
 
 
 def sgg_inputs(img: dict, pred: dict, fine: bool = False) -> dict:
@@ -479,26 +501,6 @@ def sgg_inputs(img: dict, pred: dict, fine: bool = False) -> dict:
     return {"gt_boxes": img["boxes"], "gt_labels": img["labels"], "gt_rels": rels, "pred_boxes": img["boxes"],
             "pred_labels": img["labels"], "pred_scores": np.ones(len(img["labels"]), np.float32),
             "rel_pairs": pred["pairs"], "rel_scores": pred["rel_scores"]}
-
-
-def evaluate_predictions(method: str, images: list[dict], preds: list[dict], tree: PredicateTree,
-                         cfg: HMLConfig, mdir: Path) -> dict:
-    """Save predictions (pipelines/evaluate.py format); R@K, mR@K, Mean@K, hR@K/hmR@K (parent = the HML tree's coarse parent) against the
-    annotated labels, and the same against the true fine labels where the store has them (sgg-planted)."""
-    from components.evaluation.predictions import SGGPredictionWriter
-    from components.evaluation.sgg import evaluate_sgg
-
-    with SGGPredictionWriter(mdir / "predictions", len(tree.predicates)) as writer:
-        for img, pred in zip(images, preds):
-            writer.add(sgg_inputs(img, pred))
-    parent = tree.to_json()["parent"]
-    n = len(tree.predicates)
-    metrics = evaluate_sgg((sgg_inputs(i, p) for i, p in zip(images, preds)), n, cfg.ks, tree=parent)
-    if any(not np.array_equal(i["rels"][:, 2], i["rel_fine"]) for i in images):
-        fine = evaluate_sgg((sgg_inputs(i, p, fine=True) for i, p in zip(images, preds)), n, cfg.ks, tree=parent)
-        metrics.update({f"fine_{k}": v for k, v in fine.items() if isinstance(v, (int, float))})
-    write_json(mdir / "metrics.json", metrics)
-    return {"metrics": metrics}
 
 
 def log_results(cfg: HMLConfig, results: dict, out: Path) -> None:

@@ -192,7 +192,7 @@ def test_stage_init_previous_starts_from_stage1_and_a_copied_run_stays_cached(ra
     assert reloaded.build_spec["hidden_dim"] == 8 and reloaded.build_spec["freq_bias"] is True
     assert all(torch.equal(v, second["model"][k]) for k, v in reloaded.state_dict().items())
     saved = list(iter_sgg_predictions(tmp_path / "out" / "hml" / "predictions"))
-    again = predict_images(reloaded, evaluation_images(FeatureStore(store), cfg.eval_split, cfg.eval_images))
+    again = [p for _, p in predict_images(reloaded, evaluation_images(FeatureStore(store), cfg.eval_split, cfg.eval_images))]
     assert len(again) == len(saved) == 6
     assert all(np.allclose(a["rel_scores"], s["rel_scores"], atol=1e-6) for a, s in zip(again, saved))
     copy = Path(shutil.copytree(tmp_path / "out", tmp_path / "copy"))
