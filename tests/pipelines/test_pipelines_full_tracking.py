@@ -66,8 +66,14 @@ def test_interrupted_run_closes_parent_run_killed(tmp_path):
     # sgg.scale=20: the planted data stage takes minutes, so Ctrl-C lands while it is written
     cmd = full("phases=[hml]", "sgg.scale=20", f"run_dir={tmp_path / 'runs'}")
     with open(tmp_path / "stderr.log", "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env(uri), cwd=tmp_path,
-                                start_new_session=True)
+        # A test run started in the background (`cmd &` in a script) has SIGINT ignored, which a child inherits
+        # (Python then installs no KeyboardInterrupt handler); a handled SIGINT is reset to default by exec.
+        ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env(uri), cwd=tmp_path,
+                                    start_new_session=True)
+        finally:
+            signal.signal(signal.SIGINT, ignored)
         try:
             for line in proc.stdout:
                 if line.startswith("[full] Ray resources"):

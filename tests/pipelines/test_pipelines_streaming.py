@@ -23,7 +23,7 @@ OBJ, PRED = ["man", "horse", "hat"], ["on", "has"]
 def sg(i):
     rng = np.random.default_rng(i)
     n = 1 + i % 3
-    rels = [(0, n - 1, 1 + i % 2)] * (i % 2)
+    rels = [(0, n - 1, 1 + i % 2)] * (i % 2 if n > 1 else 0)  # a one-object image has no pair to relate
     return {"image_id": f"im{i}", "split": "train", "width": 90 + i, "height": 70, "labels": rng.integers(1, 4, n),
                 "boxes": rng.uniform(0, 50, (n, 4)), "obj_features": rng.normal(size=(n, 6)),
                 "rels": np.array(rels).reshape(-1, 3), "rel_fine": np.array([r[2] for r in rels], dtype=int)}

@@ -45,7 +45,7 @@ def assert_same_graphs(got, want):
 
 
 def test_scene_graph_rows_from_numpy_and_arrow(tmp_path):
-    t = table(tmp_path, "scene_graph", [sg(0, 3, [(0, 1, 1), (2, 0, 2)]), sg(1, 2, []), sg(2, 1, [(0, 0, 1)])])
+    t = table(tmp_path, "scene_graph", [sg(0, 3, [(0, 1, 1), (2, 0, 2)]), sg(1, 2, []), sg(2, 2, [(1, 0, 1)])])
     want = list(scene_graphs(t))
     numpy_batch = BlockAccessor.for_block(t).to_batch_format("numpy")
     assert numpy_batch["boxes"].dtype == object  # the ragged form Ray Data yields
