@@ -2,17 +2,24 @@
 of the same protocol (community style: loop over images, per GT triplet, union of matches), side by side
 on the same synthetic data, chunk by chunk (throughput in process CPU time, so other jobs on the machine
 matter less); numbers must agree. Also the evaluator's peak memory at 1x, 4x, 16x images
-streamed from a generator.
+streamed from a generator: Python allocations (tracemalloc, in this process: `eval_memory_growth`) and, as
+tracemalloc does not see native (numpy, torch) allocations, the process's peak RSS minus its RSS after imports
+with 1x and 16x images, each in a fresh interpreter (`eval_rss_growth`; Linux: /proc/self/status).
 
   python -m benchmarks.bench_eval [--quick]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import reduce
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -21,6 +28,7 @@ from components.evaluation.sgg import SGGEvaluator, evaluate_sgg
 
 NUM_PREDICATES = 50
 NUM_OBJECTS = 150
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def synthetic_image(seed: int, num_predicates: int = NUM_PREDICATES, boxes: int = 25) -> dict:
@@ -172,6 +180,32 @@ def _peak_bytes(n: int) -> int:
     return peak
 
 
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status in MB: VmRSS (now) or VmHWM (peak of this program; unlike
+    ru_maxrss, not raised by the RSS of the parent this process was forked from)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 2**10  # kB
+    raise KeyError(field)
+
+
+def rss_growth_child(n: int) -> None:
+    """Subprocess entry: prints (JSON) peak RSS minus RSS after imports, MB, while our evaluator consumes `n`
+    lazily generated images."""
+    base = _status_mb("VmRSS")
+    evaluate_sgg(synthetic_images(n), NUM_PREDICATES)
+    print(json.dumps(_status_mb("VmHWM") - base))
+
+
+def _rss_growth_mb(n: int) -> float:
+    """`rss_growth_child(n)` run in a fresh interpreter (nothing allocated earlier in this process counts)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    code = f"from benchmarks.bench_eval import rss_growth_child; rss_growth_child({n})"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": path}, cwd=ROOT,
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 class _SideBySide:
     """Feeds the reference lazily, chunk by chunk; each chunk is generated, then evaluated by ours, then by
     the reference, so both see the same data under the same machine load. Times are process CPU seconds
@@ -197,7 +231,7 @@ class _SideBySide:
 
 def run(quick: bool = False) -> dict:
     """Throughput of ours vs the reference on the same streamed images, their agreement, and our peak
-    memory growth over 1x/4x/16x streamed images."""
+    memory growth over 1x/4x/16x streamed images (tracemalloc) and 1x/16x (process RSS)."""
     n = 500 if quick else 5000
     tree = {p: (p - 1) // 10 * 10 + 1 for p in range(1, NUM_PREDICATES + 1)}
     stream = _SideBySide(n, 50, tree)
@@ -209,6 +243,7 @@ def run(quick: bool = False) -> dict:
     assert diff < 1e-9, f"evaluator and reference disagree by {diff}"
     mem_n = 100 if quick else 250
     peaks = {f: _peak_bytes(mem_n * f) for f in (1, 4, 16)}
+    rss = {f: _rss_growth_mb(mem_n * f) for f in (1, 16)}
     return {
         "eval_images": n,
         "eval_images_per_s": n / ours_t,
@@ -221,6 +256,9 @@ def run(quick: bool = False) -> dict:
         "eval_peak_mb_16x": peaks[16] / 2**20,
         "eval_memory_growth": peaks[16] / peaks[1],
         "eval_memory_growth_4x": peaks[4] / peaks[1],
+        "eval_rss_peak_mb_1x": rss[1],
+        "eval_rss_peak_mb_16x": rss[16],
+        "eval_rss_growth": rss[16] / rss[1],
     }
 
 

@@ -1,10 +1,14 @@
 """Diffusion sampling benchmark: Ray actor pool vs one in-process loop, and achieved FLOP/s vs the matmul ceiling.
 
-`sampling_pool_ratio` = vectors/s of `pipelines.diffusion.sample_on_ray` on a started `SamplerPool` (one
-1-CPU, 1-thread actor per core, warmed up on one batch as the in-process loop is, parquet shards written),
-as DiffAugment's second and later sampling runs use it, / vectors/s of `sample_features` in this process
-with torch threads = cores (same total threads; goal >= 0.9). `sampling_pool_cold_ratio` is the same with a
-pool started for the call (actor start-up and imports included, as a first sampling run pays).
+`sampling_pool_ratio` = vectors/s of the pool side / vectors/s of `sample_features` in this process with
+torch threads = cores (same total threads; goal >= 0.9). The pool side is what DiffAugment's `_sample`
+(pipelines/diffaug.py) does on its second and later sampling runs: hash the requests once
+(`components.stages.arrays_hash`), `pipelines.diffusion.sample_on_ray` with that `requests_hash` on a started
+`SamplerPool` (one 1-CPU, 1-thread actor per core, warmed up on one batch as the in-process loop is,
+parquet shards written), `load_samples` and the rows put in sample-id order: both sides end with the same
+in-memory (N, D) array, and the benchmark checks they agree (sampling is deterministic per sample id;
+`sampling_pool_max_abs_diff`). `sampling_pool_cold_ratio` is the same with a pool started for the call
+(actor start-up and imports included, as a first sampling run pays).
 `sampling_pool_compute_ratio` leaves out everything but the actors' own per-shard sampling seconds (from
 the manifest), summed and divided by the number of actors. All are measured alternately `repeats` times;
 medians are reported.
@@ -15,14 +19,16 @@ either an n x n matmul or the denoiser's own largest GEMM shape (all threads): u
 matmul can measure below the short GEMM, and a ceiling some matmul beats would flatter the fraction. The
 FLOPs are counted analytically from the modules that run (every nn.Linear: 2 * rows * in * out; every
 nn.MultiheadAttention, the denoiser's Attention subclass included: its q/k/v/out projections and
-4 * B * Tq * Tk * E for scores and mixing), with the condition encoded once per batch and the denoiser once per step (x2 rows under guidance), exactly what
-`sample_features` executes. torch.utils.flop_counter.FlopCounterMode is reported next to it as a check: the
+4 * B * Tq * Tk * E for scores and mixing), with the condition encoded once per batch and the denoiser once
+per step (x2 rows under guidance), exactly what `sample_features` executes. torch.utils.flop_counter's
+FlopCounterMode counts the same chain (encoder and denoiser) as a check, reported next to it: the
 denoiser's attention is plain matmuls, so the two counts agree exactly (tested).
 Why the fraction is what it is: `sampling_matmul_time_share` (profiler: share of self CPU time in matmul ops
 during one guided denoiser step) and `sampling_gemm_fraction` (the denoiser's largest GEMM shape alone, as
 a fraction of the square matmul); the fraction cannot exceed roughly their product. Where the compute dtype is
-bf16 (a CPU with avx512_bf16/AMX), the fp32 loop is measured too, against the fp32 ceiling
-(`sampling_flops_fraction_fp32`, `sampling_fp32_vectors_per_s`). The model is untrained (speed does not
+bf16 (a CPU with avx512_bf16/AMX), the fp32 loop is measured too, against the fp32 ceiling taken the same
+way, the best of the square matmul and the GEMM shape (`sampling_flops_fraction_fp32`,
+`sampling_fp32_vectors_per_s`, `sampling_fp32_ceiling_gflops`). The model is untrained (speed does not
 depend on the weights).
 """
 from __future__ import annotations
@@ -50,15 +56,18 @@ from components.diffaug.diffusion import (
     save_bundle,
 )
 from components.diffaug.sampling import inference_bundle, inference_model, sample_features
+from components.stages import arrays_hash
 
 FEATURE_DIM, COND_DIM, TEXT_TOKENS, HARDNESS_DIM = 128, 384, 3, 32
+AGREE_TOL_FP32, AGREE_TOL_BF16 = 1e-4, 5e-2  # relative to the largest |feature|: float rounding only
 MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
 
 
 def _setup(quick: bool) -> tuple[DiffusionBundle, dict, int]:
     """Quick: a wider denoiser (hidden 256, 8 heads) for 4 DDIM steps over 512 samples. Full: DiffAugment's
     own default sampling (the DiffusionConfig defaults: hidden 128, 8 tokens, 20 DDIM steps, guidance 3)
-    over 4,096 samples in batches of 512, i.e. what `make run` samples, at about its size."""
+    over 4,096 samples in batches of 512, i.e. what `make run` samples, at about its size. Sample ids are
+    0..n-1 in order, so request order is sample-id order."""
     cfg = (DiffusionConfig(hidden=256, layers=4, heads=8, tokens=8, num_inference_steps=4, guidance_scale=2.0,
                            dtype="auto") if quick else DiffusionConfig(dtype="auto"))
     torch.manual_seed(0)
@@ -109,19 +118,18 @@ def _inputs(req: dict, rows: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...
 
 
 def flops_per_sample(bundle: DiffusionBundle, req: dict, batch: int) -> dict[str, float]:
-    """Matmul FLOPs of one full sampling chain per sample: analytic (used) and FlopCounterMode (reported)."""
+    """Matmul FLOPs of one full sampling chain (condition encoder once, denoiser once per step) per sample,
+    counted on the same calls two ways: analytic (used) and FlopCounterMode (reported as a check)."""
     m, steps = inference_model(bundle), bundle.cfg.num_inference_steps
     guided = 2 if bundle.cfg.guidance_scale != 1.0 else 1
     x, t, text, mask, hard, drop = _inputs(req, guided * batch, autocast_dtype(bundle.cfg))
     with torch.inference_mode():
-        with AnalyticFlops(m) as enc:
+        with AnalyticFlops(m) as enc, FlopCounterMode(display=False) as fc_enc:
             cond = m.encode_condition(text, mask, hard, drop)
-        with AnalyticFlops(m) as den:
-            m.denoise(x, t, cond)
-        with FlopCounterMode(display=False) as fc:
+        with AnalyticFlops(m) as den, FlopCounterMode(display=False) as fc_den:
             m.denoise(x, t, cond)
     return {"analytic": (enc.flops + steps * den.flops) / batch,
-            "flop_counter_mode": (enc.flops + steps * fc.get_total_flops()) / batch}
+            "flop_counter_mode": (fc_enc.get_total_flops() + steps * fc_den.get_total_flops()) / batch}
 
 
 def matmul_time_share(bundle: DiffusionBundle, req: dict, batch: int) -> float:
@@ -160,33 +168,62 @@ def gemm_fraction(rows: int, hidden: int, dtype: torch.dtype, ceiling: float, th
     return 2.0 * rows * hidden * 4 * hidden / best / ceiling
 
 
-def _inprocess_seconds(bundle: DiffusionBundle, req: dict, batch: int, threads: int) -> float:
-    """Wall seconds of `sample_features` over all requests in this process with `threads` torch threads."""
+def _inprocess(bundle: DiffusionBundle, req: dict, batch: int, threads: int) -> tuple[float, np.ndarray]:
+    """(wall seconds, (N, D) features) of `sample_features` over all requests in this process, `threads` threads."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         t0 = time.perf_counter()
-        sample_features(bundle, req["text"], req["text_mask"], req["hardness"], req["sample_id"], batch_size=batch)
-        return time.perf_counter() - t0
+        feats = sample_features(bundle, req["text"], req["text_mask"], req["hardness"], req["sample_id"],
+                                batch_size=batch)
+        return time.perf_counter() - t0, feats
     finally:
         torch.set_num_threads(old)
 
 
-def _pool_seconds(path: Path, req: dict, out: Path, cores: int, batch: int, pool=None) -> tuple[float, float]:
-    """(wall seconds, per-actor sampling seconds) of `sample_on_ray` with one actor per core, on `pool` (started
-    and warm) or on a pool started for the call (start-up included)."""
-    from pipelines.diffusion import sample_on_ray
+def _pool(path: Path, req: dict, out: Path, cores: int, batch: int, pool=None) -> tuple[float, float, np.ndarray]:
+    """(wall seconds, per-actor sampling seconds, (N, D) features in sample-id order) of DiffAugment's
+    `_sample` steps: hash once, `sample_on_ray` with one actor per core on `pool` (started and warm) or on a
+    pool started for the call (start-up included), `load_samples`, rows put in sample-id order."""
+    from pipelines.diffusion import load_samples, sample_on_ray
 
     n = len(req["sample_id"])
     t0 = time.perf_counter()
+    key = arrays_hash(req)
+    out = out.with_name(f"{out.name}-{key}")
     manifest = sample_on_ray(path, req, out, num_actors=cores, shard_size=max(batch, n // (2 * cores)),
-                             cpus_per_actor=1.0, batch_size=batch, progress=False, pool=pool)
+                             cpus_per_actor=1.0, batch_size=batch, progress=False, pool=pool, requests_hash=key)
+    table = load_samples(out)
+    ids = table.column("sample_id").to_numpy()
+    feats = np.asarray(table.column("feature").combine_chunks().flatten().to_numpy(), np.float32).reshape(len(ids), -1)
+    order = np.argsort(ids)
+    if not np.array_equal(ids[order], req["sample_id"]):
+        raise RuntimeError(f"{out}: sampled ids differ from the requests")
+    feats = feats[order]
     wall = time.perf_counter() - t0
-    return wall, sum(s["seconds"] for s in manifest["shards"]) / cores
+    return wall, sum(s["seconds"] for s in manifest["shards"]) / cores, feats
+
+
+def check_agree(pool: np.ndarray, inproc: np.ndarray, dtype: torch.dtype) -> float:
+    """Largest |pool - in-process| over all vectors; raises when above the compute dtype's rounding tolerance
+    (same sample ids give the same vectors, up to float rounding of batched matmuls)."""
+    if pool.shape != inproc.shape:
+        raise RuntimeError(f"pool features {pool.shape} vs in-process {inproc.shape}")
+    diff = float(np.max(np.abs(pool - inproc))) if pool.size else 0.0
+    tol = (AGREE_TOL_BF16 if dtype == torch.bfloat16 else AGREE_TOL_FP32) * max(1.0, float(np.max(np.abs(inproc))))
+    if not diff <= tol:
+        raise RuntimeError(f"pool and in-process sampling disagree: max abs diff {diff:.3g} > {tol:.3g}")
+    return diff
+
+
+def _best_ceiling(square: list[float], gemm: list[float]) -> list[float]:
+    """Per repeat, the best FLOP/s of the square matmul and the GEMM shape (its fraction of the square one)."""
+    return [c * max(1.0, g) for c, g in zip(square, gemm)]
 
 
 def run(quick: bool = False, repeats: int | None = None) -> dict:
-    """Measure pool vs in-process sampling throughput and the FLOP/s fraction of the matmul ceiling."""
+    """Measure pool vs in-process sampling throughput (outputs checked equal) and the FLOP/s fraction of the
+    matmul ceiling."""
     import ray
 
     cores = os.cpu_count() or 1
@@ -195,10 +232,11 @@ def run(quick: bool = False, repeats: int | None = None) -> dict:
     loop = inference_bundle(bundle)  # the in-process loop casts once, as each pool actor does at bundle load
     dtype = autocast_dtype(bundle.cfg)
     n = len(req["sample_id"])
+    gemm_rows, hidden = 2 * batch * bundle.model.tokens, bundle.cfg.hidden
     old_threads = torch.get_num_threads()
     torch.set_num_threads(cores)
     try:
-        _inprocess_seconds(loop, {k: v[:batch] for k, v in req.items()}, batch, cores)  # warm-up
+        _inprocess(loop, {k: v[:batch] for k, v in req.items()}, batch, cores)  # warm-up
         flops = flops_per_sample(bundle, req, batch)
         share = matmul_time_share(bundle, req, batch)
     finally:
@@ -212,41 +250,49 @@ def run(quick: bool = False, repeats: int | None = None) -> dict:
     # where the compute dtype is bf16, the same loop in fp32 against the fp32 ceiling, for comparison
     fp32 = (dataclasses.replace(bundle, cfg=dataclasses.replace(bundle.cfg, dtype="float32"))
             if dtype != torch.float32 else None)
-    inproc, pool_wall, pool_cold, pool_compute, ceil, ceil_1, gemm = [], [], [], [], [], [], []
-    inproc32, ceil32 = [], []
+    inproc, pool_wall, pool_cold, pool_compute, ceil_sq, ceil_1, gemm = [], [], [], [], [], [], []
+    inproc32, ceil32_sq, gemm32 = [], [], []
+    pool_feats = []  # every pool run's (N, D) features, checked against the in-process loop's
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = save_bundle(bundle, Path(tmp) / "bundle.safetensors")
             for r in range(repeats):  # cold pools first: a started pool holds every CPU of this Ray instance
-                pool_cold.append(_pool_seconds(path, req, Path(tmp) / f"cold{r}", cores, batch)[0])
+                wall, _, feats = _pool(path, req, Path(tmp) / f"cold{r}", cores, batch)
+                pool_cold.append(wall)
+                pool_feats.append(feats)
             pool = SamplerPool(cores, 1.0).wait_ready()
             warm = {k: v[:batch * cores] for k, v in req.items()}  # one batch per actor, as the in-process warm-up
-            _pool_seconds(path, warm, Path(tmp) / "warm", cores, batch, pool)
+            _pool(path, warm, Path(tmp) / "warm", cores, batch, pool)
             for r in range(repeats):  # alternate everything so load from other processes hits all alike
-                wall, compute = _pool_seconds(path, req, Path(tmp) / f"out{r}", cores, batch, pool)
+                wall, compute, feats = _pool(path, req, Path(tmp) / f"out{r}", cores, batch, pool)
                 pool_wall.append(wall)
                 pool_compute.append(compute)
-                ceil.append(_ceiling(dtype, cores))
-                inproc.append(_inprocess_seconds(loop, req, batch, cores))
+                pool_feats.append(feats)
+                ceil_sq.append(_ceiling(dtype, cores))
+                seconds, reference = _inprocess(loop, req, batch, cores)
+                inproc.append(seconds)
                 ceil_1.append(_ceiling(dtype, 1))
-                gemm.append(gemm_fraction(2 * batch * bundle.model.tokens, bundle.cfg.hidden, dtype, ceil[-1], cores))
+                gemm.append(gemm_fraction(gemm_rows, hidden, dtype, ceil_sq[-1], cores))
                 if fp32 is not None:
-                    inproc32.append(_inprocess_seconds(fp32, req, batch, cores))
-                    ceil32.append(_ceiling(torch.float32, cores))
+                    inproc32.append(_inprocess(fp32, req, batch, cores)[0])
+                    ceil32_sq.append(_ceiling(torch.float32, cores))
+                    gemm32.append(gemm_fraction(gemm_rows, hidden, torch.float32, ceil32_sq[-1], cores))
             pool.close()
     finally:
         if started:
             ray.shutdown()
-    ceil_sq = ceil
-    ceil = [c * max(1.0, g) for c, g in zip(ceil_sq, gemm)]  # the best of the square matmul and the GEMM shape
+    agree = max(check_agree(p, reference, dtype) for p in pool_feats)
+    ceil = _best_ceiling(ceil_sq, gemm)
     fractions = [flops["analytic"] * n / t / c for t, c in zip(inproc, ceil)]
     t_in, t_pool, t_cold, t_comp, ceiling, ceiling_1 = (statistics.median(v) for v in (
         inproc, pool_wall, pool_cold, pool_compute, ceil, ceil_1))
     achieved = flops["analytic"] * n / t_in
+    ceil32 = _best_ceiling(ceil32_sq, gemm32)
     return {"sampling_pool_ratio": t_in / t_pool, "sampling_pool_cold_ratio": t_in / t_cold,
             "sampling_pool_compute_ratio": t_in / t_comp,
             "sampling_flops_fraction": statistics.median(fractions),
             "sampling_inprocess_vectors_per_s": n / t_in, "sampling_pool_vectors_per_s": n / t_pool,
+            "sampling_pool_max_abs_diff": agree,
             "sampling_achieved_gflops": achieved / 1e9, "sampling_ceiling_gflops": ceiling / 1e9,
             "sampling_square_matmul_gflops": statistics.median(ceil_sq) / 1e9,
             "sampling_ceiling_1thread_gflops": ceiling_1 / 1e9,
@@ -257,7 +303,9 @@ def run(quick: bool = False, repeats: int | None = None) -> dict:
             **({"sampling_flops_fraction_fp32": statistics.median(
                 flops["analytic"] * n / t / c for t, c in zip(inproc32, ceil32)),
                 "sampling_fp32_vectors_per_s": n / statistics.median(inproc32),
-                "sampling_fp32_ceiling_gflops": statistics.median(ceil32) / 1e9} if inproc32 else {}),
+                "sampling_fp32_ceiling_gflops": statistics.median(ceil32) / 1e9,
+                "sampling_fp32_square_matmul_gflops": statistics.median(ceil32_sq) / 1e9,
+                "sampling_fp32_gemm_fraction": statistics.median(gemm32)} if inproc32 else {}),
             "sampling_dtype": str(dtype).replace("torch.", ""), "sampling_n": n, "sampling_batch": batch,
             "sampling_steps": bundle.cfg.num_inference_steps, "sampling_repeats": repeats,
             "sampling_loadavg_1min": os.getloadavg()[0]}

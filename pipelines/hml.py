@@ -201,6 +201,32 @@ def _previous_stage(cfg: dict, device) -> PreviousStage | None:
     return PreviousStage(old, list(meta["seen"]), state["anchors"], state["fisher"], state["importance"])
 
 
+def registered_checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """Steps of the checkpoints Ray Train has registered for the TorchTrainer run in `run_dir`
+    (`storage_path/name`). A reported checkpoint's directory appears before its registration, and only a
+    registered checkpoint is restored after a failure. [] while the snapshot is missing or being written."""
+    try:
+        snapshot = json.loads((Path(run_dir) / "checkpoint_manager_snapshot.json").read_text())
+        return [int(r["metrics"]["step"]) for r in snapshot["checkpoint_results"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _kill_after_checkpoint(fault: dict, run_dir: str, checkpoint_every: int) -> None:
+    """Test hook: SIGKILL this worker process, as on a lost node, once Ray Train has registered the last
+    checkpoint reported before step `fault["at_step"]` (or after `fault["timeout_s"]`, default 300 s). The
+    marker file, written first, keeps a restarted worker from failing again; it ends up naming the
+    checkpoint steps registered at the kill."""
+    marker = Path(fault["marker"])
+    marker.write_text("killed once\n")
+    want = (fault["at_step"] - 1) // checkpoint_every * checkpoint_every  # 0: no checkpoint to wait for
+    deadline = time.monotonic() + fault.get("timeout_s", 300.0)
+    while want and want not in registered_checkpoint_steps(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    marker.write_text(json.dumps({"registered_steps": registered_checkpoint_steps(run_dir)}) + "\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def train_loop_per_worker(cfg: dict) -> None:
     """Ray Train loop of one stage: DDP model, streamed batches, CE/CR/MR plugins, checkpoints, resume."""
     import ray.train
@@ -257,9 +283,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         history.append(m)
         fault = cfg.get("fault_injection")  # test hook: fail once (guarded by a marker file) at a step
         if fault and m["step"] == fault["at_step"] and not os.path.exists(fault["marker"]):
-            Path(fault["marker"]).write_text("killed once\n")
-            time.sleep(fault.get("delay_s", 3.0))  # some time after the last checkpoint was reported ...
-            os.kill(os.getpid(), signal.SIGKILL)  # ... the worker process dies, as on a lost node
+            _kill_after_checkpoint(fault, cfg["ray_run_dir"], cfg["checkpoint_every"])
         if m["step"] % cfg["checkpoint_every"] == 0 or m["step"] == cfg["steps"]:
             report({**summarize(history, cfg["checkpoint_every"]), "step": m["step"], "stage": cfg["stage"]})
 
@@ -304,7 +328,8 @@ def _fit_stage(stage_dir: Path, cfg: HMLConfig, loop_cfg: dict, train_data: tupl
     storage = ensure_writable_dir(Path(cfg.output_dir) / "ray").resolve()
     whole, parts = train_data
     trainer = TorchTrainer(
-        train_loop_per_worker, train_loop_config=loop_cfg, datasets={"train": whole},
+        train_loop_per_worker, datasets={"train": whole},
+        train_loop_config={**loop_cfg, "ray_run_dir": str(storage / stage_dir.name)},  # for the fault hook
         dataset_config=PerRankDataConfig({"train": parts}),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),

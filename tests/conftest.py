@@ -1,7 +1,9 @@
-"""Shared test set-up: few threads (2-core CI), offline assets, one local Ray per module on demand."""
+"""Shared test set-up: few threads (2-core CI), offline assets, no Ray cluster or MLflow server of the
+caller's environment, one local Ray per module on demand, an MLflow address where nothing listens."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,36 @@ def ray_local():
         yield ray
     finally:
         ray.shutdown()
+
+
+def _outside_setting(name: str) -> bool:
+    """An environment variable that would point a test at the caller's Ray cluster or MLflow server
+    (RAY_AUTH_MODE stays: `make test` sets it and local Ray follows it)."""
+    return (name in ("RAY_ADDRESS", "HMLDIFF_RAY_STATE") or name.startswith("MLFLOW_")
+            or (name.startswith("RAY_AUTH_") and name != "RAY_AUTH_MODE"))
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for a CLI run in a subprocess: this process's, without the caller's Ray cluster or MLflow
+    settings, with the repository importable, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not _outside_setting(k)}
+    env.update(PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", **extra)
+    return env
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_outside_ray_or_mlflow():
+    """The session runs without the caller's Ray cluster or MLflow settings; they are put back at its end."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in [k for k in os.environ if _outside_setting(k)]:
+            mp.delenv(name)
+        yield
+
+
+@pytest.fixture(scope="module")
+def dead_server_url():
+    """http://127.0.0.1:PORT of an MLflow server that is down. The port stays bound (not listening) for the
+    module, so connections are refused and nothing else (a Ray gRPC server, say) can take it meanwhile."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"

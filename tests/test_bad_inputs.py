@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import subprocess_env
 
 from components.config import from_dict
 from components.data.store import MANIFEST, sha256_file
@@ -349,9 +349,8 @@ def run(r: Run) -> tuple[int, str]:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             code = exit_code(r)
         return code, err.getvalue()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     p = subprocess.run([sys.executable, str(ROOT / "pipelines" / r[0]), *r[1:]], capture_output=True, text=True,
-                       env=env, cwd=ROOT, timeout=300, check=False)
+                       env=subprocess_env(), cwd=ROOT, timeout=300, check=False)
     return p.returncode, p.stderr
 
 

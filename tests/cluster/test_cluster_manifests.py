@@ -13,6 +13,8 @@ import ray.autoscaler
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from pipelines import full
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
 
@@ -105,7 +107,6 @@ def test_rayjob_gpu_workers_and_shared_runs_volume(rayjob):
 
 
 def test_rayjob_entrypoint_is_a_valid_full_pipeline_command(rayjob):
-    full = pytest.importorskip("pipelines.full", reason="the full pipeline is not importable yet")
     argv = shlex.split(rayjob[0]["spec"]["entrypoint"])
     assert argv[:2] == ["python", "pipelines/full.py"]
     preset = argv[argv.index("--preset") + 1]

@@ -1,6 +1,6 @@
 """Typed config: YAML + overrides, unknown keys with suggestions, wrong types, ranges."""
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -96,7 +96,9 @@ def test_non_finite_floats_are_refused(key, raw):
     value = f"[1.0, {raw}]" if key == "scales" else raw
     with pytest.raises(ConfigError, match=rf"^{key}(\[1\])?: got .* \(expected a finite number\)$"):
         load_config(Floats, None, [f"{key}={value}"])
-    assert load_config(Floats, None, [f"{key}={'[0.5]' if key == 'scales' else '0.5'}"]) is not None
+    finite = load_config(Floats, None, [f"{key}={'[0.5]' if key == 'scales' else '0.5'}"])
+    assert getattr(finite, key) == ((0.5,) if key == "scales" else 0.5)
+    assert replace(finite, **{key: getattr(Floats(), key)}) == Floats()  # the other fields: defaults
 
 
 @pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])

@@ -1,12 +1,12 @@
 """check_data CLI: detects VG-150, GQA-LT and feature stores; hand-known sizes; one error line and exit 1."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from components.data.store import StoreWriter
 
@@ -17,9 +17,8 @@ from test_data_vg150 import IMAGES, SIZES, write_vg
 
 
 def run(*args):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(ROOT / "pipelines" / "check_data.py"), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
+                          capture_output=True, text=True, env=subprocess_env(), timeout=120, check=False)
 
 
 def test_vg150_json_and_plot(tmp_path):

@@ -1,5 +1,8 @@
 """DiffAugment phase end to end on a tiny vrr-planted store with real Ray, WordNet, GloVe and a tiny diffusion model."""
 import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -48,8 +51,6 @@ def test_every_variant_reported(summary):
 
 def test_outputs_written_and_table(summary):
     cfg, s = summary
-    from pathlib import Path
-
     out = Path(cfg.out)
     for name in ("results.json", "results.txt", "bands.png", "projection.png", "baseline_ce.pt"):
         assert (out / name).is_file(), name
@@ -60,13 +61,21 @@ def test_outputs_written_and_table(summary):
     assert s["table"].splitlines()[2].startswith("baseline_ce")
 
 
-def test_rerun_reuses_artifacts_and_reproduces(summary, monkeypatch):
-    cfg, s = summary
-    cfg.variants = ["baseline_ce", "diffaug_so"]
+def test_rerun_reuses_artifacts_and_reproduces(summary, monkeypatch, tmp_path):
+    """A rerun on a copy of the run directory (the module's run stays as the other tests read it) trains no
+    diffusion model and samples no shard again, and reproduces the numbers."""
+    first, s = summary
+    copy = shutil.copytree(first.out, tmp_path / "rerun")
+    cfg = replace(first, out=str(copy), variants=["baseline_ce", "diffaug_so"])
+    bundles = {p: p.stat().st_mtime_ns for p in Path(cfg.out).glob("diffusion-*/bundle.safetensors")}
     rehashed: list[int] = []  # the request is hashed once, by _sample, which hands the hash to sample_on_ray
     monkeypatch.setattr(diffusion, "arrays_hash", lambda arrays: rehashed.append(1) or arrays_hash(arrays))
     again = run_diffaug(cfg, progress=False)
     assert rehashed == []
+    assert bundles and {p: p.stat().st_mtime_ns for p in bundles} == bundles
+    (samples,) = Path(cfg.out).glob("samples-diffaug_so-*")
+    manifest = json.loads((samples / "manifest.json").read_text())
+    assert manifest["skipped_shards"] == len(manifest["shards"]) > 0
     for v in cfg.variants:
         assert again["results"][v] == s["results"][v]  # same seed, cached bundle and shards -> same numbers
     assert json.dumps(again["fidelity"]["diffaug_so"]) == json.dumps(s["fidelity"]["diffaug_so"])  # NaN-safe

@@ -14,6 +14,7 @@ from pipelines import diffusion
 from pipelines.diffusion import SamplerPool, load_samples, sample_on_ray, train_diffusion_on_ray
 
 N, D, E, T, K = 23, 8, 5, 3, 4
+SHARDS = 60  # in the actor-kill test: enough that sampling is still going on when the kill lands
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +128,9 @@ def test_bad_requests_are_rejected(trained, tmp_path):
 
 
 def test_killed_sampling_actor_loses_no_sample_and_changes_none(trained, tmp_path):
-    """SIGKILL one pool actor while shards are in flight: Ray restarts it and retries its shard; the output
-    holds every requested id exactly once and equals an uninterrupted in-process run (per-id determinism)."""
+    """SIGKILL one pool actor once it has sampled (the first shard is written) and while shards are still
+    due: Ray restarts it and retries its shard; the output holds every requested id exactly once and equals
+    an uninterrupted in-process run (per-id determinism)."""
     import os
     import signal
     import threading
@@ -137,24 +139,30 @@ def test_killed_sampling_actor_loses_no_sample_and_changes_none(trained, tmp_pat
     import psutil
 
     _, res, _ = trained
-    req = _requests(n=60, seed=3)
-    killed: list[int] = []
+    req = _requests(n=SHARDS * 2, seed=3)
+    killed: list[tuple[int, int]] = []  # (pid, shards written when it was killed)
 
     def kill_one() -> None:
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
-            for p in psutil.process_iter(["pid", "cmdline"]):
-                if "_SampleActor" in " ".join(p.info["cmdline"] or []) and (tmp_path / "request.json").exists():
-                    os.kill(p.info["pid"], signal.SIGKILL)
-                    killed.append(p.info["pid"])
-                    return
-            time.sleep(0.05)
+        deadline = time.monotonic() + 120
+        actors: list[int] = []
+        while time.monotonic() < deadline and not actors:  # the pool's processes, found before they sample
+            actors = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+                      if "_SampleActor" in " ".join(p.info["cmdline"] or [])]
+            time.sleep(0.01)
+        while time.monotonic() < deadline and actors:
+            if any(tmp_path.glob("shard-*.parquet")):
+                os.kill(actors[0], signal.SIGKILL)
+                killed.append((actors[0], len(list(tmp_path.glob("shard-*.parquet")))))
+                return
+            time.sleep(0.002)
 
     killer = threading.Thread(target=kill_one)
     killer.start()
-    sample_on_ray(res["bundle"], req, tmp_path, num_actors=2, shard_size=3, batch_size=3, progress=False)
+    sample_on_ray(res["bundle"], req, tmp_path, num_actors=2, shard_size=2, batch_size=2, progress=False)
     killer.join()
     assert killed, "no sampling actor was found to kill"
+    ((_, shards_at_kill),) = killed
+    assert 0 < shards_at_kill < SHARDS, "the kill must land after a shard was written and before the last"
     table = load_samples(tmp_path)
     ids = table.column("sample_id").to_numpy()
     assert sorted(ids.tolist()) == req["sample_id"].tolist() and len(set(ids.tolist())) == len(ids)

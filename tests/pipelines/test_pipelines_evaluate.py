@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from benchmarks.bench_eval import synthetic_image
 from components.evaluation.ltvrr import ltvrr_report
@@ -75,7 +75,7 @@ def test_bad_input_exits_nonzero_with_message(saved, capsys, args, needle):
 
 def test_runs_as_a_script(saved):
     d = saved[0]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = subprocess_env()
     ok = subprocess.run([sys.executable, str(ROOT / "pipelines/evaluate.py"), "sgg", str(d / "sgg")],
                         check=False, capture_output=True, text=True, env=env)
     assert ok.returncode == 0 and "| 100 |" in ok.stdout

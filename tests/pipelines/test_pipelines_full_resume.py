@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
+
+from pipelines.hml import registered_checkpoint_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--preset", "tiny", "phases=[hml]", "hml.methods=[hml]", "hml.steps_per_stage=96", "hml.stage1_share=0.5", "hml.checkpoint_every=8",
@@ -22,21 +25,8 @@ def full(run_dir: Path) -> list[str]:
 
 
 def registered_checkpoints(cache: Path) -> int:
-    """Checkpoints Ray Train has registered for the HML stages. A checkpoint directory appears before its
-    registration, and only a registered checkpoint is restored, so the kill must wait for this."""
-    n = 0
-    for snap in cache.glob("hml-*/ray/*/checkpoint_manager_snapshot.json"):
-        try:
-            n += len(json.loads(snap.read_text())["checkpoint_results"])
-        except (OSError, ValueError, KeyError):  # being written
-            continue
-    return n
-
-
-def env() -> dict:
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
-    e["PYTHONPATH"] = str(ROOT)
-    return e
+    """Checkpoints Ray Train has registered for the HML stages (only those are restored: the kill waits)."""
+    return sum(len(registered_checkpoint_steps(d)) for d in cache.glob("hml-*/ray/*"))
 
 
 @pytest.mark.ray
@@ -44,7 +34,7 @@ def env() -> dict:
 def test_killed_driver_resumes_at_first_incomplete_stage(tmp_path):
     run_dir = tmp_path / "runs"
     with open(tmp_path / "first.log", "w") as log:
-        proc = subprocess.Popen(full(run_dir), stdout=log, stderr=subprocess.STDOUT, env=env(),
+        proc = subprocess.Popen(full(run_dir), stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(),
                                 start_new_session=True)
         deadline = time.time() + 900
         while time.time() < deadline and proc.poll() is None and not registered_checkpoints(run_dir / ".cache"):
@@ -61,7 +51,8 @@ def test_killed_driver_resumes_at_first_incomplete_stage(tmp_path):
     assert not list(run_dir.rglob("*.tmp")), "a temp file was left visible"
     assert not list(hml_dir.glob("stages/hml-stage1-*/final.pt")), "stage 1 finished before the kill: no test"
 
-    second = subprocess.run(full(run_dir), capture_output=True, text=True, env=env(), timeout=1200, check=False)
+    second = subprocess.run(full(run_dir), capture_output=True, text=True, env=subprocess_env(), timeout=1200,
+                            check=False)
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-4000:]
     assert "[full] data-sgg: cached" in out and "[full] hml: done" in out

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from conftest import subprocess_env
 from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,9 +22,7 @@ PASSWORD, TOKEN = "s3cret-pw", "tok-abc123"
 
 def env(tracking_uri: str) -> dict:
     """This process's environment without Ray or MLflow settings, with the given tracking backend."""
-    e = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
-    e.update(PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0", MLFLOW_TRACKING_URI=tracking_uri)
-    return e
+    return subprocess_env(MLFLOW_TRACKING_URI=tracking_uri)
 
 
 def full(*args: str) -> list[str]:
@@ -36,13 +35,6 @@ def parent_status(uri: str) -> str:
     exp = client.get_experiment_by_name("hmldiff")
     (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'full-r'")
     return run.info.status
-
-
-def free_port() -> int:
-    """A local TCP port nothing listens on: an MLflow server that is down."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.ray
@@ -93,11 +85,11 @@ def test_interrupted_run_closes_parent_run_killed(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def secret_uri_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def secret_uri_run(tmp_path_factory, dead_server_url) -> tuple[Path, subprocess.CompletedProcess]:
     """A run with no phases, a relative run_dir and a tracking URI holding a password and a token (an MLflow
     server that is down, so the tracking summary names the URI and the first error)."""
     d = tmp_path_factory.mktemp("secret")
-    uri = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}/?token={TOKEN}"
+    uri = f"http://alice:{PASSWORD}@{urlsplit(dead_server_url).netloc}/?token={TOKEN}"
     p = subprocess.run(full("phases=[]", "run_dir=runs"), capture_output=True, text=True, env=env(uri), cwd=d,
                        timeout=300, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -120,14 +112,15 @@ def test_absolute_output_directory_is_printed_at_start(secret_uri_run):
     assert p.stdout.splitlines()[0] == f"[full] outputs: {d.resolve() / 'runs' / 'r'}"
 
 
-def test_phase_records_buffered_while_mlflow_was_down_are_replayed_by_a_later_run(tmp_path, monkeypatch):
+def test_phase_records_buffered_while_mlflow_was_down_are_replayed_by_a_later_run(tmp_path, monkeypatch,
+                                                                                   dead_server_url):
     """A phase's own tracker buffers in its stage directory; a cached phase never runs again, so full.py
     replays that buffer on every run and reports per phase what was delivered."""
     from components.tracking import Tracker
     from pipelines.full import replay_phase_tracking
 
     stage = tmp_path / ".cache" / "hml-abc"
-    dead = Tracker(f"http://127.0.0.1:{free_port()}", "hmldiff", stage / "mlflow_fallback.jsonl",
+    dead = Tracker(dead_server_url, "hmldiff", stage / "mlflow_fallback.jsonl",
                    retry_seconds=3600)
     with dead.run("hml-abc") as rid:
         dead.log_metrics(rid, {"mR@100": 12.5})

@@ -111,14 +111,14 @@ def _assert_same_training(resumed: Path, calm: Path) -> None:
     for stage_r, stage_c in zip(rows_r, rows_c):
         for mr, mc in zip(stage_r, stage_c):
             losses = [k for k in mc if k.startswith(("loss", "weighted_"))]
-            assert [mr[k] for k in losses] == pytest.approx([mc[k] for k in losses], rel=1e-6, abs=1e-9)
+            assert [mr[k] for k in losses] == [mc[k] for k in losses]
             assert (mr["pairs"], mr["fg_pairs"]) == (mc["pairs"], mc["fg_pairs"])
     stage_dirs = [sorted((out / "stages").glob("hml-stage*")) for out in (resumed, calm)]
     for d_r, d_c in zip(*stage_dirs):
         (_, s_r), (_, s_c) = load_checkpoint(d_r / "final.pt"), load_checkpoint(d_c / "final.pt")
         for part in ("model", "fisher", "importance"):
-            assert all(torch.allclose(s_r[part][k].float(), s_c[part][k].float(), rtol=1e-5, atol=1e-8)
-                       for k in s_c[part]), (d_r.name, part)
+            assert s_r[part].keys() == s_c[part].keys(), (d_r.name, part)
+            assert all(torch.equal(s_r[part][k], s_c[part][k]) for k in s_c[part]), (d_r.name, part)
 
 
 def test_two_stage_ray_train_resumes_after_worker_failure_and_rerun_skips(ray_local, store, tmp_path):
@@ -127,19 +127,20 @@ def test_two_stage_ray_train_resumes_after_worker_failure_and_rerun_skips(ray_lo
     by (seed, stage, rank, k). (Before, the resumed stage re-read the shard from its start with a pair RNG
     seeded by the resume step and restarted dropout: measured losses 3.6% off at steps 3-4, final Fisher
     up to 0.027 off where its largest value is 0.040, normalised importance up to 0.47 off.) Measured now:
-    the resumed stage's losses, model, Fisher and importance are bit-identical. Tolerances (rel 1e-6 on
-    losses and metrics, ~1e-5 on tensors and prediction scores) are float rounding only: the tracker
-    checkpoints F = S/t and restores S = F*t, exact when t is a power of two (t = 2 here) and within an ulp
-    otherwise. Equality also needs the Ray Data shard to yield the same rows in the same order in both runs
-    (PerRankDataConfig; two workers: test_pipelines_hml_ddp.py). R@K and mR@K are 0 at this toy size (4 steps
-    per stage), so the prediction scores are the meaningful evaluation check."""
+    the resumed stage's losses, model, Fisher and importance are bit-identical, and are compared exactly
+    (_assert_same_training): the checkpoint holds the tracker's raw sums (squared gradients, path integral)
+    and step count, so a resumed tracker continues from the very same values. Equality also needs the Ray
+    Data shard to yield the same rows in the same order in both runs (PerRankDataConfig; two workers:
+    test_pipelines_hml_ddp.py). R@K and mR@K are 0 at this toy size (4 steps per stage), so the prediction
+    scores are the meaningful evaluation check."""
     marker = tmp_path / "failed-once"
     cfg = HMLConfig(store=str(store), output_dir=str(tmp_path / "out"), methods=["hml"], hidden_dim=8,
                     steps_per_stage=4, checkpoint_every=2, batch_size=4, max_bg_per_image=16, num_workers=1,
                     cpus_per_worker=0.5, max_failures=2, stages=2, stage1_share=None, track=False, progress=False,
                     ks=[20, 50])
     res = run(cfg, loop_extra={"fault_injection": {"at_step": 3, "marker": str(marker)}})
-    assert marker.is_file()  # the first attempt of stage 1 died at step 3
+    assert marker.is_file()  # the first attempt of stage 1 died at step 3, once its step-2 checkpoint was in
+    assert 2 in json.loads(marker.read_text())["registered_steps"]
     stage_dirs = sorted((tmp_path / "out" / "stages").glob("hml-stage*"))
     assert [d.name.split("-")[1] for d in stage_dirs] == ["stage1", "stage2"]
     first = [json.loads(line) for line in (stage_dirs[0] / "metrics.jsonl").read_text().splitlines()]
@@ -150,9 +151,7 @@ def test_two_stage_ray_train_resumes_after_worker_failure_and_rerun_skips(ray_lo
     assert all(m["loss_cr"] > 0 and m["loss_mr"] > 0 for m in second)
     assert all("loss_cr" not in m for m in first)
     metrics = res["methods"]["hml"]["metrics"]
-    assert 0.0 <= metrics["R@50"] <= 100.0 and metrics["Mean@50"] == pytest.approx(
-        (metrics["R@50"] + metrics["mR@50"]) / 2)
-    assert metrics["hR@50"] >= metrics["R@50"]  # a hit stays a hit when parents also count
+    assert metrics["Mean@50"] == pytest.approx((metrics["R@50"] + metrics["mR@50"]) / 2)
     preds = list(iter_sgg_predictions(tmp_path / "out" / "hml" / "predictions"))
     assert len(preds) == 6 and all(p["rel_scores"].shape[1] == 51 for p in preds)
     assert all(np.allclose(p["rel_scores"].sum(1), 1.0, atol=1e-5) for p in preds)

@@ -8,8 +8,12 @@ import pytest
 import torch
 from test_pipelines_hml import _assert_same_training, store, write_tiny_store  # noqa: F401  (store: a fixture)
 
+from components.evaluation.predictions import iter_sgg_predictions
+from components.evaluation.sgg import evaluate_sgg
 from components.hml.checkpoint import load_checkpoint
 from pipelines.hml import HMLConfig, run
+
+KEYS = ("R@20", "R@50", "mR@50", "hR@50", "hmR@50", "Mean@50")
 
 
 @pytest.mark.ray
@@ -28,7 +32,12 @@ def test_two_workers_two_stages_finite_nonzero_fisher_and_importance(ray_local, 
             assert torch.isfinite(values).all() and (values > 0).any(), (d.name, part)
         rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in rows] == [1, 2, 3, 4]
-    assert 0.0 <= res["methods"]["hml"]["metrics"]["R@50"] <= 100.0
+    # the reported metrics are those of the saved predictions of the final model
+    preds = list(iter_sgg_predictions(tmp_path / "out" / "hml" / "predictions"))
+    tree = json.loads((tmp_path / "out" / "tree.json").read_text())["parent"]
+    metrics = res["methods"]["hml"]["metrics"]
+    again = evaluate_sgg(preds, 50, [20, 50], tree=tree)
+    assert len(preds) == 6 and [again[k] for k in KEYS] == [metrics[k] for k in KEYS]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +60,7 @@ def test_two_workers_resume_after_a_killed_worker_replays_the_uninterrupted_run(
                     ks=[20, 50])
     marker = tmp_path / "failed-once"
     run(cfg, loop_extra={"fault_injection": {"at_step": 3, "marker": str(marker)}})
-    assert marker.is_file()
+    assert marker.is_file() and 2 in json.loads(marker.read_text())["registered_steps"]
     first = [json.loads(line) for line in (tmp_path / "out" / "stages").glob("hml-stage1*").__next__()
              .joinpath("metrics.jsonl").read_text().splitlines()]
     assert [m["resumed_from"] for m in first] == [0, 0, 2, 2]

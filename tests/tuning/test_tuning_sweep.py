@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import threading
 import time
@@ -79,13 +78,6 @@ def count(markers: Path, kind: str, tid: str) -> int:
     return len(list(markers.glob(f"{kind}-{tid}-*")))
 
 
-def free_port() -> int:
-    """A local TCP port nothing listens on: an MLflow server that is down."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.ray
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -108,7 +100,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, 
     assert first.num_unfinished == 4 - len(finished)
     client = MlflowClient(tracker.uri)
     assert client.get_run(first.parent_run_id).info.status == "KILLED"
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="already exists"):
         run_sweep(ridge_fit, space, "loss", "min", 4, tmp_path / "tune", "toy")
 
     t1 = time.monotonic()
@@ -170,13 +162,14 @@ def assert_trials_nested(uri: str, num_trials: int) -> str:
 
 
 @pytest.mark.ray
-def test_sweep_while_mlflow_is_down_nests_trials_under_parent_when_back(ray_local, tmp_path, monkeypatch):
+def test_sweep_while_mlflow_is_down_nests_trials_under_parent_when_back(ray_local, tmp_path, monkeypatch,
+                                                                        dead_server_url):
     """MLflow unreachable for the whole sweep: the parent's and the trials' records wait in the sweep's one
     fallback file, so replaying it (CLI) or resuming the sweep once MLflow is back creates the parent first
     and nests the trials under its real id, which the sweep description then keeps."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a refused connection fails at once
     fallback = tmp_path / "run" / "mlflow_fallback.jsonl"
-    tracker = Tracker(f"http://127.0.0.1:{free_port()}", "sweeps", fallback, retry_seconds=3600)
+    tracker = Tracker(dead_server_url, "sweeps", fallback, retry_seconds=3600)
     res = run_sweep(quadratic, {"x": tune.uniform(0.0, 2.0)}, metric="loss", mode="min", num_samples=2,
                     storage_path=tmp_path / "tune", name="offline", tracker=tracker, max_t=1)
     assert res.num_unfinished == 0 and res.parent_run_id.startswith("offline-")
@@ -194,9 +187,10 @@ def test_sweep_while_mlflow_is_down_nests_trials_under_parent_when_back(ray_loca
     assert json.loads((tmp_path / "tune" / "offline.sweep.json").read_text())["parent_run_id"] == parent
 
 
-def ctrl_c_twice(started: Path) -> threading.Thread:
+def ctrl_c_twice(started: Path, presses: list) -> threading.Thread:
     """From Python's own SIGINT handler (a fresh CLI's), a thread pressing Ctrl-C once a trial runs, and again
-    once Tune's handler has taken the first press and put Python's back: the second raises KeyboardInterrupt."""
+    once Tune's handler has taken the first press and put Python's back: the second raises KeyboardInterrupt.
+    Appends to `presses` the SIGINT handler installed at each press."""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # not a handler an earlier sweep left installed
 
     def press() -> None:
@@ -205,16 +199,28 @@ def ctrl_c_twice(started: Path) -> threading.Thread:
             if time.monotonic() > deadline:
                 return  # no trial ran: the sweep failed otherwise, and nothing is pressed
             time.sleep(0.01)
+        presses.append(signal.getsignal(signal.SIGINT))
         os.kill(os.getpid(), signal.SIGINT)
         while signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             if time.monotonic() > deadline:
                 return  # Tune never took the first press: the test fails on its missing KeyboardInterrupt
             time.sleep(0.001)
+        presses.append(signal.getsignal(signal.SIGINT))
         os.kill(os.getpid(), signal.SIGINT)
 
     thread = threading.Thread(target=press, daemon=True)
     thread.start()
     return thread
+
+
+def assert_pressed_twice(presser: threading.Thread, presses: list) -> None:
+    """The presser finished after two presses: the first taken by Tune's handler, the second by Python's."""
+    presser.join(timeout=10)
+    assert not presser.is_alive() and len(presses) == 2
+    tune_handler, python_handler = presses
+    assert callable(tune_handler) and tune_handler is not signal.default_int_handler
+    assert tune_handler.__module__.startswith("ray.tune.")
+    assert python_handler is signal.default_int_handler
 
 
 @pytest.mark.ray
@@ -233,14 +239,15 @@ def test_second_ctrl_c_escaping_the_sweep_closes_its_parent_killed(ray_local, tm
         return client.get_run(meta["parent_run_id"]).info.status
 
     handler = signal.getsignal(signal.SIGINT)
-    presser = ctrl_c_twice(tmp_path / "started")
+    presses: list = []
+    presser = ctrl_c_twice(tmp_path / "started", presses)
     try:
         with pytest.raises(KeyboardInterrupt):
             run_sweep(held, space, "loss", "min", 1, tmp_path / "tune", "twice", tracker=tracker, max_t=1)
     finally:
         release.touch()
         signal.signal(signal.SIGINT, handler)
-    presser.join(timeout=10)
+    assert_pressed_twice(presser, presses)
     assert parent_status("twice") == "KILLED"
 
     fail.touch()  # a sweep whose trial errored: its parent is FAILED until a resume restarts the trial
@@ -249,14 +256,15 @@ def test_second_ctrl_c_escaping_the_sweep_closes_its_parent_killed(ray_local, tm
     assert failed.num_errors == 1 and parent_status("errored") == "FAILED"
     fail.unlink()
     release.unlink()
-    presser = ctrl_c_twice(tmp_path / "started2")
+    presses = []
+    presser = ctrl_c_twice(tmp_path / "started2", presses)
     try:
         with pytest.raises(KeyboardInterrupt):
             resume_sweep(held, tmp_path / "tune", "errored", tracker=tracker)
     finally:
         release.touch()
         signal.signal(signal.SIGINT, handler)
-    presser.join(timeout=10)
+    assert_pressed_twice(presser, presses)
     assert parent_status("errored") == "KILLED"
 
 

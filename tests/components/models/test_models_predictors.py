@@ -71,14 +71,23 @@ def test_tiny_overfit(name):
     assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5]), losses[::10]
 
 
-def test_frequency_bias_is_added():
-    model = build("mlp")
+def test_frequency_bias_is_looked_up_by_subject_then_object_label():
+    """Raising the bias of one (subject label s, object label o, predicate p) cell, s != o, shifts logit p
+    of exactly the pairs with those labels in that order: a swapped lookup would shift the (o, s) pairs."""
+    model = build("mlp").eval()
     batch = all_pairs(IMAGES)
+    subj, obj = batch.labels[batch.pairs[:, 0]], batch.labels[batch.pairs[:, 1]]
+    s, o = next((int(a), int(b)) for a, b in zip(subj, obj) if a != b)
+    p = 2
+    hit = (subj == s) & (obj == o)
+    assert 0 < hit.sum() < len(hit)
     with torch.no_grad():
-        model.freq_bias.table.weight.add_(5.0)
-        shifted = model.eval()(batch)
-        model.freq_bias.table.weight.sub_(5.0)
-        assert torch.allclose(shifted - model(batch), torch.full_like(shifted, 5.0), atol=1e-4)
+        before = model(batch)
+        model.freq_bias.table.weight[s * model.freq_bias.num_labels + o, p] += 5.0
+        shift = model(batch) - before
+    want = torch.zeros_like(shift)
+    want[hit, p] = 5.0
+    assert torch.allclose(shift, want, atol=1e-4)
 
 
 def test_registry_errors():
