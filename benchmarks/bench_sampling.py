@@ -5,7 +5,7 @@ torch threads = cores (same total threads; goal >= 0.9). The pool side is what D
 (pipelines/diffaug.py) does on its second and later sampling runs: hash the requests once
 (`components.stages.arrays_hash`), `pipelines.diffusion.sample_on_ray` with that `requests_hash` on a started
 `SamplerPool` (one 1-CPU, 1-thread actor per core, warmed up on one batch as the in-process loop is,
-parquet shards written), `load_samples` and the rows put in sample-id order: both sides end with the same
+parquet shards written), `load_features` (the shards read back in sample-id order): both sides end with the same
 in-memory (N, D) array, and the benchmark checks they agree (sampling is deterministic per sample id;
 `sampling_pool_max_abs_diff`). `sampling_pool_cold_ratio` is the same with a pool started for the call
 (actor start-up and imports included, as a first sampling run pays).
@@ -184,8 +184,8 @@ def _inprocess(bundle: DiffusionBundle, req: dict, batch: int, threads: int) -> 
 def _pool(path: Path, req: dict, out: Path, cores: int, batch: int, pool=None) -> tuple[float, float, np.ndarray]:
     """(wall seconds, per-actor sampling seconds, (N, D) features in sample-id order) of DiffAugment's
     `_sample` steps: hash once, `sample_on_ray` with one actor per core on `pool` (started and warm) or on a
-    pool started for the call (start-up included), `load_samples`, rows put in sample-id order."""
-    from pipelines.diffusion import load_samples, sample_on_ray
+    pool started for the call (start-up included), `load_features`."""
+    from pipelines.diffusion import load_features, sample_on_ray
 
     n = len(req["sample_id"])
     t0 = time.perf_counter()
@@ -193,13 +193,7 @@ def _pool(path: Path, req: dict, out: Path, cores: int, batch: int, pool=None) -
     out = out.with_name(f"{out.name}-{key}")
     manifest = sample_on_ray(path, req, out, num_actors=cores, shard_size=max(batch, n // (2 * cores)),
                              cpus_per_actor=1.0, batch_size=batch, progress=False, pool=pool, requests_hash=key)
-    table = load_samples(out)
-    ids = table.column("sample_id").to_numpy()
-    feats = np.asarray(table.column("feature").combine_chunks().flatten().to_numpy(), np.float32).reshape(len(ids), -1)
-    order = np.argsort(ids)
-    if not np.array_equal(ids[order], req["sample_id"]):
-        raise RuntimeError(f"{out}: sampled ids differ from the requests")
-    feats = feats[order]
+    feats = load_features(out, req["sample_id"])
     wall = time.perf_counter() - t0
     return wall, sum(s["seconds"] for s in manifest["shards"]) / cores, feats
 

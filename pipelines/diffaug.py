@@ -201,7 +201,7 @@ def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pool
             out_dir: Path, sampler: SamplerPool) -> np.ndarray:
     """Union features for the plan's requests (Ray actor pool), in plan order, sampled into `out_dir` suffixed
     with the requests' content hash (a changed plan, seed or condition never meets an earlier run's shards)."""
-    from pipelines.diffusion import load_samples, sample_on_ray
+    from pipelines.diffusion import load_features, sample_on_ray
 
     trip = np.stack([plan["subject"], plan["predicate"], plan["object"]], axis=1)
     text, mask, hard = cond.of(trip)
@@ -216,13 +216,7 @@ def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pool
     out_dir = out_dir.with_name(f"{out_dir.name}-{key}")
     sample_on_ray(bundle, req, out_dir, num_actors=cfg.num_actors, shard_size=cfg.shard_size,
                   cpus_per_actor=cfg.cpus_per_actor, strength=strength, pool=sampler, requests_hash=key)
-    table = load_samples(out_dir)
-    ids = table.column("sample_id").to_numpy()
-    feats = np.asarray(table.column("feature").combine_chunks().flatten().to_numpy(), np.float32).reshape(len(ids), -1)
-    order = np.argsort(ids)
-    if not np.array_equal(ids[order], plan["sample_id"]):
-        raise DataError(str(out_dir), "sampled ids differ from the plan", "one generated feature per request")
-    return feats[order]
+    return load_features(out_dir, plan["sample_id"])
 
 
 def _probe(train: RelationSet, n_pred: int, seed: int):

@@ -247,3 +247,14 @@ def load_samples(out_dir: str | Path) -> pa.Table:
             raise DataError(str(p), "shard listed in the manifest is missing", "every listed shard present")
         tables.append(pq.read_table(p))
     return pa.concat_tables(tables)
+
+
+def load_features(out_dir: str | Path, sample_ids: np.ndarray) -> np.ndarray:
+    """(N, D) float32 generated features of `out_dir` in the order of `sample_ids` (each id exactly once)."""
+    table = load_samples(out_dir)
+    ids = table.column("sample_id").to_numpy()
+    feats = np.asarray(table.column("feature").combine_chunks().flatten().to_numpy(), np.float32).reshape(len(ids), -1)
+    order = np.argsort(ids)
+    if not np.array_equal(ids[order], sample_ids):
+        raise DataError(str(out_dir), "sampled ids differ from the requests", "one generated feature per request")
+    return feats[order]

@@ -15,6 +15,7 @@ at the first stage not completed, and a changed config recomputes only what depe
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -28,7 +29,7 @@ if __package__ in (None, ""):  # run as a script (also under `ray job submit`): 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.atomic import ensure_writable_dir, write_json
-from components.config import apply_overrides, config_hash, load_config, load_yaml, to_dict
+from components.config import apply_overrides, config_hash, load_config, load_yaml, merge, to_dict
 from components.data.planted_sgg import PlantedSGGConfig
 from components.data.planted_vrr import PlantedVRRConfig
 from components.errors import ConfigError
@@ -99,10 +100,10 @@ class FullConfig:
             raise ConfigError("phases", f"unknown phases {bad}", f"a subset of {list(PHASES)}")
 
 
-def chosen_preset(flag: str | None, path: str | None, overrides: list[str]) -> str:
-    """The preset to start from: `preset=` of the overrides or YAML, else `--preset` (`flag`), else default;
-    an explicit `--preset` that disagrees is refused rather than silently ignored."""
-    given = apply_overrides(load_yaml(path) if path else {}, list(overrides)).get("preset")
+def chosen_preset(flag: str | None, user: dict, overrides: list[str]) -> str:
+    """The preset to start from: `preset=` of the overrides or the YAML mapping `user`, else `--preset` (`flag`),
+    else default; an explicit `--preset` that disagrees is refused rather than silently ignored."""
+    given = apply_overrides(copy.deepcopy(user), list(overrides)).get("preset")
     if given is None:
         return flag or "default"
     if not isinstance(given, str) or given not in PRESETS:
@@ -115,13 +116,14 @@ def chosen_preset(flag: str | None, path: str | None, overrides: list[str]) -> s
 
 def load(preset: str | None, path: str | None, overrides: list[str]) -> FullConfig:
     """Defaults <- preset <- YAML <- overrides; sub-pipeline stores are filled in by the stages."""
-    preset = chosen_preset(preset, path, overrides)
+    user = load_yaml(path) if path else {}  # read once: it names the preset and overrides it
+    preset = chosen_preset(preset, user, overrides)
     base = json.loads(json.dumps(PRESETS[preset]))
     base.setdefault("hml", {}).setdefault("store", PLACEHOLDER)
     base.setdefault("diffaug", {}).setdefault("store", PLACEHOLDER)
     base["diffaug"].setdefault("out", PLACEHOLDER)
     base["preset"] = preset
-    return load_config(FullConfig, path, overrides, base=base)
+    return load_config(FullConfig, None, overrides, base=merge(base, user))
 
 
 def prepare_stage(cache: StageCache, dataset: str, planted: Any, given: str | None) -> StageResult:
