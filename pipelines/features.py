@@ -7,7 +7,8 @@ Per image, an actor pool (ActorPoolStrategy, fractional CPUs) loads the image wi
 RoI features of every box (VG-150: `scene_graph` rows, object features) or of every relation's
 subject, object and union box (GQA-LT: `relation_sample` rows). The driver writes shards of
 `shard_rows` rows per split into a temporary directory renamed onto `--out` when complete. The
-manifest's meta records the detector config and which parts of it came from the checkpoint.
+manifest's meta records the detector config, which parts of it came from the checkpoint, and per split what
+the reader dropped (`reader`: VG-150's relations of a box to itself).
 """
 from __future__ import annotations
 
@@ -86,18 +87,21 @@ def load_rgb(path: str) -> np.ndarray:
         raise DataError(path, f"unreadable image: {e}", "a complete JPEG/PNG file") from e
 
 
-def vg_inputs(cfg: FeaturesConfig, split: str) -> tuple[pa.Table, list[str], list[str]]:
-    """VG-150 scene graphs of `split` as an input table (one row per image) plus vocabularies."""
+def vg_inputs(cfg: FeaturesConfig, split: str) -> tuple[pa.Table, list[str], list[str], dict]:
+    """VG-150 scene graphs of `split` as an input table (one row per image), vocabularies and reader facts
+    (relations of a box to itself, which the reader drops: they can never be predicted)."""
     graphs, objects, predicates = vg150.read_vg150(cfg.data, split, cfg.num_val, cfg.filter_empty_rels)  # type: ignore[arg-type]
     graphs = graphs[: cfg.limit or None]
+    facts = {"self_relations_dropped": int(sum(g["self_rels_dropped"] for g in graphs))}
     rows = [{"image_id": g["image_id"], "split": split, "path": str(vg150.image_path(cfg.images, g)),
              "width": g["width"], "height": g["height"], "boxes": g["boxes"].tolist(), "labels": g["labels"].tolist(),
              "rels": g["rels"].tolist(), "rel_fine": g["rel_fine"].tolist()} for g in graphs]
-    return pa.Table.from_pylist(rows, schema=VG_INPUT), objects, predicates
+    return pa.Table.from_pylist(rows, schema=VG_INPUT), objects, predicates, facts
 
 
-def gqa_inputs(cfg: FeaturesConfig, split: str) -> tuple[pa.Table, list[str], list[str]]:
-    """GQA-LT relation samples of `split` grouped per image as an input table plus vocabularies."""
+def gqa_inputs(cfg: FeaturesConfig, split: str) -> tuple[pa.Table, list[str], list[str], dict]:
+    """GQA-LT relation samples of `split` grouped per image as an input table, vocabularies and reader facts
+    (none: the GQA-LT reader drops nothing)."""
     samples, vocab = gqa_lt.read_gqa_lt(cfg.data, split)
     per_image: dict[str, list[dict]] = defaultdict(list)
     for s in samples:
@@ -105,7 +109,7 @@ def gqa_inputs(cfg: FeaturesConfig, split: str) -> tuple[pa.Table, list[str], li
     images = list(per_image)[: cfg.limit or None]
     rows = [{"image_id": im, "split": split, "path": str(Path(cfg.images) / im),
              **{k: [s[k] for s in per_image[im]] for k in GQA_INPUT.names[3:]}} for im in images]
-    return pa.Table.from_pylist(rows, schema=GQA_INPUT), vocab.objects, vocab.predicates
+    return pa.Table.from_pylist(rows, schema=GQA_INPUT), vocab.objects, vocab.predicates, {}
 
 
 class FeatureActor:
@@ -173,9 +177,9 @@ def write_features(cfg: FeaturesConfig) -> Path:
     """Run the feature stage for every split of `cfg` into `cfg.out` (atomic directory swap); one actor pool."""
     kind = SCENE_GRAPH if cfg.dataset == "vg150" else RELATION_SAMPLE
     build = vg_inputs if cfg.dataset == "vg150" else gqa_inputs
-    tables, objects, predicates = [], [], []
+    tables, objects, predicates, reader = [], [], [], {}
     for split in cfg.splits:
-        table, objects, predicates = build(cfg, split)
+        table, objects, predicates, reader[split] = build(cfg, split)
         if table.num_rows == 0:
             raise DataError(f"{cfg.data} split {split!r}", "no images", "at least one annotated image")
         tables.append(table)
@@ -183,7 +187,7 @@ def write_features(cfg: FeaturesConfig) -> Path:
     _check_images(inputs)
     probe = BoxFeatureExtractor(cfg.detector)  # fails fast on a bad checkpoint, records what it filled
     meta = {"dataset": cfg.dataset, "source": str(cfg.data), "detector": to_dict(cfg.detector),
-            "detector_loaded_parts": probe.loaded_parts, "config_hash": config_hash(cfg)}
+            "detector_loaded_parts": probe.loaded_parts, "config_hash": config_hash(cfg), "reader": reader}
     buffers: dict[str, list[pa.Table]] = defaultdict(list)
     with atomic_dir(cfg.out) as tmp:
         writer = StoreWriter(tmp, kind, cfg.detector.feature_dim, objects, predicates, dtype=cfg.dtype, meta=meta)  # type: ignore[arg-type]

@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--num-samples", type=int, default=8)
     ap.add_argument("--max-concurrent", type=int, default=2)
     ap.add_argument("--cpus-per-trial", type=float, default=0.25, help="the trial driver's share (Train "
-                    "workers ask for their own cpus_per_worker; leave room for Ray Data's reads)")
+                    "workers ask for their own cpus_per_worker; leave room for Ray Data's reads); --resume keeps "
+                    "the share the sweep was started with")
     ap.add_argument("--metric", default="mR@50")
     ap.add_argument("--search", default=",".join(DEFAULT_SWEPT),
                     help=f"comma-separated HML fields to search, from {','.join(SEARCHABLE)}")
@@ -116,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [n.strip() for n in args.search.split(",") if n.strip()]
         space_fields = search_space(names)
         if args.resume:
-            res = resume_sweep(hml_trial, storage, args.name, tracker=tracker)
+            res = resume_sweep(hml_trial, storage, args.name, tracker=tracker,
+                               resources_per_trial={"cpu": args.cpus_per_trial})
         else:
             space: dict[str, Any] = {**space_fields, "base": base,
                                      "trials_dir": str(storage / f"{args.name}-trials")}

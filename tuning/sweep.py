@@ -181,11 +181,12 @@ def run_sweep(trainable_fn: Callable[[dict], Any], param_space: dict, metric: st
                 tracker.log_config(parent, {"sweep": {"metric": metric, "mode": mode, "num_samples": num_samples,
                                                       "max_concurrent": max_concurrent}, "space": param_space})
             callback = MlflowTrialCallback(tracker, parent, sweep_name=name)
+        resources = resources_per_trial or {"cpu": 0.5}
         meta = {"name": name, "metric": metric, "mode": mode, "num_samples": num_samples,
-                "parent_run_id": parent, "owned_parent": owned}
+                "parent_run_id": parent, "owned_parent": owned, "resources_per_trial": resources}
         write_json(_meta_path(storage, name), meta)
         tuner = tune.Tuner(
-            tune.with_resources(trainable_fn, resources_per_trial or {"cpu": 0.5}),
+            tune.with_resources(trainable_fn, resources),
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=num_samples,
                                         search_alg=OptunaSearch(seed=seed),
@@ -199,11 +200,13 @@ def run_sweep(trainable_fn: Callable[[dict], Any], param_space: dict, metric: st
 
 
 def resume_sweep(trainable_fn: Callable[[dict], Any], storage_path: str | Path, name: str,
-                 tracker: Tracker | None = None, restart_errored: bool = True) -> SweepResult:
+                 tracker: Tracker | None = None, restart_errored: bool = True,
+                 resources_per_trial: dict | None = None) -> SweepResult:
     """Continue an interrupted sweep: finished trials are kept as they are, unfinished ones resume from
     their last checkpoint, errored ones restart from scratch (or stay errored with restart_errored=False).
     `trainable_fn` must be the function the sweep was started with; `tracker` should be the sweep's
-    (same backend and fallback file): its buffered records are replayed before the new ones."""
+    (same backend and fallback file): its buffered records are replayed before the new ones. Trials get the
+    resources the sweep was started with (`resources_per_trial` only for a sweep whose record lacks them)."""
     storage = Path(storage_path).resolve()
     path = storage / name
     if not tune.Tuner.can_restore(str(path)):
@@ -212,9 +215,15 @@ def resume_sweep(trainable_fn: Callable[[dict], Any], storage_path: str | Path, 
     if not meta_file.is_file():
         raise InputError(str(meta_file), "sweep description is missing", "a sweep started by run_sweep()")
     meta = json.loads(meta_file.read_text())
+    resources = meta.get("resources_per_trial") or resources_per_trial
+    if not isinstance(resources, dict):
+        raise InputError(str(meta_file), "records no resources_per_trial (a sweep started by an older version)",
+                         "resources_per_trial given to resume_sweep, as the sweep was started with")
     _ensure_ray()
-    tuner = tune.Tuner.restore(str(path), trainable_fn, resume_unfinished=True,
-                               restart_errored=restart_errored)
+    # Restored with the trial resources it was started with: a bare function would take Tune's default of one
+    # whole CPU per trial, which on a small machine left a trial's own Ray Train and Ray Data tasks no CPU (hang).
+    tuner = tune.Tuner.restore(str(path), tune.with_resources(trainable_fn, resources),
+                               resume_unfinished=True, restart_errored=restart_errored)
     # The restored callback (unpickled from tuner.pkl) is the one that runs: point it at the parent's id
     # as last saved (the pickled one may be an offline id) and at the caller's tracker.
     callback = _trial_callback(tuner)

@@ -16,7 +16,7 @@ from pipelines.features import FeaturesConfig, write_features
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "components" / "data"))
 from test_data_gqa import write_gqa
-from test_data_vg150 import SIZES, write_vg
+from test_data_vg150 import IMAGES, SIZES, write_vg
 
 pytestmark = pytest.mark.ray
 DET = {"backbone": "resnet18_fpn", "allow_random_init": True, "hidden_dim": 32, "feature_dim": 8, "min_side": 48, "max_side": 64}
@@ -43,7 +43,8 @@ def cfg(tmp_path, dataset, data, images, checkpoint, **kw):
 
 
 def test_vg150_scene_graph_store(ray_local, tmp_path, checkpoint):
-    data = write_vg(tmp_path / "vg")
+    split, boxes, labels, rels = IMAGES[0]  # plus a relation of box 0 to itself: dropped and counted
+    data = write_vg(tmp_path / "vg", images=[(split, boxes, labels, [*rels, (0, 0, 1)]), *IMAGES[1:]])
     (tmp_path / "img" / "VG_100K").mkdir(parents=True)
     for i, (w, h) in enumerate(SIZES):  # nested layout, as in the VG download; image 11 at half size
         scale = 2 if i == 1 else 1
@@ -52,6 +53,9 @@ def test_vg150_scene_graph_store(ray_local, tmp_path, checkpoint):
     assert store.manifest.kind == "scene_graph" and store.manifest.objects == ["man", "horse", "hat"]
     assert store.manifest.meta["detector_loaded_parts"] == {"backbone": "checkpoint", "fpn": "checkpoint",
                                                             "head": "checkpoint"}
+    reader = store.manifest.meta["reader"]
+    assert set(reader) == {"train", "val", "test"}
+    assert sum(r["self_relations_dropped"] for r in reader.values()) == 1
     model = BoxFeatureExtractor(DetectorConfig(**DET, checkpoint=checkpoint))
     for split in ("train", "val", "test"):
         want, _, _ = vg150.read_vg150(data, split, num_val=1)

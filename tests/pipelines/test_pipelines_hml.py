@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sgg_stores import write_tiny_store
 
-from components.data.planted_sgg import PlantedSGGConfig, build_world, generate_split
-from components.data.store import FeatureStore, StoreWriter, scene_graphs
+from components.data.store import FeatureStore, scene_graphs
 from components.errors import ConfigError
 from components.evaluation.predictions import iter_sgg_predictions
 from components.evaluation.sgg import evaluate_sgg
@@ -30,18 +30,6 @@ from pipelines.hml import (
     stage_steps,
     train_statistics,
 )
-
-
-def write_tiny_store(root: Path, shard_size: int) -> Path:
-    """A tiny planted scene-graph store (24 train images in shards of `shard_size`, 6 test images)."""
-    cfg = PlantedSGGConfig(n_train=24, n_val=2, n_test=6, shard_size=shard_size, feature_dim=8)
-    world = build_world(cfg)
-    writer = StoreWriter(root, "scene_graph", cfg.feature_dim, list(world.objects), list(world.predicates))
-    for split in ("train", "test"):
-        for shard in generate_split(cfg, split, world):
-            writer.write(split, shard)
-    writer.close()
-    return root
 
 
 @pytest.fixture(scope="module")

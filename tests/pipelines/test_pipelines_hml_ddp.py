@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from test_pipelines_hml import _assert_same_training, store, write_tiny_store  # noqa: F401  (store: a fixture)
+from sgg_stores import write_tiny_store
+from test_pipelines_hml import _assert_same_training, store  # noqa: F401  (store: a fixture)
 
 from components.evaluation.predictions import iter_sgg_predictions
 from components.evaluation.sgg import evaluate_sgg

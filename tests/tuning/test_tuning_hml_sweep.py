@@ -1,17 +1,26 @@
-"""HML sweep wiring: the trial config (swept values, HML only, content-addressed outputs), the search
-space bounds, the CLI's error on a missing store, and its exit codes: an interrupted sweep exits non-zero
-with the command that resumes it, a complete one exits 0."""
+"""HML sweep: the trial config (swept values, HML only, content-addressed outputs), the search space
+bounds, the CLI's error on a missing store, and a real sweep through the CLI (Ray Tune trials that each run
+HML's Ray Train stages, logged to a real MLflow sqlite store): Ctrl-C after the first trial exits non-zero
+with the command that resumes it; that command finishes the sweep without rerunning the finished trial."""
 from __future__ import annotations
 
+import json
+import os
 import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import mlflow
 import pytest
+from conftest import ROOT, subprocess_env
+from sgg_stores import write_tiny_store
 
 from components.config import to_dict
 from components.errors import InputError
 from pipelines.hml import HMLConfig
-from tuning import sweep
 from tuning.hml_sweep import main, search_space, trial_config
 
 
@@ -52,35 +61,82 @@ def test_cli_reports_missing_store(tmp_path, capsys):
     assert "feature store directory not found" in capsys.readouterr().err
 
 
-def sweep_result(path: Path, num_unfinished: int) -> sweep.SweepResult:
-    """What run_sweep/resume_sweep return for a 4-trial sweep with `num_unfinished` trials left."""
-    done = 4 - num_unfinished
-    return sweep.SweepResult(path, "parent-id", "mR@50", "max", {"lam": 0.5}, {"mR@50": 0.1},
-                             [{"trial_id": str(i)} for i in range(done)], 0, num_unfinished, None)
+def _start_cli(argv: list[str], log: Path) -> subprocess.Popen:
+    """`python tuning/hml_sweep.py argv` in its own session, SIGINT handled as Python's Ctrl-C even when this
+    test runs in the background (SIGINT ignored there, which a child would inherit)."""
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with open(log, "w") as out:
+            return subprocess.Popen([sys.executable, str(ROOT / "tuning" / "hml_sweep.py"), *argv], stdout=out,
+                                    stderr=subprocess.STDOUT, env=subprocess_env(), cwd=ROOT,
+                                    start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, ignored)
 
 
-def fake_sweep(calls: list[str], name: str, result: sweep.SweepResult):
-    """Stand-in for run_sweep/resume_sweep (no Ray): records `name` in `calls`, returns `result`."""
-    def fn(*args, **kwargs) -> sweep.SweepResult:
-        calls.append(name)
-        return result
-    return fn
+def _finished_trials(trials_dir: Path) -> list[Path]:
+    """Trial output directories whose HML run wrote its results.json (written last, atomically)."""
+    return sorted(p.parent for p in trials_dir.glob("*/results.json"))
 
 
-def test_cli_interrupted_sweep_exits_nonzero_with_resume_command(tmp_path, capsys, monkeypatch):
-    """Tune returns normally after Ctrl-C: the CLI must still fail and tell how to resume; the printed
-    command resumes the sweep and exits 0 once every trial finished."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    calls: list[str] = []
-    monkeypatch.setattr(sweep, "run_sweep", fake_sweep(calls, "run", sweep_result(tmp_path, 2)))
-    monkeypatch.setattr(sweep, "resume_sweep", fake_sweep(calls, "resume", sweep_result(tmp_path, 0)))
-    (tmp_path / "store").mkdir()
-    argv = ["--store", str(tmp_path / "store"), "--run-dir", str(tmp_path / "runs"), "--name", "my sweep",
-            "steps_per_stage=5"]
-    assert main(argv) == 130
-    notes = [line for line in capsys.readouterr().err.splitlines() if "interrupted" in line]  # not MLflow's
-    assert len(notes) == 1 and "2 trials unfinished" in notes[0]
-    command = shlex.split(notes[0].split("continue it with: ")[1])
+@pytest.mark.ray
+@pytest.mark.slow
+def test_real_sweep_interrupted_after_one_trial_resumes_without_rerunning_it(tmp_path):
+    store = write_tiny_store(tmp_path / "store", shard_size=24)
+    runs = tmp_path / "runs"
+    argv = ["--store", str(store), "--run-dir", str(runs), "--name", "tiny sweep", "--num-samples", "2",
+            "--max-concurrent", "1", "--metric", "mR@20", "--cpus-per-trial", "0.25", "hidden_dim=8",
+            "steps_per_stage=2", "checkpoint_every=2", "batch_size=4", "max_bg_per_image=16", "ks=[20]",
+            "stage1_share=null"]
+    trials_dir = runs / "sweeps" / "tiny sweep-trials"
+    proc = _start_cli(argv, tmp_path / "first.log")
+    try:
+        deadline = time.monotonic() + 600
+        while not _finished_trials(trials_dir) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C once the first trial is done (the second is queued or running)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (tmp_path / "first.log").read_text()
+    assert proc.returncode == 130, log[-3000:]
+    (note,) = [ln for ln in log.splitlines() if "unfinished; continue it with: " in ln]
+    assert "1 trials unfinished" in note
+    command = shlex.split(note.split("continue it with: ")[1])
     assert command[:2] == ["python", "tuning/hml_sweep.py"] and command[2:] == [*argv, "--resume"]
-    assert main(command[2:]) == 0 and calls == ["run", "resume"]
-    assert "interrupted" not in capsys.readouterr().err
+    (first,) = _finished_trials(trials_dir)
+    stamp = (first / "results.json").stat().st_mtime_ns
+
+    proc = _start_cli(command[2:], tmp_path / "resume.log")
+    try:
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (tmp_path / "resume.log").read_text()
+    assert proc.returncode == 0, log[-3000:]
+    assert "2 trials (0 errors, 0 unfinished)" in log
+    done = _finished_trials(trials_dir)
+    assert len(done) == 2 and first in done
+    assert (first / "results.json").stat().st_mtime_ns == stamp  # the finished trial was not run again
+    # every trial is a real HML run of its swept values: a tree at its threshold, every stage of it trained
+    swept = []
+    for d in done:
+        tree = json.loads((d / "tree.json").read_text())
+        assert 0.6 <= tree["threshold"] <= 0.8 and tree["num_stages"] >= 1
+        assert len(list((d / "stages").glob("hml-stage*/_DONE.json"))) == tree["num_stages"]
+        assert (d / "hml" / "model.safetensors").is_file()
+        swept.append(tree["threshold"])
+    # MLflow: one sweep run with both trials nested under it, each with its swept params and the metric
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("hml-sweep")
+    all_runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == 2 and all("mR_at_20" in r.data.metrics for r in children)  # MLflow-safe name of mR@20
+    params = [r.data.params for r in children]
+    assert all(0.05 <= float(p["lam"]) <= 2.0 and p["stages"] in ("2", "3") for p in params)
+    assert sorted(float(p["threshold"]) for p in params) == pytest.approx(sorted(swept))

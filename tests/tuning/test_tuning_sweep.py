@@ -12,11 +12,14 @@ import signal
 import sys
 import threading
 import time
+import types
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 from mlflow import MlflowClient
 from ray import cloudpickle, tune
 
@@ -35,6 +38,8 @@ def ridge_fit(config: dict) -> None:
     tid = tune.get_context().get_trial_id()
     markers = Path(config["marker_dir"])
     (markers / f"start-{tid}-{uuid.uuid4().hex}").touch()
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    (markers / f"cpus-{cpus}-{uuid.uuid4().hex}").touch()  # the share this execution was given
     flag = Path(config["fail_flag"])
     # The 3rd trial to start (two run at a time: at least one has finished) interrupts the driver like
     # Ctrl-C does (Tune treats SIGUSR1 the same), once; it and any trial not yet started stay unfinished.
@@ -74,6 +79,12 @@ def held(config: dict) -> None:
     tune.report({"loss": 0.0})
 
 
+def fresh(fn: Callable) -> Callable:
+    """A new function object of `fn`, as a resuming process imports it (tune.with_resources marks the function
+    object it wraps, so resuming with the very same object would hide a lost resource request)."""
+    return types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
 def count(markers: Path, kind: str, tid: str) -> int:
     return len(list(markers.glob(f"{kind}-{tid}-*")))
 
@@ -104,12 +115,15 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, 
         run_sweep(ridge_fit, space, "loss", "min", 4, tmp_path / "tune", "toy")
 
     t1 = time.monotonic()
-    second = resume_sweep(ridge_fit, tmp_path / "tune", "toy", tracker=tracker)
+    second = resume_sweep(fresh(ridge_fit), tmp_path / "tune", "toy", tracker=tracker)
     print(f"first sweep {t1 - t0:.1f} s, resumed sweep {time.monotonic() - t1:.1f} s")
     assert second.num_errors == 0 and second.num_unfinished == 0 and len(second.trials) == 4
     assert all(t["metrics"]["training_iteration"] == STEPS for t in second.trials)
     for tid in finished:  # finished before the interruption: executed exactly once
         assert count(markers, "start", tid) == 1 and count(markers, "done", tid) == 1
+    # resumed trials keep the sweep's share (0.5 CPU by default), not Tune's default of a whole CPU
+    shares = {p.name.split("-")[1] for p in markers.glob("cpus-*")}
+    assert shares == {"0.5"} and len(list(markers.glob("cpus-*"))) == len(list(markers.glob("start-*")))
     all_ids = {t["trial_id"] for t in second.trials}
     assert all(count(markers, "done", tid) == 1 for tid in all_ids)
     losses = [t["metrics"]["loss"] for t in second.trials]

@@ -1,0 +1,19 @@
+"""Tiny planted scene-graph stores shared by the HML pipeline and sweep tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from components.data.planted_sgg import PlantedSGGConfig, build_world, generate_split
+from components.data.store import StoreWriter
+
+
+def write_tiny_store(root: Path, shard_size: int) -> Path:
+    """A tiny planted scene-graph store (24 train images in shards of `shard_size`, 6 test images)."""
+    cfg = PlantedSGGConfig(n_train=24, n_val=2, n_test=6, shard_size=shard_size, feature_dim=8)
+    world = build_world(cfg)
+    writer = StoreWriter(root, "scene_graph", cfg.feature_dim, list(world.objects), list(world.predicates))
+    for split in ("train", "test"):
+        for shard in generate_split(cfg, split, world):
+            writer.write(split, shard)
+    writer.close()
+    return root
