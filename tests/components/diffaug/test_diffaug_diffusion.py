@@ -141,16 +141,18 @@ def test_sampling_weights_give_each_group_its_share():
 def test_balanced_minibatches_teach_a_rare_class_its_place():
     """Class 3 has 3 samples against 80 of each other class: with uniform minibatches the model sees it in
     ~1% of rows and its conditional samples stay far from its centre; balance=1 shows it in ~25% of rows
-    and its samples land nearer (same steps, same seed)."""
-    centres, y, x, emb = _clusters(80, seed=1)
-    keep = np.flatnonzero(y != 3)
-    keep = np.concatenate([keep, np.flatnonzero(y == 3)[:3]])
-    y, x = y[keep], x[keep]
-    want = np.full(64, 3)
-    dist = {}
-    for b in (0.0, 1.0):
-        torch.manual_seed(0)
-        bundle = train_denoiser(x, emb[y], None, None, _cfg(balance=b), progress=False, groups=y)
-        gen = sample_features(bundle, emb[want], None, None, np.arange(64), seed=0)
-        dist[b] = float(np.linalg.norm(gen.mean(0) - centres[3]))
-    assert dist[1.0] < 0.6 * dist[0.0], dist  # measured 3.9 vs 9.9 (seeds 2, 3 of the data: 0.63x, 0.39x)
+    and its samples land nearer (same steps, same seed). Over five draws of the data, not one: measured
+    distance ratios balance 1 / balance 0 of 0.39, 0.63, 0.39, 0.18, 0.21 (median 0.39)."""
+    ratios = []
+    for data_seed in (1, 2, 3, 4, 5):
+        centres, y, x, emb = _clusters(80, seed=data_seed)
+        keep = np.concatenate([np.flatnonzero(y != 3), np.flatnonzero(y == 3)[:3]])
+        y, x = y[keep], x[keep]
+        dist = {}
+        for b in (0.0, 1.0):
+            torch.manual_seed(0)
+            bundle = train_denoiser(x, emb[y], None, None, _cfg(balance=b), progress=False, groups=y)
+            gen = sample_features(bundle, emb[np.full(64, 3)], None, None, np.arange(64), seed=0)
+            dist[b] = float(np.linalg.norm(gen.mean(0) - centres[3]))
+        ratios.append(dist[1.0] / dist[0.0])
+    assert max(ratios) < 0.8 and float(np.median(ratios)) < 0.5, ratios
