@@ -51,6 +51,9 @@ class HMLConfig:
     output_dir: str = "runs/hml"
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     predictor: str = field(default="mlp", metadata={"choices": PREDICTORS})
+    # PredCls: GT boxes and labels given. SGCls: GT boxes given, object labels predicted by the model (trained
+    # with an object CE in every stage) and scored by the evaluator (triplet score x both objects' scores).
+    mode: str = field(default="predcls", metadata={"choices": ("predcls", "sgcls")})
     hidden_dim: int = field(default=128, metadata={"range": (1, 8192)})
     freq_bias: bool = True
     # Predicate tree
@@ -180,7 +183,7 @@ def train_statistics(store: FeatureStore, use_freq_bias: bool) -> tuple[np.ndarr
 # ----------------------------------------------------------------------------------------- worker side
 def _model_spec(cfg: dict) -> dict:
     return {"name": cfg["predictor"], "num_objects": cfg["num_objects"], "num_predicates": cfg["num_predicates"],
-            "feature_dim": cfg["feature_dim"], "hidden_dim": cfg["hidden_dim"]}
+            "feature_dim": cfg["feature_dim"], "hidden_dim": cfg["hidden_dim"], "mode": cfg.get("mode", "predcls")}
 
 
 def _build(cfg: dict):
@@ -415,7 +418,8 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
         with atomic_path(fb_path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, fb)
     model_cfg = {"predictor": cfg.predictor, "num_objects": len(man.objects), "num_predicates": len(man.predicates),
-                 "feature_dim": man.feature_dim, "hidden_dim": cfg.hidden_dim}
+                 "feature_dim": man.feature_dim, "hidden_dim": cfg.hidden_dim,
+                 **({"mode": cfg.mode} if cfg.mode != "predcls" else {})}  # PredCls keys (and cache hashes) as before
     # What a stage's cache key depends on: contents (frequency bias, data shards) rather than paths, so a
     # copied or moved output_dir keeps its complete stages.
     base_cfg = {**model_cfg, "model_hash": config_hash({**model_cfg, "freq_bias": cfg.freq_bias}),
@@ -454,8 +458,9 @@ def load_stage_model(path: str | Path, model_cfg: dict, fb_path: Path | None):
 
 
 def predict_images(model, images: Iterable[dict], batch_images: int = 8) -> Iterator[tuple[dict, dict]]:
-    """(image, PredCls prediction) per image, streamed `batch_images` at a time: all ordered pairs with their
-    softmax scores over 0..C (0 = background)."""
+    """(image, prediction) per image, streamed `batch_images` at a time: all ordered pairs with their softmax
+    scores over 0..C (0 = background); for an SGCls model also each object's predicted label (argmax over the
+    classes 1..C) and its softmax probability."""
     import torch
 
     from components.models.pairs import all_pairs
@@ -465,12 +470,20 @@ def predict_images(model, images: Iterable[dict], batch_images: int = 8) -> Iter
         with torch.no_grad():
             batch = all_pairs(chunk)
             scores = torch.softmax(model(batch), dim=1).numpy()
+            objects = getattr(model, "object_logits", None) if getattr(model, "mode", "predcls") == "sgcls" else None
+            if objects is not None:
+                probs = torch.softmax(objects, dim=1)[:, 1:]
+                obj_scores, obj_labels = (t.numpy() for t in probs.max(1))
         owner = batch.pair_to_img.numpy()
         offsets = np.cumsum([0] + [len(im["labels"]) for im in chunk])
         for k, img in enumerate(chunk):
             sel = owner == k
-            yield img, {"image_id": img["image_id"], "pairs": batch.pairs.numpy()[sel] - offsets[k],
-                        "rel_scores": scores[sel]}
+            pred = {"image_id": img["image_id"], "pairs": batch.pairs.numpy()[sel] - offsets[k],
+                    "rel_scores": scores[sel]}
+            if objects is not None:
+                rows = slice(offsets[k], offsets[k + 1])
+                pred.update(obj_labels=obj_labels[rows] + 1, obj_scores=obj_scores[rows])
+            yield img, pred
 
 
 def evaluation_images(store: FeatureStore, split: str, limit: int | None) -> Iterator[dict]:
@@ -496,7 +509,7 @@ def evaluate_predictions(predicted: Iterable[tuple[dict, dict]], tree: Predicate
                          mdir: Path) -> dict:
     """Save predictions (pipelines/evaluate.py format); R@K, mR@K, Mean@K, hR@K/hmR@K (parent = the HML tree's
     coarse parent) against the annotated labels, and the same against the true fine labels where the store
-    has them (sgg-planted). One pass over (image, prediction) pairs: nothing is kept per image."""
+    has them (sgg-planted); SGCls also `object_accuracy` (percent of objects given their GT label). One pass over (image, prediction) pairs: nothing is kept per image."""
     from components.evaluation.predictions import SGGPredictionWriter
     from components.evaluation.sgg import SGGEvaluator
 
@@ -504,6 +517,7 @@ def evaluate_predictions(predicted: Iterable[tuple[dict, dict]], tree: Predicate
     n = len(tree.predicates)
     annotated, fine = SGGEvaluator(n, cfg.ks, tree=parent), SGGEvaluator(n, cfg.ks, tree=parent)
     has_fine = False
+    objects = [0, 0]  # SGCls: objects labelled correctly, objects
     with SGGPredictionWriter(mdir / "predictions", n) as writer:
         for img, pred in predicted:
             inputs = sgg_inputs(img, pred)
@@ -511,7 +525,12 @@ def evaluate_predictions(predicted: Iterable[tuple[dict, dict]], tree: Predicate
             annotated.process(inputs)
             fine.process(sgg_inputs(img, pred, fine=True))
             has_fine = has_fine or not np.array_equal(img["rels"][:, 2], img["rel_fine"])
+            if "obj_labels" in pred:
+                objects[0] += int((pred["obj_labels"] == img["labels"]).sum())
+                objects[1] += len(img["labels"])
     metrics = annotated.evaluate()
+    if objects[1]:
+        metrics["object_accuracy"] = 100.0 * objects[0] / objects[1]  # percent, like the recalls
     if has_fine:
         metrics.update({f"fine_{k}": v for k, v in fine.evaluate().items() if isinstance(v, (int, float))})
     write_json(mdir / "metrics.json", metrics)
@@ -519,13 +538,15 @@ def evaluate_predictions(predicted: Iterable[tuple[dict, dict]], tree: Predicate
 
 
 def sgg_inputs(img: dict, pred: dict, fine: bool = False) -> dict:
-    """Evaluator input of one PredCls image (GT boxes and labels as predictions, object scores 1)."""
+    """Evaluator input of one image: GT boxes as predicted boxes; the predicted object labels and scores of an
+    SGCls prediction, else (PredCls) the GT labels with object scores 1."""
     rels = img["rels"].copy()
     if fine:
         rels[:, 2] = img["rel_fine"]
+    labels = pred.get("obj_labels", img["labels"])
+    scores = pred.get("obj_scores", np.ones(len(img["labels"]), np.float32))
     return {"gt_boxes": img["boxes"], "gt_labels": img["labels"], "gt_rels": rels, "pred_boxes": img["boxes"],
-            "pred_labels": img["labels"], "pred_scores": np.ones(len(img["labels"]), np.float32),
-            "rel_pairs": pred["pairs"], "rel_scores": pred["rel_scores"]}
+            "pred_labels": labels, "pred_scores": scores, "rel_pairs": pred["pairs"], "rel_scores": pred["rel_scores"]}
 
 
 def log_results(cfg: HMLConfig, results: dict, out: Path) -> None:

@@ -23,6 +23,7 @@ from components.hml.importance import (
     normalize_importance,
 )
 from components.models.base import SGBatch
+from components.models.common import check_object_labels
 
 
 @dataclass
@@ -132,6 +133,24 @@ def span_index(span: Sequence[int]) -> slice | list[int]:
     (the usual case: a view, no copy, no scatter in backward), else the list of columns."""
     span = [int(c) for c in span]
     return slice(0, len(span)) if span == list(range(len(span))) else span
+
+
+class ObjectClassification(Plugin):
+    """SGCls: cross-entropy of the model's object logits (set by its forward) against the GT object labels,
+    in every stage (objects are not staged; only predicates are). Weight 1, as MOTIFS adds its object loss."""
+
+    name = "obj"
+
+    def __init__(self, weight: float = 1.0) -> None:
+        self.weight = float(weight)
+
+    def loss_terms(self, ctx: StepContext) -> list[LossTerm]:
+        logits = getattr(ctx.model, "object_logits", None)
+        if logits is None:
+            raise InputError("ObjectClassification", "the model set no object_logits in its forward",
+                             "a predictor built with mode='sgcls'")
+        check_object_labels(ctx.batch.labels, logits.shape[1] - 1)
+        return [LossTerm(self.name, F.cross_entropy(logits, ctx.batch.labels), self.weight)]
 
 
 class ConceptReconstruction(Plugin):

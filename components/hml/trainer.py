@@ -17,6 +17,7 @@ from components.hml.plugins import (
     ConceptReconstruction,
     ImportanceTracker,
     ModelReconstruction,
+    ObjectClassification,
     Plugin,
     StepContext,
 )
@@ -111,12 +112,15 @@ def stage_plugins(model: nn.Module, counts: Mapping[int, int], seen: Sequence[in
                   previous: PreviousStage | None = None, cr_weight: float = 1.0, lam: float = 0.5,
                   track_importance: bool = True, background: str = "cb",
                   cr_span: str = "stage") -> tuple[list[Plugin], ImportanceTracker | None]:
-    """Plugins of one HML stage: CB-CE (+ CR + lambda MR after stage 1) and the importance tracker.
+    """Plugins of one HML stage: CB-CE (+ CR + lambda MR after stage 1) and the importance tracker, plus the
+    object classification loss when the model predicts object labels (SGCls).
     `cr_span`: "stage" compares old classes inside the stage's whole CE span, "old" inside the old span
     (see ConceptReconstruction)."""
     if cr_span not in ("stage", "old"):
         raise InputError("cr_span", f"{cr_span!r}", "'stage' or 'old'")
     plugins: list[Plugin] = [ClassBalancedCE(counts, gamma, seen=seen, background=background)]
+    if getattr(unwrap(model), "mode", "predcls") == "sgcls":
+        plugins.append(ObjectClassification())
     if previous is not None:
         if cr_weight > 0:
             plugins.append(ConceptReconstruction(previous.model, previous.classes, cr_weight,

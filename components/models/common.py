@@ -5,31 +5,49 @@ import numpy as np
 import torch
 from torch import nn
 
-from components.errors import InputError
+from components.errors import ConfigError, InputError
 from components.models.base import RelationPredictor, SGBatch
 from components.models.frequency import FrequencyBias
 from components.models.geometry import OBJECT_GEOMETRY_DIM, PAIR_GEOMETRY_DIM, object_geometry, pair_geometry
 
+MODES = ("predcls", "sgcls")
+
+
+def check_object_labels(labels: torch.Tensor, num_objects: int) -> None:
+    """InputError unless every object label is in 1..num_objects."""
+    if len(labels) and (int(labels.min()) < 1 or int(labels.max()) > num_objects):
+        raise InputError("SGBatch.labels", "object label out of range", f"labels in [1, {num_objects}]")
+
 
 class ObjectEncoder(nn.Module):
-    """(N, hidden) object representation from visual feature, label embedding and box geometry (PredCls)."""
+    """(N, hidden) object representation from visual feature, box geometry and, with `use_labels` (PredCls),
+    the GT label's embedding; SGCls (`use_labels=False`) never reads the GT labels."""
 
-    def __init__(self, num_objects: int, feature_dim: int, hidden_dim: int, embed_dim: int, dropout: float) -> None:
+    def __init__(self, num_objects: int, feature_dim: int, hidden_dim: int, embed_dim: int, dropout: float,
+                 use_labels: bool = True) -> None:
         super().__init__()
         self.feature_dim = feature_dim
-        self.label_embed = nn.Embedding(num_objects + 1, embed_dim)
+        self.num_objects = num_objects
+        self.label_embed = nn.Embedding(num_objects + 1, embed_dim) if use_labels else None
+        label_dim = embed_dim if use_labels else 0
         self.net = nn.Sequential(
-            nn.Linear(feature_dim + embed_dim + OBJECT_GEOMETRY_DIM, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+            nn.Linear(feature_dim + label_dim + OBJECT_GEOMETRY_DIM, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
 
     def forward(self, batch: SGBatch) -> torch.Tensor:
         if batch.obj_features.shape[-1] != self.feature_dim:
             raise InputError("SGBatch.obj_features", f"feature dim {batch.obj_features.shape[-1]}",
                              f"dim {self.feature_dim} as the predictor was built with")
-        top = self.label_embed.num_embeddings - 1
-        if len(batch.labels) and (int(batch.labels.min()) < 1 or int(batch.labels.max()) > top):
-            raise InputError("SGBatch.labels", "object label out of range", f"labels in [1, {top}]")
         geo = batch.derived("object_geometry", lambda: object_geometry(batch.boxes, batch.obj_to_img, batch.image_sizes))
-        return self.net(torch.cat([batch.obj_features.float(), self.label_embed(batch.labels), geo], 1))
+        parts = [batch.obj_features.float(), geo]
+        if self.label_embed is not None:
+            check_object_labels(batch.labels, self.num_objects)
+            parts.insert(1, self.label_embed(batch.labels))
+        return self.net(torch.cat(parts, 1))
+
+
+def predicted_labels(object_logits: torch.Tensor) -> torch.Tensor:
+    """SGCls object labels: argmax over the object classes 1..C (column 0, background, never chosen)."""
+    return object_logits[:, 1:].argmax(1) + 1
 
 
 def image_groups(obj_to_img: torch.Tensor, num_images: int) -> list[torch.Tensor]:
@@ -85,20 +103,31 @@ class ConcatPairHead(nn.Module):
 
 class PairPredictor(RelationPredictor):
     """Skeleton: encode objects -> object context (subclass) -> pair head (subclass sets `pair_head`:
-    (ctx, pairs, geometry) -> (R, hidden)) -> logits + frequency bias."""
+    (ctx, pairs, geometry) -> (R, hidden)) -> logits + frequency bias.
+
+    `mode="predcls"`: GT object labels feed the encoder, the context and the frequency bias. `mode="sgcls"`:
+    the GT labels are never read; an object classifier over the encoded objects gives `object_logits`
+    (N, num_objects + 1; column 0 unused), set by every forward, whose argmax labels (`predicted_labels`)
+    take the GT labels' place in the context and the frequency bias."""
 
     pair_head: nn.Module
 
     def __init__(self, num_objects: int, num_predicates: int, feature_dim: int, hidden_dim: int,
-                 freq_bias: np.ndarray | None, embed_dim: int, dropout: float) -> None:
+                 freq_bias: np.ndarray | None, embed_dim: int, dropout: float, mode: str = "predcls") -> None:
         super().__init__()
+        if mode not in MODES:
+            raise ConfigError("predictor mode", f"{mode!r}", f"one of {MODES}")
         for name, v in (("num_objects", num_objects), ("num_predicates", num_predicates),
                         ("feature_dim", feature_dim), ("hidden_dim", hidden_dim)):
             if int(v) < 1:
                 raise InputError(name, f"{v}", "a positive integer")
         self.num_objects = num_objects
         self.num_predicates = num_predicates
-        self.encoder = ObjectEncoder(num_objects, feature_dim, hidden_dim, embed_dim, dropout)
+        self.mode = mode
+        self.encoder = ObjectEncoder(num_objects, feature_dim, hidden_dim, embed_dim, dropout,
+                                     use_labels=mode == "predcls")
+        self.object_classifier = nn.Linear(hidden_dim, num_objects + 1) if mode == "sgcls" else None
+        self.object_logits: torch.Tensor | None = None
         self.geometry = nn.Sequential(nn.Linear(PAIR_GEOMETRY_DIM, hidden_dim), nn.ReLU())
         self.classifier = nn.Linear(hidden_dim, num_predicates + 1)
         self.freq_bias: FrequencyBias | None = None
@@ -108,15 +137,20 @@ class PairPredictor(RelationPredictor):
                 raise InputError("freq_bias", f"shape {tuple(np.shape(freq_bias))}", f"shape {want}")
             self.freq_bias = FrequencyBias(freq_bias)
 
-    def context(self, batch: SGBatch, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
-        """(N, H') contextualised object representations."""
+    def context(self, batch: SGBatch, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """(N, H') contextualised object representations (`labels`: GT in PredCls, predicted in SGCls)."""
         raise NotImplementedError
 
     def forward(self, batch: SGBatch) -> torch.Tensor:
-        ctx = self.context(batch, self.encoder(batch))
+        x = self.encoder(batch)
+        labels = batch.labels
+        if self.object_classifier is not None:
+            self.object_logits = self.object_classifier(x)
+            labels = predicted_labels(self.object_logits)
+        ctx = self.context(batch, x, labels)
         geo = self.geometry(batch.derived("pair_geometry", lambda: pair_geometry(
             batch.boxes, batch.obj_to_img, batch.image_sizes, batch.pairs)))
         logits = self.classifier(self.pair_head(ctx, batch.pairs, geo))
         if self.freq_bias is not None:
-            logits = logits + self.freq_bias(batch.labels[batch.pairs[:, 0]], batch.labels[batch.pairs[:, 1]])
+            logits = logits + self.freq_bias(labels[batch.pairs[:, 0]], labels[batch.pairs[:, 1]])
         return logits

@@ -32,8 +32,9 @@ class GNNPredictor(PairPredictor):
     """h_i' = h_i + MLP([h_i, sum_j a_ij W h_j]), a_ij = softmax_j(MLP([h_i, h_j, geo_ij])); product pair head."""
 
     def __init__(self, num_objects: int, num_predicates: int, feature_dim: int, hidden_dim: int = 128,
-                 freq_bias: np.ndarray | None = None, embed_dim: int = 32, dropout: float = 0.1) -> None:
-        super().__init__(num_objects, num_predicates, feature_dim, hidden_dim, freq_bias, embed_dim, dropout)
+                 freq_bias: np.ndarray | None = None, embed_dim: int = 32, dropout: float = 0.1,
+                 mode: str = "predcls") -> None:
+        super().__init__(num_objects, num_predicates, feature_dim, hidden_dim, freq_bias, embed_dim, dropout, mode)
         self.affinity = nn.Sequential(nn.Linear(2 * hidden_dim + PAIR_GEOMETRY_DIM, hidden_dim), nn.ReLU(),
                                       nn.Linear(hidden_dim, 1))
         self.message = nn.Linear(hidden_dim, hidden_dim)
@@ -41,7 +42,7 @@ class GNNPredictor(PairPredictor):
         self.norm = nn.LayerNorm(hidden_dim)
         self.pair_head = ProductPairHead(hidden_dim, hidden_dim, dropout)
 
-    def context(self, batch: SGBatch, x: torch.Tensor) -> torch.Tensor:
+    def context(self, batch: SGBatch, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         edges_geo = batch.derived("gnn_edges", lambda: _edges_and_geometry(batch))
         msg = torch.zeros_like(x)
         if edges_geo is not None:

@@ -12,9 +12,10 @@ class MLPPredictor(PairPredictor):
     """Each pair scored from its two encoded objects (feature + label embedding + box) and its geometry."""
 
     def __init__(self, num_objects: int, num_predicates: int, feature_dim: int, hidden_dim: int = 128,
-                 freq_bias: np.ndarray | None = None, embed_dim: int = 32, dropout: float = 0.1) -> None:
-        super().__init__(num_objects, num_predicates, feature_dim, hidden_dim, freq_bias, embed_dim, dropout)
+                 freq_bias: np.ndarray | None = None, embed_dim: int = 32, dropout: float = 0.1,
+                 mode: str = "predcls") -> None:
+        super().__init__(num_objects, num_predicates, feature_dim, hidden_dim, freq_bias, embed_dim, dropout, mode)
         self.pair_head = ConcatPairHead(hidden_dim, hidden_dim, dropout)
 
-    def context(self, batch: SGBatch, x: torch.Tensor) -> torch.Tensor:
+    def context(self, batch: SGBatch, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return x

@@ -15,8 +15,9 @@ class MotifsPredictor(PairPredictor):
     """Object context BiLSTM -> edge context BiLSTM (with label embeddings) -> product pair head."""
 
     def __init__(self, num_objects: int, num_predicates: int, feature_dim: int, hidden_dim: int = 128,
-                 freq_bias: np.ndarray | None = None, embed_dim: int = 32, dropout: float = 0.1) -> None:
-        super().__init__(num_objects, num_predicates, feature_dim, hidden_dim, freq_bias, embed_dim, dropout)
+                 freq_bias: np.ndarray | None = None, embed_dim: int = 32, dropout: float = 0.1,
+                 mode: str = "predcls") -> None:
+        super().__init__(num_objects, num_predicates, feature_dim, hidden_dim, freq_bias, embed_dim, dropout, mode)
         self.obj_rnn = nn.LSTM(hidden_dim, hidden_dim, batch_first=True, bidirectional=True)
         self.edge_embed = nn.Embedding(num_objects + 1, embed_dim)
         self.edge_rnn = nn.LSTM(2 * hidden_dim + embed_dim, hidden_dim, batch_first=True, bidirectional=True)
@@ -34,8 +35,8 @@ class MotifsPredictor(PairPredictor):
             out[o] = padded[b, :len(o)]
         return out
 
-    def context(self, batch: SGBatch, x: torch.Tensor) -> torch.Tensor:
+    def context(self, batch: SGBatch, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         xc = (batch.boxes[:, 0] + batch.boxes[:, 2]) / 2
         orders = [g[torch.argsort(xc[g], stable=True)] for g in image_groups(batch.obj_to_img, batch.num_images)]
         obj_ctx = self._run(self.obj_rnn, x, orders)
-        return self._run(self.edge_rnn, torch.cat([obj_ctx, self.edge_embed(batch.labels)], 1), orders)
+        return self._run(self.edge_rnn, torch.cat([obj_ctx, self.edge_embed(labels)], 1), orders)

@@ -22,7 +22,7 @@ _BUILDERS: dict[str, Callable[..., RelationPredictor]] = {
 }
 PREDICTORS: tuple[str, ...] = tuple(_BUILDERS)
 # Arguments build_predictor itself passes to every builder (never options).
-_COMMON = ("num_objects", "num_predicates", "feature_dim", "hidden_dim", "freq_bias")
+_COMMON = ("num_objects", "num_predicates", "feature_dim", "hidden_dim", "freq_bias", "mode")
 
 
 def _check_options(name: str, options: dict[str, Any]) -> None:
@@ -35,14 +35,16 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
 
 
 def build_predictor(name: str, num_objects: int, num_predicates: int, feature_dim: int,
-                    freq_bias: np.ndarray | None = None, hidden_dim: int = 128, **kw: Any) -> RelationPredictor:
-    """A fresh predictor `name` (one of PREDICTORS); `model.build_spec` holds what rebuilds it."""
+                    freq_bias: np.ndarray | None = None, hidden_dim: int = 128, mode: str = "predcls",
+                    **kw: Any) -> RelationPredictor:
+    """A fresh predictor `name` (one of PREDICTORS) for `mode` "predcls" or "sgcls"; `model.build_spec` holds
+    what rebuilds it (`mode` only when not "predcls", so PredCls specs and their hashes stay as before)."""
     if name not in _BUILDERS:
         raise ConfigError("predictor name", f"unknown predictor {name!r}", f"one of {PREDICTORS}")
     _check_options(name, kw)
     model = _BUILDERS[name](num_objects=num_objects, num_predicates=num_predicates, feature_dim=feature_dim,
-                            hidden_dim=hidden_dim, freq_bias=freq_bias, **kw)
+                            hidden_dim=hidden_dim, freq_bias=freq_bias, mode=mode, **kw)
     model.build_spec = {"name": name, "num_objects": int(num_objects), "num_predicates": int(num_predicates),
                         "feature_dim": int(feature_dim), "hidden_dim": int(hidden_dim),
-                        "freq_bias": freq_bias is not None, **kw}
+                        "freq_bias": freq_bias is not None, **({"mode": mode} if mode != "predcls" else {}), **kw}
     return model

@@ -190,3 +190,31 @@ def test_stage_init_previous_starts_from_stage1_and_a_copied_run_stays_cached(ra
     assert {d.name: (d / "final.pt").stat().st_mtime_ns for d in (copy / "stages").iterdir()} == mtimes
     assert not (copy / "ray").exists()  # no TorchTrainer ran
     assert Path(res["methods"]["hml"]["checkpoint"]).is_relative_to(copy.resolve())
+
+
+def test_sgcls_two_stage_run_predicts_and_scores_object_labels(ray_local, store, tmp_path):
+    """mode=sgcls through Ray Train: every stage step logs the object CE; the saved predictions carry the model's
+    own object labels and scores (not the GT ones), re-scoring them reproduces the metrics, object accuracy is
+    reported, and the saved model reloads as SGCls and predicts the same labels."""
+    cfg = HMLConfig(store=str(store), output_dir=str(tmp_path / "out"), methods=["hml"], hidden_dim=8,
+                    steps_per_stage=3, checkpoint_every=3, batch_size=4, max_bg_per_image=16, stages=2,
+                    stage1_share=None, mode="sgcls", track=False, progress=False, ks=[20])
+    res = run(cfg)
+    rows = _stage_rows(tmp_path / "out")
+    assert len(rows) == 2 and all(m["loss_obj"] > 0 for stage in rows for m in stage)
+    metrics = res["methods"]["hml"]["metrics"]
+    assert 0.0 <= metrics["object_accuracy"] <= 100.0
+    preds = list(iter_sgg_predictions(tmp_path / "out" / "hml" / "predictions"))
+    graphs = list(evaluation_images(FeatureStore(store), cfg.eval_split, cfg.eval_images))
+    assert len(preds) == len(graphs) == 6
+    assert all(0.0 < p["pred_scores"].min() and p["pred_scores"].max() < 1.0 for p in preds)  # softmax maxima
+    correct = sum(int((p["pred_labels"] == g["labels"]).sum()) for p, g in zip(preds, graphs))
+    assert metrics["object_accuracy"] == pytest.approx(100.0 * correct / sum(len(g["labels"]) for g in graphs))
+    tree = json.loads((tmp_path / "out" / "tree.json").read_text())["parent"]
+    again = evaluate_sgg(preds, 50, [20], tree=tree)
+    assert again["R@20"] == metrics["R@20"] and again["mR@20"] == metrics["mR@20"]
+    reloaded = load_predictor(tmp_path / "out" / "hml" / "model.safetensors").eval()
+    assert reloaded.mode == "sgcls"
+    for (_, p), saved in zip(predict_images(reloaded, graphs), preds):
+        np.testing.assert_array_equal(p["obj_labels"], saved["pred_labels"])
+        np.testing.assert_allclose(p["obj_scores"], saved["pred_scores"], rtol=1e-6)

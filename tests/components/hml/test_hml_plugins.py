@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.errors import CheckpointError, DataError
+from components.errors import CheckpointError, DataError, InputError
 from components.hml.checkpoint import load_checkpoint, save_checkpoint
 from components.hml.importance import fisher_running_mean, importance_increment, normalize_importance
 from components.hml.plugins import (
     ClassBalancedCE,
     ConceptReconstruction,
     ImportanceTracker,
+    ObjectClassification,
     StepContext,
     class_balanced_weights,
 )
@@ -194,3 +195,23 @@ def test_stage_two_logs_every_term_and_checkpoint_round_trip(tmp_path):
     for h in hist:
         assert h["loss_cr"] > 0 and h["loss_mr"] > 0
         assert h["loss"] == pytest.approx(h["weighted_ce"] + h["weighted_cr"] + h["weighted_mr"], rel=1e-5)
+
+
+def test_sgcls_stage_trains_the_object_classifier_beside_the_predicates():
+    """An SGCls model's stage gets the object CE (equal to F.cross_entropy of its object logits against the GT
+    labels, logged per step); a PredCls model's does not, and the plugin refuses a model without object logits."""
+    torch.manual_seed(0)
+    model = build_predictor("mlp", C_OBJ, C_PRED, DIM, hidden_dim=8, dropout=0.0, mode="sgcls")
+    plugins, _ = stage_plugins(model, {1: 5, 2: 3}, [1, 2], 0.9)
+    assert [type(p) for p in plugins].count(ObjectClassification) == 1
+    assert not any(isinstance(p, ObjectClassification) for p in stage_plugins(_model(), {1: 5}, [1], 0.9)[0])
+    batch = next(_batches(np.array([0, 1, 2, -1, -1])))
+    logits = model(batch)
+    ctx = StepContext(batch=batch, logits=logits, model=model, step=1)
+    (term,) = ObjectClassification().loss_terms(ctx)
+    assert term.value.item() == pytest.approx(F.cross_entropy(model.object_logits, batch.labels).item())
+    hist = train_stage(model, _batches(np.array([0, 1, 2, -1, -1])), plugins,
+                       torch.optim.Adam(model.parameters(), 1e-2), 40, progress=False)
+    assert all("loss_obj" in h for h in hist) and hist[-1]["loss_obj"] < 0.5 * hist[0]["loss_obj"]
+    with pytest.raises(InputError, match="object_logits"):
+        ObjectClassification().loss_terms(StepContext(batch=batch, logits=_model()(batch), model=_model(), step=1))

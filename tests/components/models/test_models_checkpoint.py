@@ -26,15 +26,19 @@ def images():
     return out
 
 
+@pytest.mark.parametrize("mode", ["predcls", "sgcls"])
 @pytest.mark.parametrize("name", PREDICTORS)
-def test_round_trip(tmp_path, name):
+def test_round_trip(tmp_path, name, mode):
     torch.manual_seed(1)
     fb = np.random.default_rng(0).normal(size=(N_OBJ + 1, N_OBJ + 1, N_PRED + 1)).astype(np.float32)
-    model = build_predictor(name, N_OBJ, N_PRED, DIM, freq_bias=fb, hidden_dim=8).eval()
+    model = build_predictor(name, N_OBJ, N_PRED, DIM, freq_bias=fb, hidden_dim=8, mode=mode).eval()
     path = save_predictor(model, tmp_path / "m.safetensors", extra={"stage": 2})
     loaded = load_predictor(path, expected=model.build_spec).eval()
+    assert loaded.mode == mode
     batch = all_pairs(images())
     assert torch.equal(model(batch), loaded(batch))
+    if mode == "sgcls":
+        assert torch.equal(model.object_logits, loaded.object_logits)
     info = checkpoint_info(path)
     assert info["extra"] == {"stage": 2} and info["build_spec"] == model.build_spec
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp files left
@@ -49,6 +53,9 @@ def test_mismatch_names_the_difference(tmp_path):
     wider = build_predictor("mlp", N_OBJ, N_PRED, DIM, hidden_dim=16).build_spec
     with pytest.raises(CheckpointError, match="hidden_dim: checkpoint 8 vs expected 16"):
         load_predictor(path, expected=wider)
+    sgcls = build_predictor("mlp", N_OBJ, N_PRED, DIM, hidden_dim=8, mode="sgcls").build_spec
+    with pytest.raises(CheckpointError, match="mode: checkpoint '<absent>' vs expected 'sgcls'"):
+        load_predictor(path, expected=sgcls)
 
 
 def test_missing_and_corrupt_files(tmp_path):

@@ -175,3 +175,72 @@ def test_batch_geometry_is_computed_once_and_shared_by_two_models(name, monkeypa
     fresh = dataclasses.replace(batch)  # same tensors, no derived values
     torch.testing.assert_close(shared, second(fresh))
     assert len(calls) == n_first + 1
+
+
+def build_sgcls(name: str):
+    torch.manual_seed(0)
+    return build_predictor(name, N_OBJ, N_PRED, DIM, freq_bias=frequency_bias(IMAGES, N_OBJ, N_PRED),
+                           hidden_dim=16, mode="sgcls")
+
+
+def relabelled(images: list[dict]) -> list[dict]:
+    """The same images with every object given another GT label."""
+    return [dict(img, labels=img["labels"] % N_OBJ + 1) for img in images]
+
+
+@pytest.mark.parametrize("name", PREDICTORS)
+def test_sgcls_predicts_object_labels_and_never_reads_the_gt_ones(name):
+    """SGCls: object logits (N, C+1) set by forward, and neither they nor the relation logits change when the
+    GT labels do; in PredCls the same relabelling changes the relation logits (the check can fail)."""
+    model = build_sgcls(name).eval()
+    batch, other = all_pairs(IMAGES), all_pairs(relabelled(IMAGES))
+    with torch.no_grad():
+        rel, obj = model(batch), model.object_logits
+        rel2, obj2 = model(other), model.object_logits
+    assert obj.shape == (13, N_OBJ + 1) and rel.shape == (4 * 3 + 7 * 6 + 2, N_PRED + 1)
+    assert torch.equal(rel, rel2) and torch.equal(obj, obj2)
+    predcls = build(name).eval()
+    with torch.no_grad():
+        assert not torch.allclose(predcls(batch), predcls(other))
+    assert predcls.object_logits is None and "mode" not in predcls.build_spec
+    assert model.build_spec["mode"] == "sgcls"
+
+
+@pytest.mark.parametrize("name", PREDICTORS)
+def test_sgcls_frequency_bias_follows_the_predicted_labels(name):
+    """The bias row looked up for a pair is that of the predicted (subject, object) labels: raising the bias of
+    the predicted labels' cell raises exactly the pairs with those predicted labels."""
+    model = build_sgcls(name).eval()
+    batch = all_pairs(IMAGES)
+    with torch.no_grad():
+        before = model(batch)
+        pred = model.object_logits[:, 1:].argmax(1) + 1
+        s, o = pred[batch.pairs[0, 0]], pred[batch.pairs[0, 1]]
+        model.freq_bias.table.weight[s * (N_OBJ + 1) + o, 2] += 5.0
+        delta = model(batch) - before
+    hit = (pred[batch.pairs[:, 0]] == s) & (pred[batch.pairs[:, 1]] == o)
+    assert torch.allclose(delta[hit, 2], torch.full((int(hit.sum()),), 5.0), atol=1e-4)
+    assert torch.allclose(delta[~hit], torch.zeros_like(delta[~hit]), atol=1e-5)
+    assert torch.allclose(delta[:, [0, 1, 3, 4, 5]], torch.zeros_like(delta[:, [0, 1, 3, 4, 5]]), atol=1e-5)
+
+
+def test_sgcls_object_head_learns_and_the_mode_is_checked():
+    """Trained on the object CE alone, the object classifier learns labels that are a function of the
+    features; an unknown mode is refused."""
+    images = [dict(img, obj_features=np.eye(N_OBJ + 1, DIM, dtype=np.float32)[img["labels"]] * 3.0)
+              for img in IMAGES]
+    model = build_sgcls("mlp")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batch = all_pairs(images)
+    for _ in range(100):
+        model(batch)
+        loss = torch.nn.functional.cross_entropy(model.object_logits, batch.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    assert torch.equal(model.object_logits[:, 1:].argmax(1) + 1, batch.labels)
+    with pytest.raises(ConfigError, match="mode"):
+        build_predictor("mlp", N_OBJ, N_PRED, DIM, mode="sgdet")
