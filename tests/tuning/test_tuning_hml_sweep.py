@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -74,6 +75,23 @@ def _start_cli(argv: list[str], log: Path) -> subprocess.Popen:
         signal.signal(signal.SIGINT, ignored)
 
 
+def _run_cli(argv: list[str], log: Path, interrupt_when: Callable[[], bool] | None = None) -> tuple[int, str]:
+    """Run the sweep CLI to its end (exit code, output); with `interrupt_when`, press Ctrl-C once it holds."""
+    proc = _start_cli(argv, log)
+    try:
+        if interrupt_when is not None:
+            deadline = time.monotonic() + 600
+            while not interrupt_when() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert proc.poll() is None, log.read_text()[-3000:]
+            os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, log.read_text()
+
+
 def _finished_trials(trials_dir: Path) -> list[Path]:
     """Trial output directories whose HML run wrote its results.json (written last, atomically)."""
     return sorted(p.parent for p in trials_dir.glob("*/results.json"))
@@ -89,19 +107,8 @@ def test_real_sweep_interrupted_after_one_trial_resumes_without_rerunning_it(tmp
             "steps_per_stage=2", "checkpoint_every=2", "batch_size=4", "max_bg_per_image=16", "ks=[20]",
             "stage1_share=null"]
     trials_dir = runs / "sweeps" / "tiny sweep-trials"
-    proc = _start_cli(argv, tmp_path / "first.log")
-    try:
-        deadline = time.monotonic() + 600
-        while not _finished_trials(trials_dir) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C once the first trial is done (the second is queued or running)
-        proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    log = (tmp_path / "first.log").read_text()
-    assert proc.returncode == 130, log[-3000:]
+    code, log = _run_cli(argv, tmp_path / "first.log", interrupt_when=lambda: bool(_finished_trials(trials_dir)))
+    assert code == 130, log[-3000:]  # Ctrl-C once the first trial was done (the second queued or running)
     (note,) = [ln for ln in log.splitlines() if "unfinished; continue it with: " in ln]
     assert "1 trials unfinished" in note
     command = shlex.split(note.split("continue it with: ")[1])
@@ -109,14 +116,8 @@ def test_real_sweep_interrupted_after_one_trial_resumes_without_rerunning_it(tmp
     (first,) = _finished_trials(trials_dir)
     stamp = (first / "results.json").stat().st_mtime_ns
 
-    proc = _start_cli(command[2:], tmp_path / "resume.log")
-    try:
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    log = (tmp_path / "resume.log").read_text()
-    assert proc.returncode == 0, log[-3000:]
+    code, log = _run_cli(command[2:], tmp_path / "resume.log")
+    assert code == 0, log[-3000:]
     assert "2 trials (0 errors, 0 unfinished)" in log
     done = _finished_trials(trials_dir)
     assert len(done) == 2 and first in done
