@@ -1,6 +1,11 @@
 """Atomic writes leave either the old complete file or the new one, never a partial file."""
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -29,13 +34,31 @@ def test_atomic_dir_replaces_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_dir_is_clear_error(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    with pytest.raises(InputError, match="not writable"):
-        ensure_writable_dir(ro)
+    """A directory the user may read but not write. Root may write anywhere, so as root (CI) the check runs
+    in a child process that first becomes the unprivileged user `nobody`."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        with pytest.raises(InputError, match="not writable"):
+            ensure_writable_dir(ro)
+        return
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # pytest's tmp_path is root-only (0700): nobody cannot enter it
+    try:
+        base.chmod(0o755)
+        (base / "ro").mkdir(mode=0o555)
+        child = ("import os, sys\n"  # imports first: the interpreter's stdlib may be readable by root only
+                 "from components.atomic import ensure_writable_dir\n"
+                 "from components.errors import InputError\n"
+                 "os.setgid(65534); os.setuid(65534)\n"
+                 "try:\n    ensure_writable_dir(sys.argv[1])\nexcept InputError as e:\n    print(e)\n")
+        out = subprocess.run([sys.executable, "-c", child, str(base / "ro")], capture_output=True, text=True, check=False,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert "not writable" in out.stdout and str(base / "ro") in out.stdout
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_output_path_under_a_file_is_clear_error(tmp_path):
