@@ -9,7 +9,7 @@ against the planted TRUE fine labels (`fine_*`). The kept epoch is the one with 
 VG reference (MOTIFS PredCls): R@20/50/100 = 58.5/65.2/67.1 (67.2 in HML's table), mR = 12.5/15.9/17.2,
 ratio R@100 / mR@100 = 3.9.
 
-Run: python -m benchmarks.calibrate_planted [--scale S] [--epochs E] [cfg overrides key=value ...]
+Run: python -m benchmarks.calibrate_planted [--epochs E] [PlantedSGGConfig overrides key=value, e.g. scale=0.05]
 """
 from __future__ import annotations
 

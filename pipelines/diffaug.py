@@ -111,6 +111,7 @@ class DiffAugConfig:
     cpus_per_actor: float = field(default=1.0, metadata={"range": (0.05, 64.0)})
     shard_size: int = field(default=1024, metadata={"range": (1, None)})
     ray_address: str = ""
+    num_cpus: int | None = field(default=None, metadata={"range": (1, 100000)})  # local Ray's CPUs (None: all)
     experiment: str = "diffaug"
     plots: bool = True
 
@@ -168,6 +169,19 @@ class _Conditions:
         return self.emb.pooled[rows], None, self.hard_all[rows]
 
 
+def augmented_triplets(cfg: DiffAugConfig, train_trip: np.ndarray, obj_counts: np.ndarray, rel_counts: np.ndarray,
+                       objects: list[str], lch_cache: Path | None) -> dict[str, np.ndarray]:
+    """The WordNet-augmented tail triplets of `augment_triplets` at the config's LCH threshold and synset map."""
+    return augment_triplets(train_trip, obj_counts, rel_counts, objects, cfg.lch_threshold,
+                            similarity=LCHSimilarity(cfg.synsets, cache_path=lch_cache))
+
+
+def tail_plan(train_trip: np.ndarray, aug_trip: np.ndarray, rel_counts: np.ndarray, pools: dict, n: int,
+              seed: int) -> dict[str, np.ndarray]:
+    """DiffAugment's sampling plan: `n` requests over the tail triplets of the training and augmented sets."""
+    return sampling_plan(tail_triplet_pools(np.concatenate([train_trip, aug_trip]), rel_counts, pools), n, seed)
+
+
 def _triplets(d: RelationSet) -> np.ndarray:
     return np.stack([d.subject, d.predicate, d.object], axis=1)
 
@@ -195,6 +209,17 @@ def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationS
     train_diffusion_on_ray(train.union_feature, text, mask, hard, dcfg, run_dir, cpus=cfg.cpus_per_actor * 2,
                            checkpoint_every=max(dcfg.steps // 4, 1), groups=train.predicate)
     return str(bundle)
+
+
+def check_cpu_requests(cfg: DiffAugConfig, cluster_cpus: float) -> None:
+    """ConfigError unless the diffusion training actor (2 x cpus_per_actor) and the sampler pool (num_actors x
+    cpus_per_actor) each fit the Ray cluster's CPUs: Ray would queue a request that can never fit forever."""
+    asks = {"the diffusion training actor (2 x cpus_per_actor)": 2 * cfg.cpus_per_actor,
+            "the sampler pool (num_actors x cpus_per_actor)": cfg.num_actors * cfg.cpus_per_actor}
+    for what, cpus in asks.items():
+        if cpus > cluster_cpus + 1e-9:
+            raise ConfigError("cpus_per_actor / num_actors", f"{what} asks {cpus:g} CPUs; the Ray cluster has "
+                              f"{cluster_cpus:g}", "requests that fit the cluster (or a larger one: ray_address=, num_cpus=)")
 
 
 def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pools: dict, strength: float,
@@ -269,12 +294,14 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     unknown = sorted(set(cfg.synsets) - set(store.manifest.objects))
     if unknown:
         raise ConfigError("synsets", f"classes {unknown} are not in the store's vocabulary", "object class names")
+    gen_variants = [v for v in cfg.variants if v.startswith(("diffaug", "wce_diffaug"))]
+    if gen_variants:  # Ray's CPUs checked before anything is written
+        check_cpu_requests(cfg, init_ray(cfg.ray_address or None, num_cpus=cfg.num_cpus).get("CPU", 0.0))
     out = ensure_writable_dir(cfg.out)
     objects, predicates = store.manifest.objects, store.manifest.predicates
     obj_counts, rel_counts = _counts(train, len(objects), len(predicates))
     train_trip = np.unique(_triplets(train), axis=0)
-    aug = augment_triplets(train_trip, obj_counts, rel_counts, objects, cfg.lch_threshold,
-                           similarity=LCHSimilarity(cfg.synsets, cache_path=out / "lch_cache.json"))
+    aug = augmented_triplets(cfg, train_trip, obj_counts, rel_counts, objects, out / "lch_cache.json")
     aug_trip = np.stack([aug["subject"], aug["predicate"], aug["object"]], axis=1)
     augmentation = {"train_triplets": len(train_trip), "new_triplets": len(aug_trip),
                     "no_synset": classes_without_synset(objects, cfg.synsets),
@@ -306,8 +333,7 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         results["baseline_wce"] = scored(wce, "baseline_wce")
 
     pools = class_feature_pools(train)
-    plan = sampling_plan(tail_triplet_pools(np.concatenate([train_trip, aug_trip]), rel_counts, pools),
-                         cfg.n_generated, cfg.seed)
+    plan = tail_plan(train_trip, aug_trip, rel_counts, pools, cfg.n_generated, cfg.seed)
 
     def finetuned(variant: str, data: RelationSet, curriculum: bool = False, start: VRRClassifier | None = None
                   ) -> dict:
@@ -327,11 +353,9 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         if "wce_real_balanced_ft" in cfg.variants:
             results["wce_real_balanced_ft"] = finetuned("wce_real_balanced_ft", control, start=wce)
 
-    gen_variants = [v for v in cfg.variants if v.startswith(("diffaug", "wce_diffaug"))]
     fid: dict[str, dict] = {}
     generated: dict[str, RelationSet] = {}
     if gen_variants:
-        init_ray(cfg.ray_address or None, num_cpus=2)
         probe = _probe(train, len(predicates), cfg.seed)
         hard_cfg = copy.deepcopy(cfg.diffusion)
         hard_cfg.use_hardness = True

@@ -4,7 +4,8 @@
 
 For each guidance scale, the share of generated union features that a logistic-regression probe trained
 on real training features assigns to the intended relation, for (a) DiffAugment's tail requests (the
-phase's sampling plan) and (b) the triplets of random real test samples (mostly head relations), beside
+phase's sampling plan over the training and WordNet-augmented tail triplets, at the run's LCH threshold
+and synset map) and (b) the triplets of random real test samples (mostly head relations), beside
 the same rate on the real test samples. Guidance 0 is unconditional sampling: its rate is what the
 test distribution's prior alone earns, so the gap between it and guidance > 0 is what the condition adds.
 `spread` = mean per-dimension std of the generated features / that of the real training features.
@@ -30,62 +31,86 @@ import numpy as np
 from components.atomic import write_json
 from components.diffaug.diffusion import load_bundle
 from components.diffaug.fidelity import copy_rate, copy_threshold, hit_rate, spread_ratio
-from components.diffaug.requests import class_feature_pools, sampling_plan, tail_triplet_pools
+from components.diffaug.requests import class_feature_pools
 from components.diffaug.sampling import inference_bundle, sample_features
 from components.errors import DataError, InputError
-from pipelines.diffaug import DiffAugConfig, _Conditions, _counts, _probe, _triplets, load_splits
+from pipelines.diffaug import (
+    DiffAugConfig,
+    _Conditions,
+    _counts,
+    _probe,
+    _triplets,
+    augmented_triplets,
+    load_splits,
+    tail_plan,
+)
 
 # What the bundle was trained with that sampling must repeat: the seed fitted the K-means hardness vectors,
 # the text encoder (and token mode) made the condition embeddings. Outside a DiffAugment run: these defaults.
 RUN_SETTINGS: dict[str, Any] = {"seed": 0, "text_encoder": "minilm", "text_tokens": False}
+# What DiffAugment's tail plan was made with, read from a run's results.json (else DiffAugConfig's defaults),
+# and the open_clip checkpoint its text encoder loaded (given with --clip-checkpoint outside a run).
+PLAN_SETTINGS = ("lch_threshold", "synsets", "clip_checkpoint")
 
 
 def run_settings(bundle_path: str, given: dict[str, Any]) -> dict[str, Any]:
     """seed / text_encoder / text_tokens of the DiffAugment run holding the bundle (RUN/diffusion-*/bundle.safetensors,
     RUN/results.json), which the `given` ones (None = not given) must equal; for a bundle outside a run the given
-    ones, else RUN_SETTINGS; an unfinished run (no results.json) needs the seed given."""
+    ones, else RUN_SETTINGS; an unfinished run (no results.json) needs the seed given. Also PLAN_SETTINGS: the
+    run's, else DiffAugConfig's defaults (`clip_checkpoint`: the given one wins, the file may have moved)."""
     bundle_dir = Path(bundle_path).resolve().parent
     in_run, results = bundle_dir.name.startswith("diffusion-"), bundle_dir.parent / "results.json"
+    defaults = DiffAugConfig()
+    plan = {k: getattr(defaults, k) for k in PLAN_SETTINGS}
+    if given.get("clip_checkpoint"):
+        plan["clip_checkpoint"] = given["clip_checkpoint"]
     if not (in_run and results.is_file()):
         if in_run and given.get("seed") is None:
             raise InputError("seed", f"not given, and the bundle's DiffAugment run {bundle_dir.parent} has no "
                              "results.json (unfinished?) to read it from", "the seed that run was started with")
-        return {k: d if given.get(k) is None else given[k] for k, d in RUN_SETTINGS.items()}
+        return {k: d if given.get(k) is None else given[k] for k, d in RUN_SETTINGS.items()} | plan
     try:
         config = json.loads(results.read_text())["config"]
         recorded = {k: type(d)(config[k]) for k, d in RUN_SETTINGS.items()}
+        recorded |= {k: type(plan[k])(config[k]) for k in PLAN_SETTINGS}
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(str(results), f"no readable config.{'/'.join(RUN_SETTINGS)} ({e})",
                         "the results.json of a DiffAugment run") from e
-    for k, v in given.items():
+    for k in RUN_SETTINGS:
+        v = given.get(k)
         if v is not None and v != recorded[k]:
             raise InputError(k, f"{v}, but the bundle's DiffAugment run {results.parent} used {recorded[k]} "
                              "(the bundle was trained on what it made)", f"{recorded[k]}, or not given")
+    if given.get("clip_checkpoint"):
+        recorded["clip_checkpoint"] = given["clip_checkpoint"]
     return recorded
 
 
 def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], n: int = 1000,
                    seed: int | None = None, text_encoder: str | None = None, text_tokens: bool | None = None,
-                   cache_dir: str | Path | None = None) -> dict:
+                   cache_dir: str | Path | None = None, clip_checkpoint: str | None = None) -> dict:
     """{'real': {'tail', 'test', 'copy_tail', 'copy_test'}, 'by_guidance': [{'guidance', 'tail', 'test', 'spread_tail',
-    'spread_test', 'copy_tail', 'copy_test'}], 'n', 'seed', 'text_encoder', 'text_tokens'}; settings left None:
-    see `run_settings`.
+    'spread_test', 'copy_tail', 'copy_test'}], 'n', 'tail_requests', 'tail_requests_augmented' (requests of a
+    WordNet-augmented triplet), and the settings}; settings left None: see `run_settings`.
     `cache_dir`: where text embeddings are cached (e.g. the DiffAugment run's `text_cache`; None = not cached)."""
     if not guidance or any(g < 0 for g in guidance):
         raise InputError("guidance", f"{list(guidance)}", "one or more scales >= 0")
-    settings = run_settings(bundle_path, {"seed": seed, "text_encoder": text_encoder, "text_tokens": text_tokens})
-    seed, text_encoder, text_tokens = settings["seed"], settings["text_encoder"], settings["text_tokens"]
+    settings = run_settings(bundle_path, {"seed": seed, "text_encoder": text_encoder, "text_tokens": text_tokens,
+                                          "clip_checkpoint": clip_checkpoint})
+    seed = settings["seed"]
     bundle = inference_bundle(load_bundle(bundle_path))  # cast once for the 2 x len(guidance) sampling calls
     store, train, test = load_splits(store_dir)
     objects, predicates = store.manifest.objects, store.manifest.predicates
     k = bundle.model.hardness_dim or DiffAugConfig.hardness_k  # K-means size is read off the bundle
-    cfg = DiffAugConfig(store=store_dir, out=".", seed=seed, text_encoder=text_encoder, text_tokens=text_tokens,
-                        hardness_k=k)
-    _, rel_counts = _counts(train, len(objects), len(predicates))
+    cfg = DiffAugConfig(store=store_dir, out=".", hardness_k=k, **settings)
+    obj_counts, rel_counts = _counts(train, len(objects), len(predicates))
     train_trip, test_trip = np.unique(_triplets(train), axis=0), _triplets(test)
-    cond = _Conditions(cfg, objects, predicates, train_trip, np.unique(test_trip, axis=0), cache_dir)
+    aug = augmented_triplets(cfg, train_trip, obj_counts, rel_counts, objects, None)
+    aug_trip = np.stack([aug["subject"], aug["predicate"], aug["object"]], axis=1)
+    cond = _Conditions(cfg, objects, predicates, train_trip, np.unique(np.concatenate([aug_trip, test_trip]), axis=0),
+                       cache_dir)
     probe = _probe(train, len(predicates), seed)
-    plan = sampling_plan(tail_triplet_pools(train_trip, rel_counts, class_feature_pools(train)), n, seed)
+    plan = tail_plan(train_trip, aug_trip, rel_counts, class_feature_pools(train), n, seed)
     pick = np.random.default_rng(seed).choice(len(test), min(n, len(test)), replace=False)
     sets = {"tail": (np.stack([plan["subject"], plan["predicate"], plan["object"]], 1), plan["sample_id"]),
             "test": (test_trip[pick], np.arange(len(pick)) + 10**9)}  # ids disjoint from the plan's
@@ -106,7 +131,10 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
                                             scale[name][0])
             row[f"spread_{name}"] = spread_ratio(feats, train.union_feature)
         rows.append(row)
-    return {"real": real, "by_guidance": rows, "n": len(pick), **settings}
+    in_train = {tuple(t) for t in train_trip.tolist()}
+    augmented = sum(tuple(t) not in in_train for t in sets["tail"][0].tolist())
+    return {"real": real, "by_guidance": rows, "n": len(pick), "tail_requests": len(plan["sample_id"]),
+            "tail_requests_augmented": augmented, **settings}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,11 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--text-encoder", help=f"{run} minilm")
     ap.add_argument("--text-tokens", action=argparse.BooleanOptionalAction, help=f"{run} pooled")
     ap.add_argument("--text-cache", help="text-embedding cache dir (e.g. the DiffAugment run's text_cache)")
+    ap.add_argument("--clip-checkpoint", help=f"open_clip checkpoint for --text-encoder openclip ({run} none)")
     ap.add_argument("--out", help="also write the JSON here (atomically)")
     args = ap.parse_args(argv)
     try:
         res = fidelity_sweep(args.store, args.bundle, args.guidance, args.n, args.seed, args.text_encoder,
-                             args.text_tokens, args.text_cache)
+                             args.text_tokens, args.text_cache, args.clip_checkpoint)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ from components.data.planted_sgg import PlantedSGGConfig
 from components.data.planted_vrr import PlantedVRRConfig
 from components.errors import ConfigError
 from components.stages import StageCache, StageResult
+from components.tracking.uri import redact_uri
 from pipelines.cli import exit_code
 from pipelines.diffaug import DiffAugConfig, run_diffaug
 from pipelines.hml import HMLConfig
@@ -299,7 +300,9 @@ def print_summary(summary: dict, run_root: Path) -> None:
             print(f"{method:<26} " + " ".join(f"{so[b]:5.1f}" for b in ("many", "medium", "few", "all")) + " | "
                   + " ".join(f"{r[b]:5.1f}" for b in ("many", "medium", "few", "all")) + f" | {m['combined']:6.2f}")
     print("\nwall time per phase (s): " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
-    print(f"summary: {run_root / 'summary.json'}; MLflow: {run_root} (make mlflow-ui)", flush=True)
+    uri = redact_uri(os.environ.get("MLFLOW_TRACKING_URI", ""))
+    ui = (f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" if uri.startswith("sqlite:") else f"open {uri}")
+    print(f"summary: {run_root / 'summary.json'}; MLflow: {uri} (browse: {ui})", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

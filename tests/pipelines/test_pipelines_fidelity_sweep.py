@@ -8,8 +8,17 @@ import pytest
 from components.atomic import write_json
 from components.config import from_dict, to_dict
 from components.diffaug.diffusion import DiffusionConfig, save_bundle, train_denoiser
+from components.diffaug.requests import class_feature_pools
 from components.errors import InputError
-from pipelines.diffaug import DiffAugConfig, _Conditions, _triplets, load_splits
+from pipelines.diffaug import (
+    DiffAugConfig,
+    _Conditions,
+    _counts,
+    _triplets,
+    augmented_triplets,
+    load_splits,
+    tail_plan,
+)
 from pipelines.fidelity_sweep import fidelity_sweep, main
 from pipelines.prepare_data import PrepareDataConfig, write_store
 
@@ -83,3 +92,30 @@ def test_settings_are_the_diffaugment_runs_and_a_mismatch_is_refused(bundle, tmp
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("error: seed: 0, but") and "used 3" in errors[0]
     assert not out.exists()
+
+
+def test_tail_requests_are_diffaugments_plan_with_its_augmented_triplets(bundle, tmp_path):
+    """The tail set is DiffAugment's own sampling plan (pipelines.diffaug.tail_plan over training + WordNet-
+    augmented tail triplets at the run's LCH threshold and synset map), not a plan over training triplets."""
+    store, path = bundle
+    run = tmp_path / "run"
+    (run / "diffusion-0123abcd").mkdir(parents=True)
+    in_run = str(shutil.copy(path, run / "diffusion-0123abcd" / "bundle.safetensors"))
+    st, train, _ = load_splits(store)
+    objects, predicates = st.manifest.objects, st.manifest.predicates
+    counts = {}
+    for threshold in (2.26, 100.0):  # 100: no two classes are that similar, so nothing is augmented
+        cfg = DiffAugConfig(store=store, out=str(run), text_encoder="glove-roles", hardness_k=4,
+                            lch_threshold=threshold)
+        write_json(run / "results.json", {"results": {}, "config": to_dict(cfg)})
+        got = fidelity_sweep(store, in_run, [1.0], n=200)
+        obj_counts, rel_counts = _counts(train, len(objects), len(predicates))
+        trip = np.unique(_triplets(train), axis=0)
+        aug = augmented_triplets(cfg, trip, obj_counts, rel_counts, objects, None)
+        aug_trip = np.stack([aug["subject"], aug["predicate"], aug["object"]], axis=1)
+        plan = tail_plan(trip, aug_trip, rel_counts, class_feature_pools(train), 200, cfg.seed)
+        in_train = {tuple(t) for t in trip.tolist()}
+        want = sum(tuple(t) not in in_train for t in zip(plan["subject"], plan["predicate"], plan["object"]))
+        assert got["tail_requests"] == len(plan["sample_id"]) and got["tail_requests_augmented"] == want
+        counts[threshold] = want
+    assert counts[2.26] > 0 and counts[100.0] == 0
