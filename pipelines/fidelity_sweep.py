@@ -48,9 +48,10 @@ from pipelines.diffaug import (
 # What the bundle was trained with that sampling must repeat: the seed fitted the K-means hardness vectors,
 # the text encoder (and token mode) made the condition embeddings. Outside a DiffAugment run: these defaults.
 RUN_SETTINGS: dict[str, Any] = {"seed": 0, "text_encoder": "minilm", "text_tokens": False}
-# What DiffAugment's tail plan was made with, read from a run's results.json (else DiffAugConfig's defaults),
-# and the open_clip checkpoint its text encoder loaded (given with --clip-checkpoint outside a run).
-PLAN_SETTINGS = ("lch_threshold", "synsets", "clip_checkpoint")
+# What DiffAugment's tail plan was made with, read from a run's results.json (else DiffAugConfig's defaults;
+# a key an older run does not record had the default then), and the open_clip model and checkpoint of its text
+# encoder (--clip-model / --clip-checkpoint outside a run; a given checkpoint wins, the file may have moved).
+PLAN_SETTINGS = ("lch_threshold", "synsets", "clip_model", "clip_checkpoint")
 
 
 def run_settings(bundle_path: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -62,8 +63,7 @@ def run_settings(bundle_path: str, given: dict[str, Any]) -> dict[str, Any]:
     in_run, results = bundle_dir.name.startswith("diffusion-"), bundle_dir.parent / "results.json"
     defaults = DiffAugConfig()
     plan = {k: getattr(defaults, k) for k in PLAN_SETTINGS}
-    if given.get("clip_checkpoint"):
-        plan["clip_checkpoint"] = given["clip_checkpoint"]
+    plan |= {k: given[k] for k in ("clip_model", "clip_checkpoint") if given.get(k)}
     if not (in_run and results.is_file()):
         if in_run and given.get("seed") is None:
             raise InputError("seed", f"not given, and the bundle's DiffAugment run {bundle_dir.parent} has no "
@@ -72,11 +72,11 @@ def run_settings(bundle_path: str, given: dict[str, Any]) -> dict[str, Any]:
     try:
         config = json.loads(results.read_text())["config"]
         recorded = {k: type(d)(config[k]) for k, d in RUN_SETTINGS.items()}
-        recorded |= {k: type(plan[k])(config[k]) for k in PLAN_SETTINGS}
+        recorded |= {k: type(getattr(defaults, k))(config.get(k, getattr(defaults, k))) for k in PLAN_SETTINGS}
     except (ValueError, KeyError, TypeError) as e:
-        raise DataError(str(results), f"no readable config.{'/'.join(RUN_SETTINGS)} ({e})",
+        raise DataError(str(results), f"no readable config.{'/'.join(RUN_SETTINGS)} ({e!r})",
                         "the results.json of a DiffAugment run") from e
-    for k in RUN_SETTINGS:
+    for k in (*RUN_SETTINGS, "clip_model"):
         v = given.get(k)
         if v is not None and v != recorded[k]:
             raise InputError(k, f"{v}, but the bundle's DiffAugment run {results.parent} used {recorded[k]} "
@@ -88,7 +88,8 @@ def run_settings(bundle_path: str, given: dict[str, Any]) -> dict[str, Any]:
 
 def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], n: int = 1000,
                    seed: int | None = None, text_encoder: str | None = None, text_tokens: bool | None = None,
-                   cache_dir: str | Path | None = None, clip_checkpoint: str | None = None) -> dict:
+                   cache_dir: str | Path | None = None, clip_checkpoint: str | None = None,
+                   clip_model: str | None = None) -> dict:
     """{'real': {'tail', 'test', 'copy_tail', 'copy_test'}, 'by_guidance': [{'guidance', 'tail', 'test', 'spread_tail',
     'spread_test', 'copy_tail', 'copy_test'}], 'n', 'tail_requests', 'tail_requests_augmented' (requests of a
     WordNet-augmented triplet), and the settings}; settings left None: see `run_settings`.
@@ -96,7 +97,7 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
     if not guidance or any(g < 0 for g in guidance):
         raise InputError("guidance", f"{list(guidance)}", "one or more scales >= 0")
     settings = run_settings(bundle_path, {"seed": seed, "text_encoder": text_encoder, "text_tokens": text_tokens,
-                                          "clip_checkpoint": clip_checkpoint})
+                                          "clip_checkpoint": clip_checkpoint, "clip_model": clip_model})
     seed = settings["seed"]
     bundle = inference_bundle(load_bundle(bundle_path))  # cast once for the 2 x len(guidance) sampling calls
     store, train, test = load_splits(store_dir)
@@ -149,12 +150,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--text-encoder", help=f"{run} minilm")
     ap.add_argument("--text-tokens", action=argparse.BooleanOptionalAction, help=f"{run} pooled")
     ap.add_argument("--text-cache", help="text-embedding cache dir (e.g. the DiffAugment run's text_cache)")
+    ap.add_argument("--clip-model", help=f"open_clip model name for --text-encoder openclip ({run} ViT-L-14)")
     ap.add_argument("--clip-checkpoint", help=f"open_clip checkpoint for --text-encoder openclip ({run} none)")
     ap.add_argument("--out", help="also write the JSON here (atomically)")
     args = ap.parse_args(argv)
     try:
         res = fidelity_sweep(args.store, args.bundle, args.guidance, args.n, args.seed, args.text_encoder,
-                             args.text_tokens, args.text_cache, args.clip_checkpoint)
+                             args.text_tokens, args.text_cache, args.clip_checkpoint, args.clip_model)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

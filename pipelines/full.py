@@ -150,9 +150,15 @@ def prepare_stage(cache: StageCache, dataset: str, planted: Any, given: str | No
 NOT_CONTENT = ("store", "output_dir", "out", "ray_address", "experiment", "progress", "track", "plots", "num_cpus")
 
 
+# Fields added after phases were first cached, with the value every earlier run had: left out of the key at
+# that value, so an upgrade keeps the cache (HMLConfig.mode arrived with SGCls).
+ADDED_AT_DEFAULT = {"mode": "predcls"}
+
+
 def phase_key(cfg: Any) -> dict:
     """The content of a phase's config: what changes its results."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in NOT_CONTENT}
+    return {k: v for k, v in to_dict(cfg).items()
+            if k not in NOT_CONTENT and not (k in ADDED_AT_DEFAULT and v == ADDED_AT_DEFAULT[k])}
 
 
 def timed(timings: dict[str, float], stage: StageResult) -> StageResult:

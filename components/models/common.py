@@ -137,6 +137,11 @@ class PairPredictor(RelationPredictor):
                 raise InputError("freq_bias", f"shape {tuple(np.shape(freq_bias))}", f"shape {want}")
             self.freq_bias = FrequencyBias(freq_bias)
 
+    def __getstate__(self) -> dict:
+        """State for copy/pickle without `object_logits`: the last forward's output (with its autograd graph,
+        which deepcopy refuses) is not part of the model."""
+        return {**self.__dict__, "object_logits": None}
+
     def context(self, batch: SGBatch, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """(N, H') contextualised object representations (`labels`: GT in PredCls, predicted in SGCls)."""
         raise NotImplementedError

@@ -119,3 +119,21 @@ def test_tail_requests_are_diffaugments_plan_with_its_augmented_triplets(bundle,
         assert got["tail_requests"] == len(plan["sample_id"]) and got["tail_requests_augmented"] == want
         counts[threshold] = want
     assert counts[2.26] > 0 and counts[100.0] == 0
+
+
+def test_a_run_recording_no_plan_settings_gets_the_defaults_it_ran_with(bundle, tmp_path):
+    """A results.json written before synsets / clip settings were recorded: those keys take the defaults that
+    run had (no error), and the result equals that of a run recording the defaults."""
+    store, path = bundle
+    run = tmp_path / "run"
+    (run / "diffusion-0123abcd").mkdir(parents=True)
+    in_run = str(shutil.copy(path, run / "diffusion-0123abcd" / "bundle.safetensors"))
+    config = to_dict(DiffAugConfig(store=store, out=str(run), text_encoder="glove-roles", hardness_k=4))
+    write_json(run / "results.json", {"results": {}, "config": config})
+    full = fidelity_sweep(store, in_run, [1.0], n=20)
+    for key in ("synsets", "clip_model", "clip_checkpoint"):
+        del config[key]
+    write_json(run / "results.json", {"results": {}, "config": config})
+    assert json.dumps(fidelity_sweep(store, in_run, [1.0], n=20)) == json.dumps(full)
+    with pytest.raises(InputError, match="clip_model: RN50, but"):
+        fidelity_sweep(store, in_run, [1.0], n=20, clip_model="RN50")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from components.config import to_dict
+from components.config import config_hash, to_dict
 from components.errors import ConfigError
-from pipelines.full import PRESETS, load, main
+from pipelines.full import PRESETS, load, main, phase_key
 
 
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p != "paper"])
@@ -56,3 +56,13 @@ def test_preset_conflicting_with_explicit_flag_is_one_error(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
     with pytest.raises(ConfigError, match=r"^preset: value 'huge' is not allowed"):
         load(None, None, ["preset=huge"])
+
+
+def test_hml_phase_key_leaves_out_predcls_so_an_upgrade_keeps_the_cache():
+    """HMLConfig.mode arrived with SGCls: a PredCls phase keeps the key it had before (no `mode` in it), an
+    SGCls phase gets its own."""
+    predcls = phase_key(load("default", None, []).hml)
+    sgcls = phase_key(load("default", None, ["hml.mode=sgcls"]).hml)
+    assert "mode" not in predcls and sgcls["mode"] == "sgcls"
+    assert {k: v for k, v in sgcls.items() if k != "mode"} == predcls
+    assert config_hash(predcls) != config_hash(sgcls)

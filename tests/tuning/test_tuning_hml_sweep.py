@@ -92,6 +92,12 @@ def _run_cli(argv: list[str], log: Path, interrupt_when: Callable[[], bool] | No
     return proc.returncode, log.read_text()
 
 
+def _reported(experiment: Path) -> bool:
+    """A trial's result reached Tune's driver (its logger wrote the trial's result.json): the trial is done,
+    not merely past writing its HML results.json (Ctrl-C in that gap would leave it running, to be rerun)."""
+    return any(p.stat().st_size > 0 for p in experiment.glob("hml_trial_*/result.json"))
+
+
 def _finished_trials(trials_dir: Path) -> list[Path]:
     """Trial output directories whose HML run wrote its results.json (written last, atomically)."""
     return sorted(p.parent for p in trials_dir.glob("*/results.json"))
@@ -107,7 +113,7 @@ def test_real_sweep_interrupted_after_one_trial_resumes_without_rerunning_it(tmp
             "steps_per_stage=2", "checkpoint_every=2", "batch_size=4", "max_bg_per_image=16", "ks=[20]",
             "stage1_share=null"]
     trials_dir = runs / "sweeps" / "tiny sweep-trials"
-    code, log = _run_cli(argv, tmp_path / "first.log", interrupt_when=lambda: bool(_finished_trials(trials_dir)))
+    code, log = _run_cli(argv, tmp_path / "first.log", interrupt_when=lambda: _reported(runs / "sweeps" / "tiny sweep"))
     assert code == 130, log[-3000:]  # Ctrl-C once the first trial was done (the second queued or running)
     (note,) = [ln for ln in log.splitlines() if "unfinished; continue it with: " in ln]
     assert "1 trials unfinished" in note

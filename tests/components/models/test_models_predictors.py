@@ -244,3 +244,22 @@ def test_sgcls_object_head_learns_and_the_mode_is_checked():
     assert torch.equal(model.object_logits[:, 1:].argmax(1) + 1, batch.labels)
     with pytest.raises(ConfigError, match="mode"):
         build_predictor("mlp", N_OBJ, N_PRED, DIM, mode="sgdet")
+
+
+def test_sgcls_model_copies_after_a_training_forward():
+    """The last forward's object logits (holding their autograd graph) are not model state: a copy made right
+    after a training forward works (as when a trained model becomes a frozen teacher) and predicts the same."""
+    import copy
+    import pickle
+
+    model = build_sgcls("motifs")
+    model(all_pairs(IMAGES))
+    assert model.object_logits is not None and model.object_logits.requires_grad
+    clone = copy.deepcopy(model).eval()
+    assert clone.object_logits is None and model.object_logits is not None
+    again = pickle.loads(pickle.dumps(model)).eval()
+    model.eval()
+    with torch.no_grad():
+        batch = all_pairs(IMAGES)
+        assert torch.equal(model(batch), clone(batch)) and torch.equal(model(batch), again(batch))
+        assert torch.equal(model.object_logits, clone.object_logits)
