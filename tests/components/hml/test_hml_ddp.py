@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -43,16 +44,17 @@ def _rank_batches(rank: int) -> list:
     return [sample_pairs(images, rng, 8, 6, STAGE2_LABELS) for _ in range(STEPS)]
 
 
-def _model(seed: int):
+def _model(seed: int, spec: tuple[str, str]):
+    """Predictor `spec` = (name, mode), e.g. ("motifs", "sgcls")."""
     torch.manual_seed(seed)
     fb = np.random.default_rng(seed).normal(size=(C_OBJ + 1, C_OBJ + 1, C_PRED + 1)).astype(np.float32)
-    return build_predictor("mlp", C_OBJ, C_PRED, DIM, freq_bias=fb, hidden_dim=8, dropout=0.0)
+    return build_predictor(spec[0], C_OBJ, C_PRED, DIM, freq_bias=fb, hidden_dim=8, dropout=0.0, mode=spec[1])
 
 
-def _previous(path: Path) -> PreviousStage:
+def _previous(path: Path, spec: tuple[str, str]) -> PreviousStage:
     """The frozen stage-1 model with its anchors, Fisher and importance, as saved by the parent process."""
     state = torch.load(path)
-    old = _model(0)
+    old = _model(0, spec)
     old.load_state_dict(state["model"])
     return PreviousStage(old, [1, 2], state["anchors"], state["fisher"], state["importance"])
 
@@ -69,25 +71,27 @@ def _snapshot(model, tracker) -> dict:
             "params": {n: p.detach().clone() for n, p in model.named_parameters()}}
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, prev_path: str, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, init_file: str, prev_path: str, out_dir: str, spec: tuple[str, str]) -> None:
     """One DDP rank: STEPS StageTrainer steps on its own batches; saves F, Omega and parameters."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        model = DistributedDataParallel(_model(1 + rank))  # DDP broadcasts rank 0's initial weights
-        plugins, tracker, opt = _stage2(model.module, _previous(Path(prev_path)))
+        model = DistributedDataParallel(_model(1 + rank, spec))  # DDP broadcasts rank 0's initial weights
+        plugins, tracker, opt = _stage2(model.module, _previous(Path(prev_path), spec))
         trainer = StageTrainer(model, plugins, opt)
         trainer.run(_rank_batches(rank), STEPS, progress=False)
         assert all(m["loss_cr"] > 0 and m["loss_mr"] > 0 for m in trainer.history)
+        assert all(m.get("loss_obj", 1.0) > 0 for m in trainer.history) and (spec[1] == "sgcls") == (
+            "loss_obj" in trainer.history[0])
         torch.save(_snapshot(model.module, tracker), Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def _single_process(batch_lists: list[list], prev_path: Path) -> dict:
+def _single_process(batch_lists: list[list], prev_path: Path, spec: tuple[str, str]) -> dict:
     """STEPS steps in one process on the MEAN of the per-rank total losses (= the DDP averaged gradient)."""
-    model = _model(1)
-    plugins, tracker, opt = _stage2(model, _previous(prev_path))
+    model = _model(1, spec)
+    plugins, tracker, opt = _stage2(model, _previous(prev_path, spec))
     for step in range(STEPS):
         totals, ctx = [], None
         for batches in batch_lists:
@@ -102,9 +106,9 @@ def _single_process(batch_lists: list[list], prev_path: Path) -> dict:
 
 
 
-def _save_stage1(path: Path) -> None:
+def _save_stage1(path: Path, spec: tuple[str, str]) -> None:
     """Train a stage-1 model for a few steps and save what stage 2 needs (as the pipeline's checkpoint)."""
-    old = _model(0)
+    old = _model(0, spec)
     plugins, tracker = stage_plugins(old, {1: 5, 2: 3}, [1, 2], 0.9)
     rng = np.random.default_rng(3)
     images = _images(4, seed=3)
@@ -119,18 +123,19 @@ def _close(a: dict, b: dict, **tol) -> bool:
     return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], **tol) for k in a)
 
 
-def test_ddp_ranks_share_fisher_importance_and_parameters(tmp_path):
+@pytest.mark.parametrize("spec", [("mlp", "predcls"), ("motifs", "sgcls")])
+def test_ddp_ranks_share_fisher_importance_and_parameters(tmp_path, spec):
     prev = tmp_path / "stage1.pt"
-    _save_stage1(prev)
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(prev), str(tmp_path)), nprocs=2, join=True)
+    _save_stage1(prev, spec)
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(prev), str(tmp_path), spec), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for key in ("fisher", "importance", "params"):
         assert all(torch.equal(r0[key][n], r1[key][n]) for n in r0[key]), key  # bit-identical on both ranks
     for key in ("fisher", "importance"):
         assert any((v > 0).any() for v in r0[key].values()), key
-    both = _single_process([_rank_batches(0), _rank_batches(1)], prev)
+    both = _single_process([_rank_batches(0), _rank_batches(1)], prev, spec)
     for key in ("fisher", "importance", "params"):
         assert _close(r0[key], both[key], rtol=1e-4, atol=1e-6), key
-    alone = _single_process([_rank_batches(0)], prev)  # what rank 0's local gradient alone gives
+    alone = _single_process([_rank_batches(0)], prev, spec)  # what rank 0's local gradient alone gives
     for key in ("fisher", "importance", "params"):
         assert not _close(r0[key], alone[key], rtol=1e-2, atol=1e-4), key
