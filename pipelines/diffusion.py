@@ -11,6 +11,7 @@ same vectors. `manifest.json` is written last and lists every shard.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -122,9 +123,9 @@ class _SampleActor:
         self.bundle_key: tuple[str, int] | None = None
         self.bundle = None
 
-    def ready(self) -> bool:
-        """Returns once the actor process is up (its imports done): lets a pool start before it is used."""
-        return True
+    def ready(self) -> int:
+        """The actor's process id, once the process is up (its imports done): lets a pool start before it is used."""
+        return os.getpid()
 
     def shard(self, bundle_path: str, req: dict, index: int, lo: int, hi: int, path: str, params: dict) -> dict:
         t0 = time.perf_counter()
@@ -153,10 +154,11 @@ class SamplerPool:
                              "positive values")
         self.actors = [_SampleActor.options(num_cpus=cpus_per_actor).remote(_threads(cpus_per_actor))
                        for _ in range(num_actors)]
+        self.pids: list[int] = []
 
     def wait_ready(self) -> Self:
-        """Block until every actor is up."""
-        ray.get([a.ready.remote() for a in self.actors])
+        """Block until every actor is up; `pids` then holds their process ids (in `actors` order)."""
+        self.pids = ray.get([a.ready.remote() for a in self.actors])
         return self
 
     def close(self) -> None:
