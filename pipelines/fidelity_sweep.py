@@ -62,28 +62,28 @@ def run_settings(bundle_path: str, given: dict[str, Any]) -> dict[str, Any]:
     bundle_dir = Path(bundle_path).resolve().parent
     in_run, results = bundle_dir.name.startswith("diffusion-"), bundle_dir.parent / "results.json"
     defaults = DiffAugConfig()
-    plan = {k: getattr(defaults, k) for k in PLAN_SETTINGS}
-    plan |= {k: given[k] for k in ("clip_model", "clip_checkpoint") if given.get(k)}
     if not (in_run and results.is_file()):
         if in_run and given.get("seed") is None:
             raise InputError("seed", f"not given, and the bundle's DiffAugment run {bundle_dir.parent} has no "
                              "results.json (unfinished?) to read it from", "the seed that run was started with")
-        return {k: d if given.get(k) is None else given[k] for k, d in RUN_SETTINGS.items()} | plan
-    try:
-        config = json.loads(results.read_text())["config"]
-        recorded = {k: type(d)(config[k]) for k, d in RUN_SETTINGS.items()}
-        recorded |= {k: type(getattr(defaults, k))(config.get(k, getattr(defaults, k))) for k in PLAN_SETTINGS}
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(str(results), f"no readable config.{'/'.join(RUN_SETTINGS)} ({e!r})",
-                        "the results.json of a DiffAugment run") from e
-    for k in (*RUN_SETTINGS, "clip_model"):
-        v = given.get(k)
-        if v is not None and v != recorded[k]:
-            raise InputError(k, f"{v}, but the bundle's DiffAugment run {results.parent} used {recorded[k]} "
-                             "(the bundle was trained on what it made)", f"{recorded[k]}, or not given")
+        settings = {k: d if given.get(k) is None else given[k] for k, d in RUN_SETTINGS.items()}
+        settings |= {k: given.get(k) or getattr(defaults, k) for k in PLAN_SETTINGS}
+    else:
+        try:
+            config = json.loads(results.read_text())["config"]
+            settings = {k: type(d)(config[k]) for k, d in RUN_SETTINGS.items()}
+            settings |= {k: type(getattr(defaults, k))(config.get(k, getattr(defaults, k))) for k in PLAN_SETTINGS}
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataError(str(results), f"no readable config.{'/'.join(RUN_SETTINGS)} ({e!r})",
+                            "the results.json of a DiffAugment run") from e
+        for k in (*RUN_SETTINGS, "clip_model"):
+            v = given.get(k)
+            if v is not None and v != settings[k]:
+                raise InputError(k, f"{v}, but the bundle's DiffAugment run {results.parent} used {settings[k]} "
+                                 "(the bundle was trained on what it made)", f"{settings[k]}, or not given")
     if given.get("clip_checkpoint"):
-        recorded["clip_checkpoint"] = given["clip_checkpoint"]
-    return recorded
+        settings["clip_checkpoint"] = given["clip_checkpoint"]
+    return settings
 
 
 def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], n: int = 1000,

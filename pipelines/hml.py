@@ -34,7 +34,8 @@ from components.data.store import FeatureStore, scene_graphs, sha256_file
 from components.errors import ConfigError, InputError
 from components.hml.checkpoint import load_checkpoint, save_checkpoint
 from components.hml.trainer import PreviousStage, stage_plugins, summarize, train_stage, unwrap
-from components.models.registry import PREDICTORS, build_predictor
+from components.models.common import MODES
+from components.models.registry import PREDICTORS, build_predictor, mode_fields
 from components.stages import StageCache, StageResult
 from components.taxonomy.tree import PredicateTree, build_predicate_tree
 from pipelines.cli import exit_code
@@ -53,7 +54,7 @@ class HMLConfig:
     predictor: str = field(default="mlp", metadata={"choices": PREDICTORS})
     # PredCls: GT boxes and labels given. SGCls: GT boxes given, object labels predicted by the model (trained
     # with an object CE in every stage) and scored by the evaluator (triplet score x both objects' scores).
-    mode: str = field(default="predcls", metadata={"choices": ("predcls", "sgcls")})
+    mode: str = field(default="predcls", metadata={"choices": MODES})
     hidden_dim: int = field(default=128, metadata={"range": (1, 8192)})
     freq_bias: bool = True
     # Predicate tree
@@ -419,7 +420,7 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
             np.save(fh, fb)
     model_cfg = {"predictor": cfg.predictor, "num_objects": len(man.objects), "num_predicates": len(man.predicates),
                  "feature_dim": man.feature_dim, "hidden_dim": cfg.hidden_dim,
-                 **({"mode": cfg.mode} if cfg.mode != "predcls" else {})}  # PredCls keys (and cache hashes) as before
+                 **mode_fields(cfg.mode)}
     # What a stage's cache key depends on: contents (frequency bias, data shards) rather than paths, so a
     # copied or moved output_dir keeps its complete stages.
     base_cfg = {**model_cfg, "model_hash": config_hash({**model_cfg, "freq_bias": cfg.freq_bias}),
@@ -470,7 +471,7 @@ def predict_images(model, images: Iterable[dict], batch_images: int = 8) -> Iter
         with torch.no_grad():
             batch = all_pairs(chunk)
             scores = torch.softmax(model(batch), dim=1).numpy()
-            objects = getattr(model, "object_logits", None) if getattr(model, "mode", "predcls") == "sgcls" else None
+            objects = getattr(model, "object_logits", None)  # None unless the model predicts objects (SGCls)
             if objects is not None:
                 probs = torch.softmax(objects, dim=1)[:, 1:]
                 obj_scores, obj_labels = (t.numpy() for t in probs.max(1))

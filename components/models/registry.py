@@ -25,6 +25,12 @@ PREDICTORS: tuple[str, ...] = tuple(_BUILDERS)
 _COMMON = ("num_objects", "num_predicates", "feature_dim", "hidden_dim", "freq_bias", "mode")
 
 
+def mode_fields(mode: str) -> dict[str, str]:
+    """`{"mode": mode}` for SGCls, `{}` for PredCls: specs, hashes and cache keys made before SGCls existed
+    (PredCls only) stay valid."""
+    return {"mode": mode} if mode != "predcls" else {}
+
+
 def _check_options(name: str, options: dict[str, Any]) -> None:
     """ConfigError for options `name` does not take, checked up front: a TypeError inside a builder is a bug."""
     accepted = set(inspect.signature(_BUILDERS[name]).parameters) - set(_COMMON)
@@ -38,7 +44,7 @@ def build_predictor(name: str, num_objects: int, num_predicates: int, feature_di
                     freq_bias: np.ndarray | None = None, hidden_dim: int = 128, mode: str = "predcls",
                     **kw: Any) -> RelationPredictor:
     """A fresh predictor `name` (one of PREDICTORS) for `mode` "predcls" or "sgcls"; `model.build_spec` holds
-    what rebuilds it (`mode` only when not "predcls", so PredCls specs and their hashes stay as before)."""
+    what rebuilds it (`mode_fields`)."""
     if name not in _BUILDERS:
         raise ConfigError("predictor name", f"unknown predictor {name!r}", f"one of {PREDICTORS}")
     _check_options(name, kw)
@@ -46,5 +52,5 @@ def build_predictor(name: str, num_objects: int, num_predicates: int, feature_di
                             hidden_dim=hidden_dim, freq_bias=freq_bias, mode=mode, **kw)
     model.build_spec = {"name": name, "num_objects": int(num_objects), "num_predicates": int(num_predicates),
                         "feature_dim": int(feature_dim), "hidden_dim": int(hidden_dim),
-                        "freq_bias": freq_bias is not None, **({"mode": mode} if mode != "predcls" else {}), **kw}
+                        "freq_bias": freq_bias is not None, **mode_fields(mode), **kw}
     return model
