@@ -1,9 +1,12 @@
 """Connect to Ray the way the user launched us: inside `ray job submit` (RAY_ADDRESS set) join that
 cluster; with `--ray-address` join the given one; otherwise start a local instance with `num_cpus`.
 A dashboard (job-submission) address http://host:port, as `source runs/ray/cluster.env` exports, is
-resolved to the GCS address of the cluster/up.sh cluster it belongs to: ray.init only accepts the GCS."""
+resolved to the GCS address of the cluster/up.sh cluster it belongs to: ray.init only accepts the GCS.
+A local instance runs without the dashboard; its workers drop Ray Train's once-a-second warning that the
+State API (served by the dashboard) is unavailable (`quiet_placement_group_cleaner`)."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -81,6 +84,25 @@ def gcs_address_for(dashboard: str, where: str) -> str:
     return gcs
 
 
+# Ray Train's detached PlacementGroupCleaner asks the State API every second whether its run's controller
+# lives, and logs a warning each time the ask fails, as it always does without a dashboard.
+_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+_CLEANER_NOISE = "Failed to query Ray Train Controller actor state"
+
+
+class _DropCleanerNoise(logging.Filter):
+    """Drops the cleaner's "Failed to query Ray Train Controller actor state" records, nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_CLEANER_NOISE)
+
+
+def quiet_placement_group_cleaner() -> None:
+    """Worker setup hook of a local instance: silence the cleaner's per-second State API warning (without
+    a dashboard it cannot tell whether a controller died; the run's placement groups still go with the job)."""
+    logging.getLogger(_CLEANER_LOGGER).addFilter(_DropCleanerNoise())
+
+
 def init_ray(address: str | None = None, num_cpus: float | None = None) -> dict:
     """Initialise Ray once (idempotent); returns the cluster's resources."""
     if not ray.is_initialized():
@@ -92,6 +114,6 @@ def init_ray(address: str | None = None, num_cpus: float | None = None) -> dict:
                 target = gcs_address_for(target, where)
             ray.init(address=target, **kwargs)
         else:
-            ray.init(address="local", num_cpus=int(num_cpus) if num_cpus else None,
-                     include_dashboard=False, **kwargs)
+            ray.init(address="local", num_cpus=int(num_cpus) if num_cpus else None, include_dashboard=False,
+                     runtime_env={"worker_process_setup_hook": quiet_placement_group_cleaner}, **kwargs)
     return dict(ray.cluster_resources())

@@ -3,6 +3,7 @@ RAY_ADDRESS: Ray's own ray.init rejects http:// addresses, so init_ray must join
 cluster/up.sh, or say in one ConfigError what is wrong. One test starts a real head with cluster/up.sh."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -136,3 +137,37 @@ def test_a_driver_joins_the_cluster_after_sourcing_cluster_env():
         subprocess.run(["bash", str(DOWN), "--dir", str(d), "--grace", "2"], env=clean_env(), check=False,
                        timeout=120)
         shutil.rmtree(d, ignore_errors=True)
+
+
+TRAIN = """
+import time
+import ray.train
+from ray.train.torch import TorchTrainer
+from pipelines.ray_runtime import init_ray
+
+init_ray(num_cpus=2)
+def loop(config):
+    time.sleep(6)  # the cleaner checks once a second while this runs
+result = TorchTrainer(loop, scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+                      run_config=ray.train.RunConfig(storage_path=%r, name="quiet")).fit()
+print("RESULT", result.error is None)
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_local_instance_drops_the_placement_group_cleaners_state_api_warning(tmp_path):
+    """Without a dashboard Ray Train's PlacementGroupCleaner warned once a second that the State API was
+    unavailable (54 lines in a 2-minute HML run); a local init_ray's workers drop that warning only."""
+    proc = subprocess.run([sys.executable, "-c", TRAIN % str(tmp_path)], capture_output=True, text=True,
+                          env={**clean_env(), "PYTHONPATH": str(ROOT)}, cwd=tmp_path, timeout=300, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "RESULT True" in out, out[-3000:]
+    assert ray_runtime._CLEANER_NOISE not in out
+
+
+def test_the_cleaner_filter_drops_only_the_state_api_warning():
+    f = ray_runtime._DropCleanerNoise()
+    record = lambda msg: logging.LogRecord(ray_runtime._CLEANER_LOGGER, logging.WARNING, __file__, 1, msg, None, None)
+    assert not f.filter(record(ray_runtime._CLEANER_NOISE + ". State API may be temporarily unavailable."))
+    assert f.filter(record("Detected that the Ray Train controller actor (x) is dead."))
