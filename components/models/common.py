@@ -102,18 +102,23 @@ class ConcatPairHead(nn.Module):
 
 
 class PairPredictor(RelationPredictor):
-    """Skeleton: encode objects -> object context (subclass) -> pair head (subclass sets `pair_head`:
-    (ctx, pairs, geometry) -> (R, hidden)) -> logits + frequency bias.
+    """Skeleton: encode objects -> object context -> edge context (subclasses override either; both default
+    to the identity) -> pair head (subclass sets `pair_head`: (ctx, pairs, geometry) -> (R, hidden)) ->
+    logits + frequency bias.
 
-    `mode="predcls"`: GT object labels feed the encoder, the context and the frequency bias. `mode="sgcls"`:
-    the GT labels are never read; an object classifier over the encoded objects gives `object_logits`
-    (N, num_objects + 1; column 0 unused), set by every forward, whose argmax labels (`predicted_labels`)
-    take the GT labels' place in the context and the frequency bias."""
+    `mode="predcls"`: GT object labels feed the encoder, the edge context and the frequency bias.
+    `mode="sgcls"`: the GT labels are never read; an object classifier over each encoded object beside its
+    object context (MOTIFS decodes labels from its object LSTM; the encoding beside it is a skip path) gives
+    `object_logits` (N, num_objects + 1; column 0 unused), set by every forward, whose argmax labels
+    (`predicted_labels`) take the GT labels' place in the edge context and the frequency bias.
+    `object_context_dim`: width of the object context (0: the subclass has none, the classifier reads the
+    encoding alone)."""
 
     pair_head: nn.Module
 
     def __init__(self, num_objects: int, num_predicates: int, feature_dim: int, hidden_dim: int,
-                 freq_bias: np.ndarray | None, embed_dim: int, dropout: float, mode: str = "predcls") -> None:
+                 freq_bias: np.ndarray | None, embed_dim: int, dropout: float, mode: str = "predcls",
+                 object_context_dim: int = 0) -> None:
         super().__init__()
         if mode not in MODES:
             raise ConfigError("predictor mode", f"{mode!r}", f"one of {MODES}")
@@ -126,7 +131,9 @@ class PairPredictor(RelationPredictor):
         self.mode = mode
         self.encoder = ObjectEncoder(num_objects, feature_dim, hidden_dim, embed_dim, dropout,
                                      use_labels=mode == "predcls")
-        self.object_classifier = nn.Linear(hidden_dim, num_objects + 1) if mode == "sgcls" else None
+        self.has_object_context = object_context_dim > 0
+        self.object_classifier = (nn.Linear(hidden_dim + object_context_dim, num_objects + 1)
+                                  if mode == "sgcls" else None)
         self.object_logits: torch.Tensor | None = None
         self.geometry = nn.Sequential(nn.Linear(PAIR_GEOMETRY_DIM, hidden_dim), nn.ReLU())
         self.classifier = nn.Linear(hidden_dim, num_predicates + 1)
@@ -142,17 +149,23 @@ class PairPredictor(RelationPredictor):
         which deepcopy refuses) is not part of the model."""
         return {**self.__dict__, "object_logits": None}
 
-    def context(self, batch: SGBatch, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        """(N, H') contextualised object representations (`labels`: GT in PredCls, predicted in SGCls)."""
-        raise NotImplementedError
+    def object_context(self, batch: SGBatch, x: torch.Tensor) -> torch.Tensor:
+        """(N, object_context_dim) objects in the context of their image, from encoded objects `x` (N, hidden)
+        (the identity where a subclass has no object context)."""
+        return x
+
+    def edge_context(self, batch: SGBatch, obj_ctx: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N, H') representations the pair head reads (`labels`: GT in PredCls, predicted in SGCls)."""
+        return obj_ctx
 
     def forward(self, batch: SGBatch) -> torch.Tensor:
         x = self.encoder(batch)
+        obj_ctx = self.object_context(batch, x)
         labels = batch.labels
         if self.object_classifier is not None:
-            self.object_logits = self.object_classifier(x)
+            self.object_logits = self.object_classifier(torch.cat([x, obj_ctx], 1) if self.has_object_context else x)
             labels = predicted_labels(self.object_logits)
-        ctx = self.context(batch, x, labels)
+        ctx = self.edge_context(batch, obj_ctx, labels)
         geo = self.geometry(batch.derived("pair_geometry", lambda: pair_geometry(
             batch.boxes, batch.obj_to_img, batch.image_sizes, batch.pairs)))
         logits = self.classifier(self.pair_head(ctx, batch.pairs, geo))

@@ -34,7 +34,8 @@ class GNNPredictor(PairPredictor):
     def __init__(self, num_objects: int, num_predicates: int, feature_dim: int, hidden_dim: int = 128,
                  freq_bias: np.ndarray | None = None, embed_dim: int = 32, dropout: float = 0.1,
                  mode: str = "predcls") -> None:
-        super().__init__(num_objects, num_predicates, feature_dim, hidden_dim, freq_bias, embed_dim, dropout, mode)
+        super().__init__(num_objects, num_predicates, feature_dim, hidden_dim, freq_bias, embed_dim, dropout, mode,
+                         object_context_dim=hidden_dim)
         self.affinity = nn.Sequential(nn.Linear(2 * hidden_dim + PAIR_GEOMETRY_DIM, hidden_dim), nn.ReLU(),
                                       nn.Linear(hidden_dim, 1))
         self.message = nn.Linear(hidden_dim, hidden_dim)
@@ -42,7 +43,7 @@ class GNNPredictor(PairPredictor):
         self.norm = nn.LayerNorm(hidden_dim)
         self.pair_head = ProductPairHead(hidden_dim, hidden_dim, dropout)
 
-    def context(self, batch: SGBatch, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def object_context(self, batch: SGBatch, x: torch.Tensor) -> torch.Tensor:
         edges_geo = batch.derived("gnn_edges", lambda: _edges_and_geometry(batch))
         msg = torch.zeros_like(x)
         if edges_geo is not None:

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from components.models.base import SGBatch
 from components.models.common import ConcatPairHead, PairPredictor
 
 
@@ -16,6 +14,3 @@ class MLPPredictor(PairPredictor):
                  mode: str = "predcls") -> None:
         super().__init__(num_objects, num_predicates, feature_dim, hidden_dim, freq_bias, embed_dim, dropout, mode)
         self.pair_head = ConcatPairHead(hidden_dim, hidden_dim, dropout)
-
-    def context(self, batch: SGBatch, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return x

@@ -23,7 +23,8 @@ class TransformerPredictor(PairPredictor):
     def __init__(self, num_objects: int, num_predicates: int, feature_dim: int, hidden_dim: int = 128,
                  freq_bias: np.ndarray | None = None, embed_dim: int = 32, dropout: float = 0.1,
                  num_layers: int = 2, num_heads: int = 4, mode: str = "predcls") -> None:
-        super().__init__(num_objects, num_predicates, feature_dim, hidden_dim, freq_bias, embed_dim, dropout, mode)
+        super().__init__(num_objects, num_predicates, feature_dim, hidden_dim, freq_bias, embed_dim, dropout, mode,
+                         object_context_dim=hidden_dim)
         if num_heads < 1 or hidden_dim % num_heads:
             raise ConfigError("num_heads", f"{num_heads} does not divide hidden_dim {hidden_dim}",
                               "a positive divisor of hidden_dim")
@@ -32,7 +33,7 @@ class TransformerPredictor(PairPredictor):
         self.encoder_ctx = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.pair_head = ProductPairHead(hidden_dim, hidden_dim, dropout)
 
-    def context(self, batch: SGBatch, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def object_context(self, batch: SGBatch, x: torch.Tensor) -> torch.Tensor:
         groups = image_groups(batch.obj_to_img, batch.num_images)
         if not groups:
             return x

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from components.errors import CheckpointError, DataError, InputError
-from components.hml.checkpoint import load_checkpoint, save_checkpoint
+from components.hml.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from components.hml.importance import fisher_running_mean, importance_increment, normalize_importance
 from components.hml.plugins import (
     ClassBalancedCE,
@@ -195,6 +195,20 @@ def test_stage_two_logs_every_term_and_checkpoint_round_trip(tmp_path):
     for h in hist:
         assert h["loss_cr"] > 0 and h["loss_mr"] > 0
         assert h["loss"] == pytest.approx(h["weighted_ce"] + h["weighted_cr"] + h["weighted_mr"], rel=1e-5)
+
+
+def test_weights_that_do_not_fit_name_the_checkpoint(tmp_path):
+    """A stage checkpoint of the same config from an older predictor (here: an SGCls MOTIFS object head that
+    read the encoding alone, before it read the object context too) is one CheckpointError, not a traceback."""
+    old_head = build_predictor("motifs", C_OBJ, C_PRED, DIM, hidden_dim=8, mode="sgcls")
+    old_head.object_classifier = torch.nn.Linear(8, C_OBJ + 1)
+    path = tmp_path / "final.pt"
+    fits = build_predictor("motifs", C_OBJ, C_PRED, DIM, hidden_dim=8, mode="sgcls")
+    assert load_model_state(fits, build_predictor("motifs", C_OBJ, C_PRED, DIM, hidden_dim=8, mode="sgcls").state_dict(),
+                            path) is fits
+    with pytest.raises(CheckpointError, match="weights do not fit") as err:
+        load_model_state(fits, old_head.state_dict(), path)
+    assert err.value.where == str(path) and "object_classifier" in err.value.problem
 
 
 def test_sgcls_stage_trains_the_object_classifier_beside_the_predicates():

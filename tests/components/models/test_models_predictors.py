@@ -246,6 +246,46 @@ def test_sgcls_object_head_learns_and_the_mode_is_checked():
         build_predictor("mlp", N_OBJ, N_PRED, DIM, mode="sgdet")
 
 
+def paired_images(n: int, seed: int) -> list[dict]:
+    """Two-object images: the left object's feature shows its label, the right one's is noise, and both
+    objects share the label, so the right object's label can only come from its image context."""
+    r = np.random.default_rng(seed)
+    images = []
+    for i in range(n):
+        label = int(r.integers(1, N_OBJ + 1))
+        feats = np.stack([np.eye(DIM, dtype=np.float32)[label] * 3.0, r.normal(size=DIM).astype(np.float32)])
+        boxes = np.array([[5, 10, 30, 50], [60, 10, 90, 50]], dtype=np.float32) + r.uniform(0, 5, (2, 1))
+        rels = np.array([[0, 1, 1]], dtype=np.int64)
+        images.append({"image_id": f"p{i}", "split": "train", "width": 120, "height": 100, "boxes": boxes,
+                       "labels": np.array([label, label]), "obj_features": feats, "rels": rels,
+                       "rel_fine": rels[:, 2].copy()})
+    return images
+
+
+@pytest.mark.parametrize("name", PREDICTORS)
+def test_sgcls_objects_are_classified_in_their_image_context(name):
+    """Trained on the object CE alone, a context model (MOTIFS' object LSTM, the transformer, the GNN) labels the
+    featureless right object from its left neighbour on new images; the context-free MLP cannot (chance)."""
+    model = build_sgcls(name)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train, test = all_pairs(paired_images(48, 0)), all_pairs(paired_images(48, 1))
+    for _ in range(150):
+        model(train)
+        loss = torch.nn.functional.cross_entropy(model.object_logits, train.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        model(test)
+    right = torch.arange(1, len(test.labels), 2)
+    acc = float((model.object_logits[right, 1:].argmax(1) + 1 == test.labels[right]).float().mean())
+    if name == "mlp":
+        assert acc < 0.4  # chance is 1/6
+    else:
+        assert acc > 0.75
+
+
 def test_sgcls_model_copies_after_a_training_forward():
     """The last forward's object logits (holding their autograd graph) are not model state: a copy made right
     after a training forward works (as when a trained model becomes a frozen teacher) and predicts the same."""
