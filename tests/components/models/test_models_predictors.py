@@ -224,21 +224,25 @@ def test_sgcls_frequency_bias_follows_the_predicted_labels(name):
     assert torch.allclose(delta[:, [0, 1, 3, 4, 5]], torch.zeros_like(delta[:, [0, 1, 3, 4, 5]]), atol=1e-5)
 
 
-def test_sgcls_object_head_learns_and_the_mode_is_checked():
-    """Trained on the object CE alone, the object classifier learns labels that are a function of the
-    features; an unknown mode is refused."""
-    images = [dict(img, obj_features=np.eye(N_OBJ + 1, DIM, dtype=np.float32)[img["labels"]] * 3.0)
-              for img in IMAGES]
-    model = build_sgcls("mlp")
+def train_object_head(model, batch, steps: int):
+    """`model` trained `steps` Adam steps on the object cross-entropy alone over `batch`, returned in eval mode."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    batch = all_pairs(images)
-    for _ in range(100):
+    for _ in range(steps):
         model(batch)
         loss = torch.nn.functional.cross_entropy(model.object_logits, batch.labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.eval()
+    return model.eval()
+
+
+def test_sgcls_object_head_learns_and_the_mode_is_checked():
+    """Trained on the object CE alone, the object classifier learns labels that are a function of the
+    features; an unknown mode is refused."""
+    images = [dict(img, obj_features=np.eye(N_OBJ + 1, DIM, dtype=np.float32)[img["labels"]] * 3.0)
+              for img in IMAGES]
+    batch = all_pairs(images)
+    model = train_object_head(build_sgcls("mlp"), batch, 100)
     with torch.no_grad():
         model(batch)
     assert torch.equal(model.object_logits[:, 1:].argmax(1) + 1, batch.labels)
@@ -266,16 +270,8 @@ def paired_images(n: int, seed: int) -> list[dict]:
 def test_sgcls_objects_are_classified_in_their_image_context(name):
     """Trained on the object CE alone, a context model (MOTIFS' object LSTM, the transformer, the GNN) labels the
     featureless right object from its left neighbour on new images; the context-free MLP cannot (chance)."""
-    model = build_sgcls(name)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     train, test = all_pairs(paired_images(48, 0)), all_pairs(paired_images(48, 1))
-    for _ in range(150):
-        model(train)
-        loss = torch.nn.functional.cross_entropy(model.object_logits, train.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    model = train_object_head(build_sgcls(name), train, 150)
     with torch.no_grad():
         model(test)
     right = torch.arange(1, len(test.labels), 2)
