@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,11 +250,23 @@ def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pool
     return load_features(out_dir, plan["sample_id"])
 
 
+PROBE_ITERATIONS = 300
+
+
 def _probe(train: RelationSet, n_pred: int, seed: int):
-    """Union-feature -> relation logistic regression on real training data; returns features -> (N, P) scores."""
+    """Union-feature -> relation logistic regression on real training data; returns features -> (N, P) scores.
+    The probe is defined by its iteration cap (lbfgs usually stops there on vrr-planted): generated and real
+    samples are scored by the same probe, so sklearn's 8-line ConvergenceWarning becomes one line."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    clf = LogisticRegression(max_iter=300, C=1.0, random_state=seed).fit(train.union_feature, train.predicate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = LogisticRegression(max_iter=PROBE_ITERATIONS, C=1.0, random_state=seed).fit(train.union_feature,
+                                                                                          train.predicate)
+    if int(np.max(clf.n_iter_)) >= PROBE_ITERATIONS:
+        print(f"[diffaug] fidelity probe: lbfgs stopped at its {PROBE_ITERATIONS}-iteration cap (the same probe "
+              "scores generated and real samples)", flush=True)
 
     def scores(x: np.ndarray) -> np.ndarray:
         full = np.full((len(x), n_pred), -np.inf, np.float64)

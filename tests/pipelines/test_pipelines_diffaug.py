@@ -102,3 +102,33 @@ def test_cpu_requests_beyond_the_cluster_fail_on_a_local_ray_and_warn_on_a_joine
     assert capsys.readouterr().err == ""
     check_cpu_requests(pool, 2.0, fixed=False)
     assert capsys.readouterr().err.startswith("warning: the sampler pool")
+
+
+def test_fidelity_probe_stops_at_its_cap_with_one_line_not_sklearns_warning(capsys):
+    """The probe is 300 lbfgs iterations of logistic regression; where that does not converge (noisy, weakly
+    regularised data) sklearn's ConvergenceWarning is replaced by one printed line and the scores are those of
+    the same capped fit."""
+    import warnings
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from components.diffaug.finetune import RelationSet
+    from pipelines.diffaug import PROBE_ITERATIONS, _probe
+
+    rng = np.random.default_rng(0)
+    n, d = 600, 40
+    x = (rng.normal(size=(n, d)) * rng.uniform(0.1, 1000, d)).astype(np.float32)  # badly scaled: lbfgs needs long
+    p = rng.integers(0, 5, n)
+    train = RelationSet(x, x, x, p, p, p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning escaping the probe fails the test
+        scores = _probe(train, 7, seed=0)
+    assert f"{PROBE_ITERATIONS}-iteration cap" in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = LogisticRegression(max_iter=PROBE_ITERATIONS, C=1.0, random_state=0).fit(x, p)
+    assert int(ref.n_iter_.max()) == PROBE_ITERATIONS  # the premise: this fit stops at the cap
+    got = scores(x[:10])
+    assert got.shape == (10, 7) and np.isinf(got[:, 5:]).all()
+    np.testing.assert_allclose(got[:, :5], ref.decision_function(x[:10]), rtol=1e-6)
