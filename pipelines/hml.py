@@ -430,7 +430,11 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
                 "num_workers": cfg.num_workers,
                 "checkpoint_every": cfg.checkpoint_every, "threads": cfg.threads_per_worker}
     init_ray(cfg.ray_address, cfg.num_cpus)
-    ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.enable_progress_bars = cfg.progress
+    # one bar per dataset, not one per operator: the operator bars of a stage's streaming split stayed open
+    # (redrawn, 100%) until the driver exited, ~120 lines for a two-stage run
+    data_ctx.enable_operator_progress_bars = False
     # each rank streams its own fixed part of the train split, in a fixed order: a stage resumed after a
     # worker failure replays the uninterrupted run, with any number of workers
     train_data = (dataset_from_store(cfg.store, "train"),
