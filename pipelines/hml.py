@@ -32,8 +32,9 @@ from components.config import config_hash, load_config
 from components.data.schema import SCENE_GRAPH
 from components.data.store import FeatureStore, scene_graphs, sha256_file
 from components.errors import ConfigError, InputError
-from components.hml.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from components.hml.checkpoint import load_checkpoint, save_checkpoint
 from components.hml.trainer import PreviousStage, stage_plugins, summarize, train_stage, unwrap
+from components.models.checkpoint import load_predictor_state
 from components.models.common import MODES
 from components.models.registry import PREDICTORS, build_predictor, mode_fields
 from components.stages import StageCache, StageResult
@@ -199,7 +200,7 @@ def _previous_stage(cfg: dict, device) -> PreviousStage | None:
     meta, state = load_checkpoint(cfg["prev_checkpoint"], expect={"model_hash": cfg["model_hash"],
                                                                   "method": cfg["method"],
                                                                   "stage": cfg["stage"] - 1})
-    old = load_model_state(_build(cfg), state["model"], cfg["prev_checkpoint"])
+    old = load_predictor_state(_build(cfg), state["model"], cfg["prev_checkpoint"])
     old.to(device)
     return PreviousStage(old, list(meta["seen"]), state["anchors"], state["fisher"], state["importance"])
 
@@ -261,7 +262,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     if resumed is not None:
         with resumed.as_directory() as d:
             meta, state = load_checkpoint(Path(d) / STATE_FILE, expect=expect)
-            load_model_state(base, state["model"], Path(d) / STATE_FILE)
+            load_predictor_state(base, state["model"], Path(d) / STATE_FILE)
         optimizer.load_state_dict(state["optimizer"])
         tracker.load_state_dict(state["tracker"])
         start, history = int(meta["step"]), list(state["history"])
@@ -457,7 +458,7 @@ def load_stage_model(path: str | Path, model_cfg: dict, fb_path: Path | None):
     """The predictor stored in a stage checkpoint (final model of a method), in eval mode."""
     _, state = load_checkpoint(path, expect={"model_hash": config_hash({**model_cfg, "freq_bias": fb_path is not None})})
     model = _build({**model_cfg, "freq_bias_path": str(fb_path) if fb_path else None})
-    return load_model_state(model, state["model"], path).eval()
+    return load_predictor_state(model, state["model"], path).eval()
 
 
 def predict_images(model, images: Iterable[dict], batch_images: int = 8) -> Iterator[tuple[dict, dict]]:

@@ -90,17 +90,15 @@ _CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_c
 _CLEANER_NOISE = "Failed to query Ray Train Controller actor state"
 
 
-class _DropCleanerNoise(logging.Filter):
-    """Drops the cleaner's "Failed to query Ray Train Controller actor state" records, nothing else."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(_CLEANER_NOISE)
+def _not_cleaner_noise(record: logging.LogRecord) -> bool:
+    """Logging filter: False (drop) for the cleaner's State API warning only."""
+    return not record.getMessage().startswith(_CLEANER_NOISE)
 
 
 def quiet_placement_group_cleaner() -> None:
     """Worker setup hook of a local instance: silence the cleaner's per-second State API warning (without
     a dashboard it cannot tell whether a controller died; the run's placement groups still go with the job)."""
-    logging.getLogger(_CLEANER_LOGGER).addFilter(_DropCleanerNoise())
+    logging.getLogger(_CLEANER_LOGGER).addFilter(_not_cleaner_noise)
 
 
 def init_ray(address: str | None = None, num_cpus: float | None = None) -> dict:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from components.atomic import write_bytes
 from components.errors import CheckpointError
@@ -43,15 +42,3 @@ def load_checkpoint(path: str | Path, expect: Mapping[str, Any] | None = None) -
                                   f"{key}={want!r} (a checkpoint of this model and config)")
     return meta, blob["state"]
 
-
-def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> nn.Module:
-    """`model.load_state_dict(state)`, or CheckpointError naming `path` when the weights do not fit (a
-    checkpoint of the same config written by an older version of the predictor's code)."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise CheckpointError(str(path), f"weights do not fit the predictor ({'; '.join(x.strip() for x in first[:3])})",
-                              "a checkpoint written by this version of the predictor (delete the stage "
-                              "directory that holds it to retrain that stage)") from e
-    return model

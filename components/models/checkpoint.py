@@ -6,10 +6,12 @@ checkpoint is self-describing; `expected` (a build spec) refuses one written by 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -90,9 +92,17 @@ def load_predictor(path: str | Path, expected: dict[str, Any] | None = None) -> 
     model = build_predictor(name, freq_bias=fb, **spec)
     with safe_open(str(path), framework="pt") as fh:
         state = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is not iterable
+    return load_predictor_state(model, state, path)
+
+
+def load_predictor_state(model: RelationPredictor, state: Mapping[str, torch.Tensor], path: str | Path) -> RelationPredictor:
+    """`model.load_state_dict(state)` (strict), or CheckpointError naming `path` when the weights do not fit,
+    e.g. a cached stage of the same config written by an older version of the predictor's code."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(str(path), f"weights do not fit predictor {name!r}: {e}") from e
+        raise CheckpointError(str(path), f"weights do not fit predictor {model.build_spec['name']!r}: {e}",
+                              "weights of this predictor as this version builds it (a stale cached stage: "
+                              "delete its directory to retrain it)") from e
     return model
 

@@ -167,7 +167,7 @@ def test_a_local_instance_drops_the_placement_group_cleaners_state_api_warning(t
 
 
 def test_the_cleaner_filter_drops_only_the_state_api_warning():
-    f = ray_runtime._DropCleanerNoise()
+    keep = ray_runtime._not_cleaner_noise
     record = lambda msg: logging.LogRecord(ray_runtime._CLEANER_LOGGER, logging.WARNING, __file__, 1, msg, None, None)
-    assert not f.filter(record(ray_runtime._CLEANER_NOISE + ". State API may be temporarily unavailable."))
-    assert f.filter(record("Detected that the Ray Train controller actor (x) is dead."))
+    assert not keep(record(ray_runtime._CLEANER_NOISE + ". State API may be temporarily unavailable."))
+    assert keep(record("Detected that the Ray Train controller actor (x) is dead."))

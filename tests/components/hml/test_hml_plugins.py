@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from components.errors import CheckpointError, DataError, InputError
-from components.hml.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from components.hml.checkpoint import load_checkpoint, save_checkpoint
 from components.hml.importance import fisher_running_mean, importance_increment, normalize_importance
 from components.hml.plugins import (
     ClassBalancedCE,
@@ -19,6 +19,7 @@ from components.hml.plugins import (
     class_balanced_weights,
 )
 from components.hml.trainer import PreviousStage, StageTrainer, stage_plugins, train_stage
+from components.models.checkpoint import load_predictor_state
 from components.models.pairs import sample_pairs
 from components.models.registry import build_predictor
 
@@ -204,10 +205,10 @@ def test_weights_that_do_not_fit_name_the_checkpoint(tmp_path):
     old_head.object_classifier = torch.nn.Linear(8, C_OBJ + 1)
     path = tmp_path / "final.pt"
     fits = build_predictor("motifs", C_OBJ, C_PRED, DIM, hidden_dim=8, mode="sgcls")
-    assert load_model_state(fits, build_predictor("motifs", C_OBJ, C_PRED, DIM, hidden_dim=8, mode="sgcls").state_dict(),
+    assert load_predictor_state(fits, build_predictor("motifs", C_OBJ, C_PRED, DIM, hidden_dim=8, mode="sgcls").state_dict(),
                             path) is fits
     with pytest.raises(CheckpointError, match="weights do not fit") as err:
-        load_model_state(fits, old_head.state_dict(), path)
+        load_predictor_state(fits, old_head.state_dict(), path)
     assert err.value.where == str(path) and "object_classifier" in err.value.problem
 
 
