@@ -1,8 +1,9 @@
 """Content-addressed pipeline stages: a stage's directory is named by the hash of its config and of
-its upstream stages' keys, and is complete only once its `_DONE.json` marker (written atomically,
+its upstream stages' keys and of the project's source code, and is complete only once its `_DONE.json` marker (written atomically,
 holding the stage's result) exists. A rerun skips complete stages; an interrupted stage reuses its
 directory so that checkpoint-based resumption (Ray Train) can continue where it stopped; a changed
-config gets a new key, so only what depends on it is recomputed."""
+config gets a new key, so only what depends on it is recomputed; changed code (any .py file of components/ or
+pipelines/) gets new keys for every stage, so no result of other code is reused."""
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from components.atomic import ensure_writable_dir, write_json
+from components.code_version import code_fingerprint
 from components.config import config_hash
 
 MARKER = "_DONE.json"
@@ -50,13 +52,16 @@ class StageResult:
 
 
 class StageCache:
-    """Runs named stages under `root`, each in `<root>/<name>-<key>/`, skipping complete ones."""
+    """Runs named stages under `root`, each in `<root>/<name>-<key>/`, skipping complete ones.
+    `code` is the source version keyed in (default: this checkout's `code_fingerprint()`)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, code: str | None = None) -> None:
         self.root = ensure_writable_dir(root)
+        self.code = code_fingerprint() if code is None else code
 
     def key(self, name: str, config: Any, upstream: list[StageResult] | None = None) -> str:
-        return config_hash({"stage": name, "config": config, "upstream": [u.key for u in upstream or []]})
+        return config_hash({"stage": name, "config": config, "code": self.code,
+                            "upstream": [u.key for u in upstream or []]})
 
     def run(self, name: str, config: Any, fn: Callable[[Path], dict],
             upstream: list[StageResult] | None = None) -> StageResult:
@@ -70,5 +75,5 @@ class StageCache:
         t0 = time.perf_counter()
         result = fn(path)
         seconds = time.perf_counter() - t0
-        write_json(marker, {"stage": name, "key": key, "seconds": seconds, "result": result})
+        write_json(marker, {"stage": name, "key": key, "code": self.code, "seconds": seconds, "result": result})
         return StageResult(name, key, path, result, False, seconds)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from components.atomic import ensure_writable_dir, write_json, write_text
+from components.code_version import code_fingerprint
 from components.config import config_hash, load_config, to_dict
 from components.data.schema import RELATION_SAMPLE
 from components.data.store import FeatureStore, relation_arrays
@@ -199,11 +200,11 @@ def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationS
     from pipelines.diffusion import train_diffusion_on_ray
 
     text, mask, hard = cond.of(_triplets(train))
-    # keyed by the config and the training arrays themselves (features, text embeddings, K-means hardness):
-    # another seed, text encoder or store can never reuse this bundle
+    # keyed by the config, the training arrays themselves (features, text embeddings, K-means hardness) and the
+    # source code: another seed, text encoder, store or code version can never reuse this bundle
     inputs = arrays_hash({"features": train.union_feature, "text": text, "mask": mask,
                           "hardness": hard if dcfg.use_hardness else None, "groups": train.predicate})
-    run_dir = out / f"diffusion-{config_hash({'cfg': to_dict(dcfg), 'inputs': inputs})}"
+    run_dir = out / f"diffusion-{config_hash({'cfg': to_dict(dcfg), 'inputs': inputs, 'code': code_fingerprint()})}"
     bundle = run_dir / "bundle.safetensors"
     if bundle.is_file():
         load_bundle(bundle, expected=dcfg)

@@ -26,6 +26,7 @@ from ray.util import ActorPool
 from tqdm.auto import tqdm
 
 from components.atomic import atomic_path, ensure_writable_dir, write_json
+from components.code_version import code_fingerprint
 from components.config import config_hash, to_dict
 from components.data.store import sha256_file
 from components.diffaug.diffusion import DiffusionConfig, load_bundle, save_bundle, train_denoiser
@@ -198,13 +199,15 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
     out = ensure_writable_dir(out_dir)
     params = {"strength": strength, "batch_size": batch_size, "guidance_scale": guidance_scale}
     ids = req["sample_id"]
-    # the bundle's weights and every request array (not only the ids): shards of another request are never reused
+    # the bundle's weights, every request array (not only the ids) and the sampler's code: shards of another
+    # request or code version are never reused
     fingerprint = config_hash({"bundle": sha256_file(Path(bundle_path)), "requests": requests_hash or arrays_hash(req),
-                               "shard_size": shard_size, "strength": strength, "guidance_scale": guidance_scale})
+                               "shard_size": shard_size, "strength": strength, "guidance_scale": guidance_scale,
+                               "code": code_fingerprint()})
     req_file = out / "request.json"
     if req_file.exists() and json.loads(req_file.read_text()).get("fingerprint") != fingerprint:
-        raise InputError(str(out), "holds shards of another request, bundle or sampling setting",
-                         "an empty directory or the same request (to resume)")
+        raise InputError(str(out), "holds shards of another request, bundle, sampling setting or code version",
+                         "an empty directory or the same request with the same code (to resume)")
     write_json(req_file, {"fingerprint": fingerprint, "bundle": str(bundle_path), "n": len(ids)})
     bounds = [(i, lo, min(lo + shard_size, len(ids))) for i, lo in enumerate(range(0, len(ids), shard_size))]
     paths = {i: out / f"shard-{i:05d}.parquet" for i, _, _ in bounds}

@@ -3,7 +3,7 @@
 its stages Ray Train runs launched from the trial) scored on mR@K.
 
     python tuning/hml_sweep.py --store runs/<...>/sgg-store [--num-samples 8] [--name hml-sweep]
-                               [--search lam,threshold,stages,stage_init] [--resume]
+                               [--search lam,threshold,stages,stage_init] [--resume [--allow-code-change]]
                                [key=value HML overrides, e.g. steps_per_stage=100]
 
 Trial outputs are content-addressed (`<run_dir>/sweeps/<name>-trials/<hash of the trial's HML config>`),
@@ -102,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help=f"comma-separated HML fields to search, from {','.join(SEARCHABLE)}")
     ap.add_argument("--experiment", default="hml-sweep")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
+    ap.add_argument("--allow-code-change", action="store_true",
+                    help="--resume a sweep started by other source code (its finished trials are kept as they are)")
     ap.add_argument("overrides", nargs="*", help="HML config overrides, e.g. steps_per_stage=100")
     args = ap.parse_args(argv)
     from tuning.sweep import resume_sweep, run_sweep
@@ -118,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         space_fields = search_space(names)
         if args.resume:
             res = resume_sweep(hml_trial, storage, args.name, tracker=tracker,
-                               resources_per_trial={"cpu": args.cpus_per_trial})
+                               resources_per_trial={"cpu": args.cpus_per_trial},
+                               allow_code_change=args.allow_code_change)
         else:
             space: dict[str, Any] = {**space_fields, "base": base,
                                      "trials_dir": str(storage / f"{args.name}-trials")}

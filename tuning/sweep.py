@@ -23,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from components.atomic import ensure_writable_dir, write_json
+from components.code_version import code_fingerprint
 from components.errors import InputError
 from components.tracking import Tracker, TrackerStatus
 from tuning.mlflow_callback import MlflowTrialCallback
@@ -183,7 +184,8 @@ def run_sweep(trainable_fn: Callable[[dict], Any], param_space: dict, metric: st
             callback = MlflowTrialCallback(tracker, parent, sweep_name=name)
         resources = resources_per_trial or {"cpu": 0.5}
         meta = {"name": name, "metric": metric, "mode": mode, "num_samples": num_samples,
-                "parent_run_id": parent, "owned_parent": owned, "resources_per_trial": resources}
+                "parent_run_id": parent, "owned_parent": owned, "resources_per_trial": resources,
+                "code": code_fingerprint()}
         write_json(_meta_path(storage, name), meta)
         tuner = tune.Tuner(
             tune.with_resources(trainable_fn, resources),
@@ -201,12 +203,14 @@ def run_sweep(trainable_fn: Callable[[dict], Any], param_space: dict, metric: st
 
 def resume_sweep(trainable_fn: Callable[[dict], Any], storage_path: str | Path, name: str,
                  tracker: Tracker | None = None, restart_errored: bool = True,
-                 resources_per_trial: dict | None = None) -> SweepResult:
+                 resources_per_trial: dict | None = None, allow_code_change: bool = False) -> SweepResult:
     """Continue an interrupted sweep: finished trials are kept as they are, unfinished ones resume from
     their last checkpoint, errored ones restart from scratch (or stay errored with restart_errored=False).
     `trainable_fn` must be the function the sweep was started with; `tracker` should be the sweep's
     (same backend and fallback file): its buffered records are replayed before the new ones. Trials get the
-    resources the sweep was started with (`resources_per_trial` only for a sweep whose record lacks them)."""
+    resources the sweep was started with (`resources_per_trial` only for a sweep whose record lacks them).
+    A sweep started by other source code is refused (its finished trials would be compared with trials of
+    this code) unless `allow_code_change`; the record then keeps every code version that ran."""
     storage = Path(storage_path).resolve()
     path = storage / name
     if not tune.Tuner.can_restore(str(path)):
@@ -215,6 +219,14 @@ def resume_sweep(trainable_fn: Callable[[dict], Any], storage_path: str | Path, 
     if not meta_file.is_file():
         raise InputError(str(meta_file), "sweep description is missing", "a sweep started by run_sweep()")
     meta = json.loads(meta_file.read_text())
+    code, started = code_fingerprint(), meta.get("code")
+    if started is not None and started != code:
+        if not allow_code_change:
+            raise InputError(str(path), f"was started by source code {started}, this checkout is {code}",
+                             "the same code to resume (its finished trials are kept), a new sweep name, "
+                             "or --allow-code-change to mix the two")
+        meta["code_changes"] = [*meta.get("code_changes", []), code]
+        write_json(meta_file, meta)
     resources = meta.get("resources_per_trial") or resources_per_trial
     if not isinstance(resources, dict):
         raise InputError(str(meta_file), "records no resources_per_trial (a sweep started by an older version)",

@@ -1,7 +1,8 @@
-"""Content-addressed stages: complete ones are skipped, a failed one is not marked, config changes rerun."""
+"""Content-addressed stages: complete ones are skipped, a failed one is not marked, config or code changes rerun."""
 import numpy as np
 import pytest
 
+from components.code_version import code_fingerprint
 from components.stages import MARKER, StageCache, arrays_hash
 
 
@@ -25,6 +26,27 @@ def test_skip_resume_and_invalidate(tmp_path):
     a3 = cache.run("data", {"n": 2}, work("a3"))
     b3 = cache.run("train", {"lr": 0.1}, work("b3"), upstream=[a3])
     assert not b3.cached and b3.key != b.key and calls[-2:] == ["a3", "b3"]
+
+
+def test_other_source_code_recomputes_every_stage(tmp_path):
+    """A stage completed by other code (an edited loss, a pulled fix) is never reused, even when its outputs
+    would still load; the same code reuses it. The default code version is this checkout's fingerprint."""
+    calls = []
+
+    def fn(path):
+        calls.append(path.name)
+        return {}
+
+    old = StageCache(tmp_path, code="0123456789ab")
+    a = old.run("data", {"n": 1}, fn)
+    b = old.run("train", {"lr": 0.1}, fn, upstream=[a])
+    new = StageCache(tmp_path)
+    assert new.code == code_fingerprint() != old.code
+    a2 = new.run("data", {"n": 1}, fn)
+    b2 = new.run("train", {"lr": 0.1}, fn, upstream=[a2])
+    assert not a2.cached and not b2.cached and len(calls) == 4 and {a2.key, b2.key}.isdisjoint({a.key, b.key})
+    assert StageCache(tmp_path, code="0123456789ab").run("train", {"lr": 0.1}, fn, upstream=[a]).cached
+    assert len(calls) == 4
 
 
 def test_failed_stage_is_not_marked_and_reuses_its_dir(tmp_path):

@@ -23,6 +23,7 @@ import ray
 from mlflow import MlflowClient
 from ray import cloudpickle, tune
 
+from components.code_version import code_fingerprint
 from components.errors import InputError
 from components.tracking import Tracker, replay
 from pipelines import compare
@@ -114,8 +115,19 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, 
     with pytest.raises(InputError, match="already exists"):
         run_sweep(ridge_fit, space, "loss", "min", 4, tmp_path / "tune", "toy")
 
+    # A sweep started by other source code is refused (nothing run), unless the user accepts mixing the two;
+    # the record then keeps every code version that ran.
+    meta_file = tmp_path / "tune" / "toy.sweep.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["code"] == code_fingerprint()
+    meta_file.write_text(json.dumps({**meta, "code": "0123456789ab"}))
+    starts = len(list(markers.glob("start-*")))
+    with pytest.raises(InputError, match="started by source code 0123456789ab.*allow-code-change"):
+        resume_sweep(fresh(ridge_fit), tmp_path / "tune", "toy", tracker=tracker)
+    assert len(list(markers.glob("start-*"))) == starts  # refused before any trial ran
     t1 = time.monotonic()
-    second = resume_sweep(fresh(ridge_fit), tmp_path / "tune", "toy", tracker=tracker)
+    second = resume_sweep(fresh(ridge_fit), tmp_path / "tune", "toy", tracker=tracker, allow_code_change=True)
+    assert json.loads(meta_file.read_text())["code_changes"] == [code_fingerprint()]
     print(f"first sweep {t1 - t0:.1f} s, resumed sweep {time.monotonic() - t1:.1f} s")
     assert second.num_errors == 0 and second.num_unfinished == 0 and len(second.trials) == 4
     assert all(t["metrics"]["training_iteration"] == STEPS for t in second.trials)

@@ -1,0 +1,23 @@
+"""Fingerprint of the project's own source code, part of every cache key: a result computed by other code
+(an edited loss, a pulled fix) is recomputed instead of silently reused, even when its weights still fit."""
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_PACKAGES = ("components", "pipelines")  # the code that computes results (tests/benchmarks/tuning do not)
+
+
+@functools.lru_cache(maxsize=8)
+def code_fingerprint(root: Path = PROJECT_ROOT, packages: tuple[str, ...] = SOURCE_PACKAGES) -> str:
+    """sha256 (12 hex) over the relative path and bytes of every .py file of `packages` under `root`."""
+    h = hashlib.sha256()
+    files = sorted(p for pkg in packages for p in (root / pkg).rglob("*.py") if "__pycache__" not in p.parts)
+    if not files:
+        raise FileNotFoundError(f"{root}: no source files under {', '.join(packages)} to fingerprint")
+    for path in files:
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]

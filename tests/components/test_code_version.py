@@ -1,0 +1,42 @@
+"""The source fingerprint: equal for an identical tree, changed by any edit, added or removed .py file of the
+fingerprinted packages, and blind to bytecode caches and other files."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from components.code_version import PROJECT_ROOT, SOURCE_PACKAGES, code_fingerprint
+
+
+def copy_tree(dst: Path) -> Path:
+    """This checkout's fingerprinted packages copied to `dst` (a fresh root)."""
+    for pkg in SOURCE_PACKAGES:
+        shutil.copytree(PROJECT_ROOT / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+def test_fingerprint_follows_every_source_edit_and_nothing_else(tmp_path):
+    ours = code_fingerprint()
+    assert len(ours) == 12 and code_fingerprint(copy_tree(tmp_path / "same")) == ours
+
+    edited = copy_tree(tmp_path / "edited")
+    loss = edited / "components" / "hml" / "plugins.py"
+    loss.write_text(loss.read_text().replace("(old[:, 1:] - new[:, self._old_in_new]).pow(2)",
+                                             "(old[:, 1:] - new[:, self._old_in_new]).abs()"))
+    added = copy_tree(tmp_path / "added")
+    (added / "pipelines" / "extra.py").write_text("X = 1\n")
+    removed = copy_tree(tmp_path / "removed")
+    (removed / "components" / "optim.py").unlink()
+    keys = {code_fingerprint(root) for root in (edited, added, removed)}
+    assert len(keys) == 3 and ours not in keys
+
+    noise = copy_tree(tmp_path / "noise")  # bytecode and non-source files do not count
+    (noise / "components" / "__pycache__").mkdir(exist_ok=True)
+    (noise / "components" / "__pycache__" / "stale.py").write_text("y = 2\n")
+    (noise / "components" / "notes.txt").write_text("not code")
+    assert code_fingerprint(noise) == ours
+
+
+def test_a_root_without_sources_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no source files under components, pipelines"):
+        code_fingerprint(tmp_path)
