@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from components.errors import ConfigError, InputError
@@ -91,14 +92,25 @@ class ProductPairHead(nn.Module):
 
 
 class ConcatPairHead(nn.Module):
-    """Pairwise MLP over [subject representation, object representation, geometry]."""
+    """Pairwise MLP over [subject representation, object representation, geometry].
+
+    Computed factorised: the first layer's subject and object blocks multiply each object once (N rows), and
+    only the geometry block each pair (R rows, R ~ 5N here), then the pair's rows are gathered and summed:
+    the same function as the layer on the concatenation (equal to float rounding, tested) and the same
+    parameters, at about a third of its matmul work."""
 
     def __init__(self, context_dim: int, hidden_dim: int, dropout: float) -> None:
         super().__init__()
+        self.context_dim = context_dim
         self.net = nn.Sequential(nn.Linear(2 * context_dim + hidden_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
 
     def forward(self, ctx: torch.Tensor, pairs: torch.Tensor, geo: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([ctx[pairs[:, 0]], ctx[pairs[:, 1]], geo], 1))
+        layer, c = self.net[0], self.context_dim
+        w = layer.weight
+        both = F.linear(ctx, torch.cat([w[:, :c], w[:, c:2 * c]], 0))  # (N, 2H): subject and object blocks
+        h = w.shape[0]
+        pre = both[pairs[:, 0], :h] + both[pairs[:, 1], h:] + F.linear(geo, w[:, 2 * c:], layer.bias)
+        return self.net[2](self.net[1](pre))
 
 
 class PairPredictor(RelationPredictor):

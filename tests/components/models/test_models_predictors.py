@@ -299,3 +299,23 @@ def test_sgcls_model_copies_after_a_training_forward():
         batch = all_pairs(IMAGES)
         assert torch.equal(model(batch), clone(batch)) and torch.equal(model(batch), again(batch))
         assert torch.equal(model.object_logits, clone.object_logits)
+
+
+def test_concat_pair_head_is_the_layer_on_the_concatenation():
+    """The factorised pair head (object blocks per object, geometry per pair) computes the first layer on
+    [subject, object, geometry] with the same parameters: outputs and every gradient agree to float rounding."""
+    from components.models.common import ConcatPairHead
+
+    torch.manual_seed(0)
+    head = ConcatPairHead(24, 16, dropout=0.0)
+    ctx = torch.randn(11, 24, requires_grad=True)
+    geo = torch.randn(40, 16, requires_grad=True)
+    pairs = torch.randint(0, 11, (40, 2))
+    out = head(ctx, pairs, geo)
+    ref = head.net(torch.cat([ctx[pairs[:, 0]], ctx[pairs[:, 1]], geo], 1))
+    assert out.shape == (40, 16) and torch.allclose(out, ref, atol=1e-5) and (ref > 0).any()
+    grads = torch.autograd.grad(out.square().sum(), [ctx, geo, *head.parameters()])
+    ref_grads = torch.autograd.grad(ref.square().sum(), [ctx, geo, *head.parameters()])
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-4, rtol=1e-4)
+    assert [n for n, _ in head.named_parameters()] == ["net.0.weight", "net.0.bias"]  # checkpoints still load
