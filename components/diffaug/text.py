@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from components.atomic import atomic_path
+from components.code_version import code_fingerprint
 from components.errors import InputError
 from components.taxonomy.vectors import DEFAULT_VECTORS, load_word_vectors, phrase_vector, phrase_words
 
@@ -226,7 +227,8 @@ def embed_triplets(encoder: TextEncoder, triplets: Sequence[tuple[str, str, str]
     mem_key = (encoder.key, tokens, tuple(uniq))
     if mem_key in _MEMORY:
         return _MEMORY[mem_key]
-    digest = hashlib.sha256("\n".join("\t".join(t) for t in uniq).encode()).hexdigest()[:16]
+    # keyed by the texts and the source code: embeddings computed by another version of an encoder are not reused
+    digest = hashlib.sha256("\n".join([code_fingerprint(), *("\t".join(t) for t in uniq)]).encode()).hexdigest()[:16]
     kind = "tokens" if tokens else "pooled"
     path = Path(cache_dir) / f"{encoder.key}-{kind}-{digest}.npz" if cache_dir else None
     if path is not None and path.is_file():

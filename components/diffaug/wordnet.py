@@ -4,7 +4,7 @@ A class name maps to its first noun synset (spaces become underscores: "soccer b
 unless an override map names the synset (first senses can be wrong, e.g. "plate"). LCH =
 -log((d + 1) / (2 D)) with D = 19 for nouns; the paper's threshold 2.26 means "at most 2 edges apart".
 Names without a noun synset, or pairs without a path, give None. WordNet's first access costs ~10 s, so
-results are cached per process and, with `cache_path`, on disk as JSON (keyed by the override map).
+results are cached per process and, with `cache_path`, on disk as JSON (keyed by the override map and the source fingerprint).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from components.atomic import write_json
+from components.code_version import code_fingerprint
 from components.diffaug.wordnet_data import ensure_nltk_path
 from components.errors import InputError
 
@@ -60,7 +61,7 @@ class LCHSimilarity:
         self._dirty = False
         if self.cache_path and self.cache_path.is_file():
             data = json.loads(self.cache_path.read_text())
-            if data.get("overrides") == self.overrides:
+            if data.get("overrides") == self.overrides and data.get("code") == code_fingerprint():
                 self._pairs = data["pairs"]
 
     def __call__(self, a: str, b: str) -> float | None:
@@ -79,7 +80,7 @@ class LCHSimilarity:
     def save(self) -> None:
         """Write the memo to `cache_path` (atomically) when it changed."""
         if self.cache_path and self._dirty:
-            write_json(self.cache_path, {"overrides": self.overrides, "pairs": self._pairs})
+            write_json(self.cache_path, {"overrides": self.overrides, "code": code_fingerprint(), "pairs": self._pairs})
             self._dirty = False
 
     def similar_classes(self, name: str, vocabulary: Iterable[str], threshold: float = LCH_THRESHOLD) -> list[str]:

@@ -1,4 +1,6 @@
 """Text encoders: shapes, role preservation (swapped subject/object differ), caches."""
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -56,6 +58,18 @@ def test_embed_triplets_cache(tmp_path):
     pooled_only = embed_triplets(enc, trip, cache_dir=tmp_path, tokens=False)
     assert pooled_only.tokens is None and np.array_equal(pooled_only.pooled, e.pooled)
     assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
+def test_embed_triplets_ignores_a_cache_entry_not_keyed_by_this_code(tmp_path):
+    """An entry named as before the source fingerprint was keyed in (texts only) holds embeddings of unknown
+    code: it is never read."""
+    enc = GloVeEncoder(mode="roles")
+    trip = [("dog", "near", "cat"), ("cat", "under", "table")]
+    texts_only = hashlib.sha256("\n".join("\t".join(t) for t in trip).encode()).hexdigest()[:16]
+    np.savez(tmp_path / f"{enc.key}-pooled-{texts_only}.npz", pooled=np.zeros((2, 150), np.float32))
+    e = embed_triplets(enc, trip, cache_dir=tmp_path, tokens=False)
+    assert np.allclose(e.pooled, enc.encode_triplets(trip)) and np.abs(e.pooled).sum() > 0
+    assert len(list(tmp_path.glob("*.npz"))) == 2  # its own entry, beside the stale one
 
 
 def test_openclip_random_tiny_model():

@@ -1,8 +1,10 @@
 """WordNet LCH similarity on class names: REFERENCE values, thresholds, overrides, caches."""
+import json
 import math
 
 import pytest
 
+from components.code_version import code_fingerprint
 from components.diffaug.wordnet import LCHSimilarity, lch_similarity, similar_classes, synset_name
 
 
@@ -46,3 +48,18 @@ def test_disk_cache_roundtrip(tmp_path, sim):
     assert b._pairs == a._pairs and len(b._pairs) == 1  # dog-cat (a class is never its own neighbour)
     c = LCHSimilarity({"dog": "dog.n.01"}, cache_path=path)  # different overrides: cache not reused
     assert c._pairs == {}
+
+
+def test_disk_cache_of_other_code_is_not_read(tmp_path, sim):
+    """A memo written by other source code (or by a version that recorded none) is ignored, and the rewritten
+    memo records this code."""
+    path = tmp_path / "lch.json"
+    for stale in ({"overrides": {}, "code": "0123456789ab", "pairs": {"cat\tdog": 99.0}},
+                  {"overrides": {}, "pairs": {"cat\tdog": 99.0}}):
+        path.write_text(json.dumps(stale))
+        fresh = LCHSimilarity(cache_path=path)
+        assert fresh("dog", "cat") == pytest.approx(sim("dog", "cat")) != 99.0
+    fresh.save()
+    saved = json.loads(path.read_text())
+    assert saved["code"] == code_fingerprint() and saved["pairs"]["cat\tdog"] != 99.0
+    assert LCHSimilarity(cache_path=path)._pairs == saved["pairs"]
