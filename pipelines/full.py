@@ -10,7 +10,8 @@ The preset is `--preset`, or `preset=` in the YAML or the overrides (the two may
 `run_dir`, or the outputs stay in that copy (the path is printed at start: `[full] outputs: ...`).
 
 Every phase is a content-addressed stage (components/stages.py): a rerun after an interruption resumes
-at the first stage not completed, and a changed config recomputes only what depends on it.
+at the first stage not completed, a changed config recomputes only what depends on it, and changed source
+code (components/code_version.py) recomputes every phase.
 """
 from __future__ import annotations
 

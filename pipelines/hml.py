@@ -5,7 +5,7 @@ one-stage CE and class-balanced CE baselines through the same code, then predict
     python pipelines/hml.py --config cfg.yaml key=value ...
 
 Layout under `output_dir`: tree.json/tree.png, freq_bias.npy, stages/<method>-stage<k>-<key>/ (final.pt,
-metrics.jsonl, _DONE.json written last: a rerun skips complete stages), ray/ (Ray Train storage: an
+metrics.jsonl, _DONE.json written last: a rerun with the same config and source code skips complete stages), ray/ (Ray Train storage: an
 interrupted stage resumes from its last checkpoint), <method>/ (model.safetensors, predictions/ for
 pipelines/evaluate.py, metrics.json),
 results.json.
