@@ -22,7 +22,6 @@ import argparse
 import copy
 import json
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -216,17 +215,13 @@ def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationS
 
 def check_cpu_requests(cfg: DiffAugConfig, cluster_cpus: float, fixed: bool) -> None:
     """The diffusion training actor (2 x cpus_per_actor) and the sampler pool (num_actors x cpus_per_actor) must
-    each fit the Ray cluster's CPUs, or Ray queues them forever. `fixed` (a local Ray this process started):
-    ConfigError. A joined cluster may grow (autoscaler), so there only a warning on stderr."""
-    asks = {"the diffusion training actor (2 x cpus_per_actor)": 2 * cfg.cpus_per_actor,
-            "the sampler pool (num_actors x cpus_per_actor)": cfg.num_actors * cfg.cpus_per_actor}
-    for what, cpus in asks.items():
-        if cpus > cluster_cpus + 1e-9:
-            if fixed:
-                raise ConfigError("cpus_per_actor / num_actors", f"{what} asks {cpus:g} CPUs; the local Ray has "
-                                  f"{cluster_cpus:g}", "requests that fit it (or num_cpus=, or a cluster: ray_address=)")
-            print(f"warning: {what} asks {cpus:g} CPUs; the Ray cluster has {cluster_cpus:g} now "
-                  "(it waits until an autoscaler adds nodes)", file=sys.stderr)
+    each fit the Ray cluster's CPUs (`check_requests`: an error on a local Ray, a warning on a joined one)."""
+    from pipelines.ray_runtime import check_requests
+
+    check_requests("cpus_per_actor / num_actors",
+                   {"the diffusion training actor (2 x cpus_per_actor)": {"CPU": 2 * cfg.cpus_per_actor},
+                    "the sampler pool (num_actors x cpus_per_actor)": {"CPU": cfg.num_actors * cfg.cpus_per_actor}},
+                   {"CPU": cluster_cpus}, fixed)
 
 
 def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pools: dict, strength: float,
@@ -306,7 +301,7 @@ def _summary(rep: dict) -> dict:
 def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     """Run the phase; returns {'results': variant -> LTVRR summary, 'fidelity', 'augmentation', 'table', ...}."""
     from pipelines.diffusion import SamplerPool
-    from pipelines.ray_runtime import init_ray
+    from pipelines.ray_runtime import init_ray, joins_cluster
 
     torch.set_num_threads(1)
     store, train, test = load_splits(cfg.store)  # a bad store fails before anything is written
@@ -315,9 +310,8 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         raise ConfigError("synsets", f"classes {unknown} are not in the store's vocabulary", "object class names")
     gen_variants = [v for v in cfg.variants if v.startswith(("diffaug", "wce_diffaug"))]
     if gen_variants:  # Ray's CPUs checked before anything is written
-        joins = bool(cfg.ray_address or os.environ.get("RAY_ADDRESS"))  # else a local Ray (ours or full.py's)
         cpus = init_ray(cfg.ray_address or None, num_cpus=cfg.num_cpus).get("CPU", 0.0)
-        check_cpu_requests(cfg, cpus, fixed=not joins)
+        check_cpu_requests(cfg, cpus, fixed=not joins_cluster(cfg.ray_address))  # else a local Ray (ours or full.py's)
     out = ensure_writable_dir(cfg.out)
     objects, predicates = store.manifest.objects, store.manifest.predicates
     obj_counts, rel_counts = _counts(train, len(objects), len(predicates))

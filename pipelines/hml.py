@@ -268,12 +268,12 @@ def train_loop_per_worker(cfg: dict) -> None:
         start, history = int(meta["step"]), list(state["history"])
 
     def report(metrics: dict) -> None:
-        fisher, importance = tracker.result()
-        meta = {**expect, "method": cfg["method"], "stage": cfg["stage"], "step": metrics["step"],
-                "steps": cfg["steps"], "seen": list(cfg["seen"]), "positives": list(cfg["positives"])}
         if rank != 0:
             ray.train.report(metrics)
             return
+        meta = {**expect, "method": cfg["method"], "stage": cfg["stage"], "step": metrics["step"],
+                "steps": cfg["steps"], "seen": list(cfg["seen"]), "positives": list(cfg["positives"])}
+        fisher, importance = ({n: v.cpu() for n, v in d.items()} for d in tracker.result())  # CPU: loads anywhere
         state = {"model": {k: v.detach().cpu() for k, v in base.state_dict().items()},
                  "optimizer": optimizer.state_dict(), "tracker": tracker.state_dict(), "history": history,
                  "anchors": {n: p.detach().cpu().clone() for n, p in base.relation_parameters()},
@@ -403,13 +403,17 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
     """Tree, training of every method, predictions and evaluation; returns and writes results.json."""
     import ray
 
-    from pipelines.ray_runtime import init_ray
+    from pipelines.ray_runtime import check_requests, init_ray, joins_cluster
     from pipelines.streaming import dataset_from_store, per_rank_datasets
 
     store = FeatureStore(cfg.store, kind=SCENE_GRAPH)
     man = store.manifest
     counts, fb = train_statistics(store, cfg.freq_bias)
     tree = build_tree(cfg, man.predicates, counts)
+    workers = {"CPU": cfg.num_workers * cfg.cpus_per_worker, **({"GPU": float(cfg.num_workers)} if cfg.use_gpu else {})}
+    check_requests("num_workers / cpus_per_worker / use_gpu",
+                   {"a stage's Ray Train workers (num_workers x cpus_per_worker, 1 GPU each with use_gpu)": workers},
+                   init_ray(cfg.ray_address, cfg.num_cpus), fixed=not joins_cluster(cfg.ray_address))
     out = ensure_writable_dir(cfg.output_dir)  # created only once the inputs have been read and checked
     tree.save(out / "tree.json")
     tree.draw(out / "tree.png")
@@ -430,7 +434,6 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
                 "lr": cfg.lr, "seed": cfg.seed, "background_weight": cfg.background_weight, "cr_span": cfg.cr_span,
                 "num_workers": cfg.num_workers,
                 "checkpoint_every": cfg.checkpoint_every, "threads": cfg.threads_per_worker}
-    init_ray(cfg.ray_address, cfg.num_cpus)
     data_ctx = ray.data.DataContext.get_current()
     data_ctx.enable_progress_bars = cfg.progress
     # one bar per dataset, not one per operator: the operator bars of a stage's streaming split stayed open

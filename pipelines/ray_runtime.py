@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -99,6 +101,31 @@ def quiet_placement_group_cleaner() -> None:
     """Worker setup hook of a local instance: silence the cleaner's per-second State API warning (without
     a dashboard it cannot tell whether a controller died; the run's placement groups still go with the job)."""
     logging.getLogger(_CLEANER_LOGGER).addFilter(_not_cleaner_noise)
+
+
+def check_requests(keys: str, asks: Mapping[str, Mapping[str, float]], resources: Mapping[str, float],
+                   fixed: bool) -> None:
+    """Each request of `asks` ({what: {resource: amount}}) must fit the Ray cluster's `resources`, or Ray queues
+    it forever. `fixed` (a local Ray this process started, which cannot grow): ConfigError naming the config
+    `keys`. A joined cluster may have an autoscaler, so there only a warning on stderr."""
+    for what, need in asks.items():
+        for res, amount in need.items():
+            have = float(resources.get(res, 0.0))
+            if amount <= have + 1e-9:
+                continue
+            unit = (res + ("" if amount == 1 else "s")) if res in ("CPU", "GPU") else f"of resource {res!r}"
+            if fixed:
+                hint = "use_gpu=false, or a cluster with GPUs: ray_address=" if res == "GPU" else \
+                    "or num_cpus=, or a cluster: ray_address="
+                raise ConfigError(keys, f"{what} asks {amount:g} {unit}; the local Ray has {have:g}",
+                                  f"requests that fit it ({hint})")
+            print(f"warning: {what} asks {amount:g} {unit}; the Ray cluster has {have:g} now "
+                  "(it waits until an autoscaler adds nodes)", file=sys.stderr)
+
+
+def joins_cluster(address: str | None) -> bool:
+    """True when Ray is (or will be) joined at an address rather than started locally by this process."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))
 
 
 def init_ray(address: str | None = None, num_cpus: float | None = None) -> dict:

@@ -171,3 +171,25 @@ def test_the_cleaner_filter_drops_only_the_state_api_warning():
     record = lambda msg: logging.LogRecord(ray_runtime._CLEANER_LOGGER, logging.WARNING, __file__, 1, msg, None, None)
     assert not keep(record(ray_runtime._CLEANER_NOISE + ". State API may be temporarily unavailable."))
     assert keep(record("Detected that the Ray Train controller actor (x) is dead."))
+
+
+def test_requests_beyond_a_local_ray_fail_naming_keys_and_warn_on_a_joined_cluster(capsys):
+    """A request that does not fit the cluster would queue forever: on a local Ray (which cannot grow) one
+    ConfigError naming the config keys, what asks how much and what there is; on a joined cluster a warning."""
+    local = {"CPU": 2.0}
+    ray_runtime.check_requests("k", {"workers": {"CPU": 2.0}}, local, fixed=True)  # exactly full fits
+    with pytest.raises(ConfigError, match=r"^k: workers asks 2 GPUs; the local Ray has 0 \(expected requests that "
+                                          r"fit it \(use_gpu=false, or a cluster with GPUs"):
+        ray_runtime.check_requests("k", {"workers": {"CPU": 1.0, "GPU": 2.0}}, local, fixed=True)
+    with pytest.raises(ConfigError, match=r"workers asks 2.5 CPUs; the local Ray has 2 .*or num_cpus="):
+        ray_runtime.check_requests("k", {"workers": {"CPU": 2.5}}, local, fixed=True)
+    assert capsys.readouterr().err == ""
+    ray_runtime.check_requests("k", {"workers": {"GPU": 1.0}}, local, fixed=False)
+    assert capsys.readouterr().err.startswith("warning: workers asks 1 GPU; the Ray cluster has 0 now")
+
+
+def test_joins_cluster_follows_the_address_or_the_variable(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not ray_runtime.joins_cluster(None) and ray_runtime.joins_cluster("10.0.0.1:6379")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert ray_runtime.joins_cluster(None)
