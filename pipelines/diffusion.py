@@ -30,7 +30,7 @@ from components.code_version import code_fingerprint
 from components.config import config_hash, to_dict
 from components.data.store import sha256_file
 from components.diffaug.diffusion import DiffusionConfig, load_bundle, save_bundle, train_denoiser
-from components.diffaug.sampling import inference_bundle, sample_features
+from components.diffaug.sampling import COMPUTE_DTYPES, compute_dtype, inference_bundle, sample_features
 from components.errors import DataError, InputError
 from components.stages import arrays_hash
 
@@ -128,11 +128,12 @@ class _SampleActor:
         """The actor's process id, once the process is up (its imports done): lets a pool start before it is used."""
         return os.getpid()
 
-    def shard(self, bundle_path: str, req: dict, index: int, lo: int, hi: int, path: str, params: dict) -> dict:
+    def shard(self, bundle_path: str, req: dict, index: int, lo: int, hi: int, path: str, params: dict,
+              dtype: str) -> dict:
         t0 = time.perf_counter()
-        key = (bundle_path, Path(bundle_path).stat().st_mtime_ns)  # a rewritten bundle is loaded again
+        key = (bundle_path, Path(bundle_path).stat().st_mtime_ns, dtype)  # a rewritten bundle is loaded again
         if key != self.bundle_key:
-            self.bundle, self.bundle_key = inference_bundle(load_bundle(bundle_path)), key  # cast once per bundle
+            self.bundle, self.bundle_key = inference_bundle(load_bundle(bundle_path), dtype), key  # cast once
         rows = _writable({k: v[lo:hi] for k, v in req.items()})  # this shard's rows only
         feats = sample_features(self.bundle, rows["text"], rows.get("text_mask"), rows.get("hardness"),
                                 rows["sample_id"], rows.get("seed_features"), **params)
@@ -187,15 +188,21 @@ def _shard_complete(path: Path, ids: np.ndarray) -> bool:
 def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | str | Path, out_dir: str | Path,
                   num_actors: int = 2, shard_size: int = 1024, cpus_per_actor: float = 0.5, strength: float = 1.0,
                   batch_size: int = 512, guidance_scale: float | None = None, progress: bool = True,
-                  pool: SamplerPool | None = None, requests_hash: str | None = None) -> dict:
+                  pool: SamplerPool | None = None, requests_hash: str | None = None, dtype: str | None = None) -> dict:
     """Sample every request on a Ray actor pool into idempotent parquet shards; returns (and writes) the manifest.
     `pool`: actors to use (and leave running); without it a pool of `num_actors` is started for this call.
-    `requests_hash`: `arrays_hash(requests)` if the caller has it (it keys the shards), else computed here."""
+    `requests_hash`: `arrays_hash(requests)` if the caller has it (it keys the shards), else computed here.
+    `dtype`: compute dtype of every actor ('float32' / 'bfloat16'); None resolves the bundle's config here,
+    in the driver, once (an actor resolving 'auto' by its own CPU could mix precisions across a cluster's nodes);
+    it keys the shards and is recorded in the manifest."""
     if num_actors < 1 or shard_size < 1 or cpus_per_actor <= 0:
         raise InputError("sample_on_ray", f"num_actors={num_actors}, shard_size={shard_size}, "
                          f"cpus_per_actor={cpus_per_actor}", "positive values")
     req = load_requests(requests)
     bundle = load_bundle(bundle_path)  # fail fast in the driver on a bad bundle
+    dtype = compute_dtype(bundle) if dtype is None else dtype
+    if dtype not in COMPUTE_DTYPES:
+        raise InputError("sample_on_ray dtype", f"{dtype!r}", f"one of {COMPUTE_DTYPES}")
     out = ensure_writable_dir(out_dir)
     params = {"strength": strength, "batch_size": batch_size, "guidance_scale": guidance_scale}
     ids = req["sample_id"]
@@ -203,7 +210,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
     # request or code version are never reused
     fingerprint = config_hash({"bundle": sha256_file(Path(bundle_path)), "requests": requests_hash or arrays_hash(req),
                                "shard_size": shard_size, "strength": strength, "guidance_scale": guidance_scale,
-                               "code": code_fingerprint()})
+                               "dtype": dtype, "code": code_fingerprint()})
     req_file = out / "request.json"
     if req_file.exists() and json.loads(req_file.read_text()).get("fingerprint") != fingerprint:
         raise InputError(str(out), "holds shards of another request, bundle, sampling setting or code version",
@@ -221,7 +228,8 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
         sampler = SamplerPool(min(num_actors, len(todo)), cpus_per_actor) if own else pool
         try:
             work = ActorPool(list(sampler.actors)).map_unordered(
-                lambda a, b: a.shard.remote(str(bundle_path), ref, b[0], b[1], b[2], str(paths[b[0]]), params), todo)
+                lambda a, b: a.shard.remote(str(bundle_path), ref, b[0], b[1], b[2], str(paths[b[0]]), params, dtype),
+                todo)
             for done in tqdm(work, total=len(todo), desc="diffusion shards", disable=not progress):
                 nodes[done["index"]] = done["node"]
                 seconds[done["index"]] = done["seconds"]
@@ -230,7 +238,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
                 sampler.close()
     manifest = {"format": MANIFEST_FORMAT, "bundle": str(bundle_path), "bundle_config_hash": config_hash(bundle.cfg),
                 "n_samples": len(ids), "feature_dim": bundle.model.feature_dim, "shard_size": shard_size,
-                "params": params, "skipped_shards": len(bounds) - len(todo), "seconds": round(time.perf_counter() - t0, 3),
+                "params": params, "dtype": dtype, "skipped_shards": len(bounds) - len(todo), "seconds": round(time.perf_counter() - t0, 3),
                 "shards": [{"index": i, "path": paths[i].name, "rows": hi - lo, "first_id": int(ids[lo]),
                             "last_id": int(ids[hi - 1]), "node": nodes.get(i), "seconds": seconds.get(i)}
                            for i, lo, hi in bounds]}

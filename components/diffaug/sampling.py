@@ -46,9 +46,22 @@ def inference_model(bundle: DiffusionBundle) -> Denoiser:
     return model if model.inp.weight.dtype == dtype else copy.deepcopy(model).to(dtype)
 
 
-def inference_bundle(bundle: DiffusionBundle) -> DiffusionBundle:
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def compute_dtype(bundle: DiffusionBundle) -> str:
+    """The concrete compute dtype the bundle's config asks for on THIS machine ('auto' resolved by its CPU)."""
+    return "bfloat16" if autocast_dtype(bundle.cfg) == torch.bfloat16 else "float32"
+
+
+def inference_bundle(bundle: DiffusionBundle, dtype: str | None = None) -> DiffusionBundle:
     """The bundle with its denoiser cast to the compute dtype once, for a sampler that calls
-    `sample_features` many times (a sampling actor, shard after shard)."""
+    `sample_features` many times (a sampling actor, shard after shard). `dtype` ('float32' / 'bfloat16')
+    overrides the config's, so that every actor of a pool computes as the driver decided, whatever its CPU."""
+    if dtype is not None:
+        if dtype not in COMPUTE_DTYPES:
+            raise InputError("dtype", f"{dtype!r}", f"one of {COMPUTE_DTYPES}")
+        bundle = dataclasses.replace(bundle, cfg=dataclasses.replace(bundle.cfg, dtype=dtype))
     return dataclasses.replace(bundle, model=inference_model(bundle))
 
 

@@ -60,6 +60,34 @@ def test_one_pool_serves_several_calls_with_the_same_results(trained, tmp_path):
     assert pool.actors == []
 
 
+def test_every_actor_computes_in_the_dtype_the_driver_resolved(trained, tmp_path):
+    """The driver resolves the compute dtype once and the actors use it whatever their own CPU would pick (a
+    bundle trained in fp32 sampled in bf16 here): equal to the in-process loop in that dtype, not to fp32. The
+    dtype is in the manifest and keys the shards (another dtype never resumes into them)."""
+    from components.diffaug.sampling import inference_bundle
+
+    _, res, _ = trained
+    req = _requests(n=8)
+    bundle = load_bundle(res["bundle"])
+    assert diffusion.compute_dtype(bundle) == "float32"  # what 'float32' resolves to on any machine
+    with SamplerPool(num_actors=2, cpus_per_actor=0.5).wait_ready() as pool:
+        manifest = sample_on_ray(res["bundle"], req, tmp_path, shard_size=4, batch_size=4, progress=False,
+                                 pool=pool, dtype="bfloat16")
+        assert manifest["dtype"] == "bfloat16"
+        table = load_samples(tmp_path)
+        got = np.stack(table.column("feature").to_numpy(zero_copy_only=False))[np.argsort(table.column("sample_id"))]
+        args = (req["text"], req["text_mask"], req["hardness"], req["sample_id"])
+        bf16 = sample_features(inference_bundle(bundle, "bfloat16"), *args, batch_size=4)
+        fp32 = sample_features(bundle, *args, batch_size=4)
+        assert np.array_equal(got, bf16) and not np.allclose(got, fp32, atol=1e-4)
+        with pytest.raises(InputError, match="another request, bundle, sampling setting"):
+            sample_on_ray(res["bundle"], req, tmp_path, shard_size=4, batch_size=4, progress=False, pool=pool,
+                          dtype="float32")
+    with pytest.raises(InputError, match="sample_on_ray dtype: 'fp16'"):
+        sample_on_ray(res["bundle"], req, tmp_path / "x", progress=False, dtype="fp16")
+    assert not (tmp_path / "x").exists()
+
+
 def test_training_actor_writes_bundle_checkpoints_and_metrics(trained):
     out, res, cfg = trained
     assert len(res["loss"]) == 6 and all(np.isfinite(res["loss"]))
