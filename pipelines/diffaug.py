@@ -24,7 +24,7 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,6 +111,8 @@ class DiffAugConfig:
     num_actors: int = field(default=2, metadata={"range": (1, 64)})
     # CPUs of each sampling actor; the diffusion training actor gets twice this (both cores by default)
     cpus_per_actor: float = field(default=1.0, metadata={"range": (0.05, 64.0)})
+    # GPUs of each sampling actor and of the diffusion training actor (0: they compute on their CPUs)
+    gpus_per_actor: float = field(default=0.0, metadata={"range": (0.0, 16.0)})
     shard_size: int = field(default=1024, metadata={"range": (1, None)})
     ray_address: str = ""
     num_cpus: int | None = field(default=None, metadata={"range": (1, 100000)})  # local Ray's CPUs (None: all)
@@ -199,29 +201,36 @@ def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationS
     from pipelines.diffusion import train_diffusion_on_ray
 
     text, mask, hard = cond.of(_triplets(train))
-    # keyed by the config, the training arrays themselves (features, text embeddings, K-means hardness) and the
-    # source code: another seed, text encoder, store or code version can never reuse this bundle
+    # keyed by the config, the training arrays themselves (features, text embeddings, K-means hardness), the
+    # source code and the device type: another seed, text encoder, store, code version or device never reuses it
     inputs = arrays_hash({"features": train.union_feature, "text": text, "mask": mask,
                           "hardness": hard if dcfg.use_hardness else None, "groups": train.predicate})
-    run_dir = out / f"diffusion-{config_hash({'cfg': to_dict(dcfg), 'inputs': inputs, 'code': code_fingerprint()})}"
+    key = config_hash({"cfg": to_dict(dcfg), "inputs": inputs, "code": code_fingerprint(),
+                       "device": "cuda" if cfg.gpus_per_actor else "cpu"})
+    run_dir = out / f"diffusion-{key}"
     bundle = run_dir / "bundle.safetensors"
     if bundle.is_file():
         load_bundle(bundle, expected=dcfg)
         return str(bundle)
     train_diffusion_on_ray(train.union_feature, text, mask, hard, dcfg, run_dir, cpus=cfg.cpus_per_actor * 2,
+                           gpus=cfg.gpus_per_actor,
                            checkpoint_every=max(dcfg.steps // 4, 1), groups=train.predicate)
     return str(bundle)
 
 
-def check_cpu_requests(cfg: DiffAugConfig, cluster_cpus: float, fixed: bool) -> None:
-    """The diffusion training actor (2 x cpus_per_actor) and the sampler pool (num_actors x cpus_per_actor) must
-    each fit the Ray cluster's CPUs (`check_requests`: an error on a local Ray, a warning on a joined one)."""
+def check_actor_requests(cfg: DiffAugConfig, resources: Mapping[str, float], fixed: bool) -> None:
+    """The diffusion training actor (2 x cpus_per_actor, gpus_per_actor) and the sampler pool (num_actors x
+    each) must each fit the Ray cluster (`check_requests`: an error on a local Ray, a warning on a joined one)."""
     from pipelines.ray_runtime import check_requests
 
-    check_requests("cpus_per_actor / num_actors",
-                   {"the diffusion training actor (2 x cpus_per_actor)": {"CPU": 2 * cfg.cpus_per_actor},
-                    "the sampler pool (num_actors x cpus_per_actor)": {"CPU": cfg.num_actors * cfg.cpus_per_actor}},
-                   {"CPU": cluster_cpus}, fixed)
+    def ask(n: int, cpus: float) -> dict[str, float]:
+        return {"CPU": cpus, **({"GPU": n * cfg.gpus_per_actor} if cfg.gpus_per_actor else {})}
+
+    check_requests("cpus_per_actor / gpus_per_actor / num_actors",
+                   {"the diffusion training actor (2 x cpus_per_actor)": ask(1, 2 * cfg.cpus_per_actor),
+                    "the sampler pool (num_actors x cpus_per_actor)":
+                        ask(cfg.num_actors, cfg.num_actors * cfg.cpus_per_actor)},
+                   resources, fixed)
 
 
 def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pools: dict, strength: float,
@@ -310,8 +319,8 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         raise ConfigError("synsets", f"classes {unknown} are not in the store's vocabulary", "object class names")
     gen_variants = [v for v in cfg.variants if v.startswith(("diffaug", "wce_diffaug"))]
     if gen_variants:  # Ray's CPUs checked before anything is written
-        cpus = init_ray(cfg.ray_address or None, num_cpus=cfg.num_cpus).get("CPU", 0.0)
-        check_cpu_requests(cfg, cpus, fixed=not joins_cluster(cfg.ray_address))  # else a local Ray (ours or full.py's)
+        resources = init_ray(cfg.ray_address or None, num_cpus=cfg.num_cpus)
+        check_actor_requests(cfg, resources, fixed=not joins_cluster(cfg.ray_address))  # else a local Ray
     out = ensure_writable_dir(cfg.out)
     objects, predicates = store.manifest.objects, store.manifest.predicates
     obj_counts, rel_counts = _counts(train, len(objects), len(predicates))
@@ -383,7 +392,7 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         runs = {"diffaug_random": ("hard", 1.0), "diffaug_so": ("hard", cfg.strength),
                 "diffaug_so_nohardness": ("nohard", cfg.strength)}
         need = {("diffaug_so" if v in FROM_SO else v) for v in gen_variants}
-        with SamplerPool(cfg.num_actors, cfg.cpus_per_actor) as sampler:  # one pool for every sampling run
+        with SamplerPool(cfg.num_actors, cfg.cpus_per_actor, cfg.gpus_per_actor) as sampler:  # one pool for every sampling run
             for name in sorted(need):
                 b, s = runs[name]
                 union = _sample(cfg, bundles[b], plan, cond, pools, s,

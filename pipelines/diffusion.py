@@ -48,11 +48,17 @@ def _writable(arrays: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray |
     return {k: None if v is None else np.array(v) for k, v in arrays.items()}
 
 
+def _device(gpus: float) -> str:
+    """Where an actor given `gpus` GPUs computes: its (first) GPU, or the CPU."""
+    return "cuda" if gpus > 0 else "cpu"
+
+
 @ray.remote
 class _TrainActor:
     """Runs `train_denoiser` with checkpoints every `checkpoint_every` steps into `out_dir/checkpoints`."""
 
-    def run(self, arrays: dict, cfg: DiffusionConfig, out_dir: str, checkpoint_every: int, threads: int) -> list:
+    def run(self, arrays: dict, cfg: DiffusionConfig, out_dir: str, checkpoint_every: int, threads: int,
+            device: str = "cpu") -> list:
         torch.set_num_threads(threads)
         losses: list[float] = []
         ckpt = Path(out_dir) / "checkpoints"
@@ -64,22 +70,24 @@ class _TrainActor:
                 save_bundle(bundle, ckpt / f"step-{step:07d}.safetensors")
 
         bundle = train_denoiser(arrays["features"], arrays["text"], arrays.get("text_mask"), arrays.get("hardness"),
-                                cfg, on_step=on_step, progress=False, groups=arrays.get("groups"))
+                                cfg, on_step=on_step, progress=False, groups=arrays.get("groups"), device=device)
         save_bundle(bundle, Path(out_dir) / "bundle.safetensors")
         return losses
 
 
 def train_diffusion_on_ray(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray | None,
                            hardness: np.ndarray | None, cfg: DiffusionConfig, out_dir: str | Path,
-                           cpus: float = 0.5, checkpoint_every: int = 500, groups: np.ndarray | None = None) -> dict:
-    """Train in a Ray actor; writes out_dir/{bundle.safetensors, checkpoints/, metrics.json}; returns the paths + losses.
-    `groups`: each sample's group (relation) label, for `cfg.balance`."""
+                           cpus: float = 0.5, checkpoint_every: int = 500, groups: np.ndarray | None = None,
+                           gpus: float = 0.0) -> dict:
+    """Train in a Ray actor (`cpus` CPUs; on a GPU with `gpus` > 0); writes out_dir/{bundle.safetensors,
+    checkpoints/, metrics.json}; returns the paths + losses. `groups`: each sample's group (relation) label,
+    for `cfg.balance`."""
     out = ensure_writable_dir(out_dir)
     arrays = {"features": features, "text": text, "text_mask": text_mask, "hardness": hardness, "groups": groups}
     t0 = time.perf_counter()
-    actor = _TrainActor.options(num_cpus=cpus).remote()
+    actor = _TrainActor.options(num_cpus=cpus, num_gpus=gpus).remote()
     try:
-        losses = ray.get(actor.run.remote(arrays, cfg, str(out), checkpoint_every, _threads(cpus)))
+        losses = ray.get(actor.run.remote(arrays, cfg, str(out), checkpoint_every, _threads(cpus), _device(gpus)))
     finally:
         ray.kill(actor)
     metrics = {"config": to_dict(cfg), "config_hash": config_hash(cfg), "loss": losses,
@@ -119,9 +127,10 @@ class _SampleActor:
     """Samples shards with the bundle named by each call (loaded and cast to the compute dtype once, kept while
     the path stays the same) and writes each shard atomically as a parquet file."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, device: str = "cpu") -> None:
         torch.set_num_threads(threads)
-        self.bundle_key: tuple[str, int] | None = None
+        self.device = device
+        self.bundle_key: tuple[str, int, str] | None = None
         self.bundle = None
 
     def ready(self) -> int:
@@ -133,7 +142,8 @@ class _SampleActor:
         t0 = time.perf_counter()
         key = (bundle_path, Path(bundle_path).stat().st_mtime_ns, dtype)  # a rewritten bundle is loaded again
         if key != self.bundle_key:
-            self.bundle, self.bundle_key = inference_bundle(load_bundle(bundle_path), dtype), key  # cast once
+            self.bundle = inference_bundle(load_bundle(bundle_path), dtype, self.device)  # cast and moved once
+            self.bundle_key = key
         rows = _writable({k: v[lo:hi] for k, v in req.items()})  # this shard's rows only
         feats = sample_features(self.bundle, rows["text"], rows.get("text_mask"), rows.get("hardness"),
                                 rows["sample_id"], rows.get("seed_features"), **params)
@@ -150,12 +160,13 @@ class SamplerPool:
     """Sampling actors started once and reused by several `sample_on_ray` calls (an actor's start-up, a
     process plus the torch and diffusers imports, took 5-16 s here: paid once, not once per call)."""
 
-    def __init__(self, num_actors: int = 2, cpus_per_actor: float = 0.5) -> None:
-        if num_actors < 1 or cpus_per_actor <= 0:
-            raise InputError("SamplerPool", f"num_actors={num_actors}, cpus_per_actor={cpus_per_actor}",
-                             "positive values")
-        self.actors = [_SampleActor.options(num_cpus=cpus_per_actor).remote(_threads(cpus_per_actor))
-                       for _ in range(num_actors)]
+    def __init__(self, num_actors: int = 2, cpus_per_actor: float = 0.5, gpus_per_actor: float = 0.0) -> None:
+        if num_actors < 1 or cpus_per_actor <= 0 or gpus_per_actor < 0:
+            raise InputError("SamplerPool", f"num_actors={num_actors}, cpus_per_actor={cpus_per_actor}, "
+                             f"gpus_per_actor={gpus_per_actor}", "positive actors and CPUs, GPUs >= 0")
+        self.device = _device(gpus_per_actor)
+        self.actors = [_SampleActor.options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
+                       .remote(_threads(cpus_per_actor), self.device) for _ in range(num_actors)]
         self.pids: list[int] = []
 
     def wait_ready(self) -> Self:
@@ -188,19 +199,22 @@ def _shard_complete(path: Path, ids: np.ndarray) -> bool:
 def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | str | Path, out_dir: str | Path,
                   num_actors: int = 2, shard_size: int = 1024, cpus_per_actor: float = 0.5, strength: float = 1.0,
                   batch_size: int = 512, guidance_scale: float | None = None, progress: bool = True,
-                  pool: SamplerPool | None = None, requests_hash: str | None = None, dtype: str | None = None) -> dict:
+                  pool: SamplerPool | None = None, requests_hash: str | None = None, dtype: str | None = None,
+                  gpus_per_actor: float = 0.0) -> dict:
     """Sample every request on a Ray actor pool into idempotent parquet shards; returns (and writes) the manifest.
-    `pool`: actors to use (and leave running); without it a pool of `num_actors` is started for this call.
+    `pool`: actors to use (and leave running); without it a pool of `num_actors` (each `cpus_per_actor` CPUs,
+    `gpus_per_actor` GPUs: on a GPU when > 0) is started for this call.
     `requests_hash`: `arrays_hash(requests)` if the caller has it (it keys the shards), else computed here.
     `dtype`: compute dtype of every actor ('float32' / 'bfloat16'); None resolves the bundle's config here,
     in the driver, once (an actor resolving 'auto' by its own CPU could mix precisions across a cluster's nodes);
-    it keys the shards and is recorded in the manifest."""
+    it keys the shards and is recorded in the manifest, as is the device type."""
     if num_actors < 1 or shard_size < 1 or cpus_per_actor <= 0:
         raise InputError("sample_on_ray", f"num_actors={num_actors}, shard_size={shard_size}, "
                          f"cpus_per_actor={cpus_per_actor}", "positive values")
     req = load_requests(requests)
     bundle = load_bundle(bundle_path)  # fail fast in the driver on a bad bundle
-    dtype = compute_dtype(bundle) if dtype is None else dtype
+    device = pool.device if pool is not None else _device(gpus_per_actor)
+    dtype = compute_dtype(bundle, device) if dtype is None else dtype
     if dtype not in COMPUTE_DTYPES:
         raise InputError("sample_on_ray dtype", f"{dtype!r}", f"one of {COMPUTE_DTYPES}")
     out = ensure_writable_dir(out_dir)
@@ -210,7 +224,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
     # request or code version are never reused
     fingerprint = config_hash({"bundle": sha256_file(Path(bundle_path)), "requests": requests_hash or arrays_hash(req),
                                "shard_size": shard_size, "strength": strength, "guidance_scale": guidance_scale,
-                               "dtype": dtype, "code": code_fingerprint()})
+                               "dtype": dtype, "device": device, "code": code_fingerprint()})
     req_file = out / "request.json"
     if req_file.exists() and json.loads(req_file.read_text()).get("fingerprint") != fingerprint:
         raise InputError(str(out), "holds shards of another request, bundle, sampling setting or code version",
@@ -225,7 +239,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
     if todo:
         ref = ray.put(req)
         own = pool is None
-        sampler = SamplerPool(min(num_actors, len(todo)), cpus_per_actor) if own else pool
+        sampler = SamplerPool(min(num_actors, len(todo)), cpus_per_actor, gpus_per_actor) if own else pool
         try:
             work = ActorPool(list(sampler.actors)).map_unordered(
                 lambda a, b: a.shard.remote(str(bundle_path), ref, b[0], b[1], b[2], str(paths[b[0]]), params, dtype),
@@ -238,7 +252,7 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
                 sampler.close()
     manifest = {"format": MANIFEST_FORMAT, "bundle": str(bundle_path), "bundle_config_hash": config_hash(bundle.cfg),
                 "n_samples": len(ids), "feature_dim": bundle.model.feature_dim, "shard_size": shard_size,
-                "params": params, "dtype": dtype, "skipped_shards": len(bounds) - len(todo), "seconds": round(time.perf_counter() - t0, 3),
+                "params": params, "dtype": dtype, "device": device, "skipped_shards": len(bounds) - len(todo), "seconds": round(time.perf_counter() - t0, 3),
                 "shards": [{"index": i, "path": paths[i].name, "rows": hi - lo, "first_id": int(ids[lo]),
                             "last_id": int(ids[hi - 1]), "node": nodes.get(i), "seconds": seconds.get(i)}
                            for i, lo, hi in bounds]}

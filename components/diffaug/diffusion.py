@@ -94,9 +94,11 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def autocast_dtype(cfg: DiffusionConfig) -> torch.dtype:
-    """Compute dtype: bf16 when asked, or on 'auto' when the CPU supports it; else fp32."""
-    if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and cpu_has_bf16()):
+def autocast_dtype(cfg: DiffusionConfig, device_type: str = "cpu") -> torch.dtype:
+    """Compute dtype: bf16 when asked, or on 'auto' when the device supports it (a CPU with native bf16; any
+    CUDA device, as Ampere and later do natively: set dtype='float32' on older GPUs); else fp32."""
+    native = device_type != "cpu" or cpu_has_bf16()
+    if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and native):
         return torch.bfloat16
     return torch.float32
 
@@ -175,12 +177,15 @@ def sampling_weights(groups: np.ndarray | None, balance: float, n: int) -> torch
 def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray | None,
                    hardness: np.ndarray | None, cfg: DiffusionConfig,
                    on_step: Callable[[int, float, DiffusionBundle], None] | None = None,
-                   progress: bool = True, groups: np.ndarray | None = None) -> DiffusionBundle:
+                   progress: bool = True, groups: np.ndarray | None = None,
+                   device: str | torch.device = "cpu") -> DiffusionBundle:
     """Train a denoiser on features (N, D) given text (N, T, E) + mask (N, T) or pooled (N, E) and hardness (N, K).
 
     `on_step(step, loss, bundle)` is called after every optimiser step (bundle holds the live model:
-    save it to checkpoint). Sampling of minibatches, timesteps, noise and CFG drops follows `cfg.seed`;
-    with `cfg.balance` > 0, minibatches favour samples of rare `groups` (N,) (see `sampling_weights`).
+    save it to checkpoint). Sampling of minibatches, timesteps, noise and CFG drops follows `cfg.seed`
+    (drawn on the CPU whatever the `device`, so a seed means the same batches everywhere); with
+    `cfg.balance` > 0, minibatches favour samples of rare `groups` (N,) (see `sampling_weights`).
+    The model trains on `device` and is returned on the CPU.
     """
     features = np.asarray(features, np.float32)
     text = np.asarray(text, np.float32)
@@ -190,7 +195,9 @@ def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray
     weights = sampling_weights(groups, cfg.balance, len(features))
     mean, std = fit_standardizer(features)
     torch.manual_seed(cfg.seed)
+    dev = torch.device(device)
     model = build_denoiser(cfg, features.shape[1], text.shape[-1], 0 if hardness is None else hardness.shape[1])
+    model = model.to(dev)
     bundle = DiffusionBundle(model, mean, std, cfg)
     sched = make_scheduler(cfg)
     x_all = torch.from_numpy((features - mean) / std)
@@ -200,7 +207,7 @@ def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray
     opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     lr_sched = one_cycle(opt, cfg.lr, cfg.steps)
     gen = torch.Generator().manual_seed(cfg.seed)
-    dtype = autocast_dtype(cfg)
+    dtype = autocast_dtype(cfg, dev.type)
     model.train()
     bar = tqdm(range(cfg.steps), desc="diffusion train", disable=not progress, mininterval=2.0)
     for step in bar:
@@ -212,10 +219,11 @@ def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, cfg.num_train_timesteps, (len(idx),), generator=gen)
         drop = torch.rand(len(idx), generator=gen) < cfg.cfg_dropout
+        x0, noise, t, drop = (a.to(dev) for a in (x0, noise, t, drop))
         xt = sched.add_noise(x0, noise, t)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-            out = model(xt, t, txt_all[idx], None if msk_all is None else msk_all[idx],
-                        None if hard_all is None else hard_all[idx], drop)
+        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = model(xt, t, txt_all[idx].to(dev), None if msk_all is None else msk_all[idx].to(dev),
+                        None if hard_all is None else hard_all[idx].to(dev), drop)
         loss = torch.nn.functional.mse_loss(out.float(), train_target(sched, x0, noise, t))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -227,7 +235,7 @@ def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if on_step is not None:
             on_step(step + 1, float(loss.item()), bundle)
-    model.eval()
+    bundle.model = model.cpu().eval()
     return bundle
 
 

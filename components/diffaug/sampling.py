@@ -37,32 +37,36 @@ def per_sample_noise(sample_ids: np.ndarray, dim: int, seed: int) -> np.ndarray:
                      for s in sample_ids]) if len(sample_ids) else np.zeros((0, dim), np.float32)
 
 
-def inference_model(bundle: DiffusionBundle) -> Denoiser:
-    """The bundle's denoiser in eval mode and its compute dtype: the model itself when its weights already
-    are in that dtype (fp32, or a bundle from `inference_bundle`), else a copy with weights cast once
-    (autocast would cast every weight again at every call)."""
-    dtype = autocast_dtype(bundle.cfg)
+def inference_model(bundle: DiffusionBundle, device: str | torch.device | None = None) -> Denoiser:
+    """The bundle's denoiser in eval mode, on `device` (default: where it is) and in its compute dtype there:
+    the model itself when it already is (fp32 on its device, or a bundle from `inference_bundle`), else a
+    copy cast and moved once (autocast would cast every weight again at every call)."""
     model = bundle.model.eval()
-    return model if model.inp.weight.dtype == dtype else copy.deepcopy(model).to(dtype)
+    dev = model.inp.weight.device if device is None else torch.device(device)
+    dtype = autocast_dtype(bundle.cfg, dev.type)
+    w = model.inp.weight
+    return model if (w.dtype, w.device) == (dtype, dev) else copy.deepcopy(model).to(device=dev, dtype=dtype)
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
-def compute_dtype(bundle: DiffusionBundle) -> str:
-    """The concrete compute dtype the bundle's config asks for on THIS machine ('auto' resolved by its CPU)."""
-    return "bfloat16" if autocast_dtype(bundle.cfg) == torch.bfloat16 else "float32"
+def compute_dtype(bundle: DiffusionBundle, device_type: str = "cpu") -> str:
+    """The concrete compute dtype the bundle's config asks for on a device of `device_type` ('auto' on a CPU
+    resolved by THIS machine's CPU)."""
+    return "bfloat16" if autocast_dtype(bundle.cfg, device_type) == torch.bfloat16 else "float32"
 
 
-def inference_bundle(bundle: DiffusionBundle, dtype: str | None = None) -> DiffusionBundle:
-    """The bundle with its denoiser cast to the compute dtype once, for a sampler that calls
-    `sample_features` many times (a sampling actor, shard after shard). `dtype` ('float32' / 'bfloat16')
+def inference_bundle(bundle: DiffusionBundle, dtype: str | None = None,
+                     device: str | torch.device | None = None) -> DiffusionBundle:
+    """The bundle with its denoiser cast to the compute dtype and moved to `device` once, for a sampler that
+    calls `sample_features` many times (a sampling actor, shard after shard). `dtype` ('float32' / 'bfloat16')
     overrides the config's, so that every actor of a pool computes as the driver decided, whatever its CPU."""
     if dtype is not None:
         if dtype not in COMPUTE_DTYPES:
             raise InputError("dtype", f"{dtype!r}", f"one of {COMPUTE_DTYPES}")
         bundle = dataclasses.replace(bundle, cfg=dataclasses.replace(bundle.cfg, dtype=dtype))
-    return dataclasses.replace(bundle, model=inference_model(bundle))
+    return dataclasses.replace(bundle, model=inference_model(bundle, device))
 
 
 @torch.inference_mode()
@@ -70,16 +74,17 @@ def _denoise(model: Denoiser, sched: DDIMScheduler, x: torch.Tensor, steps: torc
              text: torch.Tensor, mask: torch.Tensor | None, hard: torch.Tensor | None, g: float) -> torch.Tensor:
     """DDIM chain from x (fp32) over `steps`; the condition (and its guidance copy) is encoded once, not per
     step. The model computes in its own dtype; guidance and the scheduler's update stay in fp32."""
-    dtype = model.inp.weight.dtype
+    dtype, dev = model.inp.weight.dtype, model.inp.weight.device
+    x, text, mask, hard = (None if a is None else a.to(dev) for a in (x, text, mask, hard))
     b = len(x)
     guided = g != 1.0
     if guided:
         text, mask, hard = (None if a is None else torch.cat([a, a]) for a in (text, mask, hard))
-        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)])
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool, device=dev), torch.ones(b, dtype=torch.bool, device=dev)])
     else:
         drop = None
     cond = model.encode_condition(text.to(dtype), mask, None if hard is None else hard.to(dtype), drop)
-    xin = torch.empty((2 * b if guided else b, x.shape[1]), dtype=dtype)
+    xin = torch.empty((2 * b if guided else b, x.shape[1]), dtype=dtype, device=dev)
     for t in steps:
         xin[:b] = x
         if guided:
@@ -101,6 +106,8 @@ def sample_features(bundle: DiffusionBundle, text: np.ndarray, text_mask: np.nda
     `seed_features` (N, D) in feature space (e.g. `subject_object_seed`) start the chain at `strength`;
     without them sampling starts from pure noise (strength must then be 1). `guidance_scale` (default
     the bundle's) 1 = conditional only, 0 = unconditional. `seed` defaults to the bundle's cfg.seed.
+    Computes on the device of the bundle's model (`inference_bundle(..., device=)` moves it); noise is drawn
+    on the CPU per sample id, so the samples do not depend on the device beyond its float rounding.
     """
     ids = np.asarray(sample_ids).reshape(-1)
     model = inference_model(bundle)
@@ -134,6 +141,6 @@ def sample_features(bundle: DiffusionBundle, text: np.ndarray, text_mask: np.nda
             x, steps = noised_seed(sched, x0, noise, strength)
         mask = None if text_mask is None else torch.from_numpy(np.asarray(text_mask[sl], bool))
         hard = None if not model.hardness_dim else torch.from_numpy(np.asarray(hardness[sl], np.float32))
-        x = _denoise(model, sched, x, steps, torch.from_numpy(text[sl]), mask, hard, g)
+        x = _denoise(model, sched, x, steps, torch.from_numpy(text[sl]), mask, hard, g).cpu()
         out[sl] = (x * std + mean).numpy()
     return out

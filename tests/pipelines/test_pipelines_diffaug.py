@@ -89,18 +89,23 @@ def test_config_and_cli_errors(store, tmp_path):
     assert main(["--store", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
 
 
-def test_cpu_requests_beyond_the_cluster_fail_on_a_local_ray_and_warn_on_a_joined_one(capsys):
-    """A local Ray cannot grow, so a request larger than it would queue forever: an error naming both keys. A
-    joined cluster may have an autoscaler: a warning only."""
+def test_actor_requests_beyond_the_cluster_fail_on_a_local_ray_and_warn_on_a_joined_one(capsys):
+    """A local Ray cannot grow, so a request larger than it would queue forever: an error naming the keys. A
+    joined cluster may have an autoscaler: a warning only. GPUs count like CPUs (one set per actor)."""
     from components.errors import ConfigError
-    from pipelines.diffaug import DiffAugConfig, check_cpu_requests
+    from pipelines.diffaug import DiffAugConfig, check_actor_requests
 
     fits, pool = DiffAugConfig(num_actors=2, cpus_per_actor=1.0), DiffAugConfig(num_actors=3, cpus_per_actor=1.0)
-    check_cpu_requests(fits, 2.0, fixed=True)
+    check_actor_requests(fits, {"CPU": 2.0}, fixed=True)
     with pytest.raises(ConfigError, match=r"sampler pool \(num_actors x cpus_per_actor\) asks 3 CPUs"):
-        check_cpu_requests(pool, 2.0, fixed=True)
+        check_actor_requests(pool, {"CPU": 2.0}, fixed=True)
+    gpus = DiffAugConfig(num_actors=2, cpus_per_actor=0.5, gpus_per_actor=0.5)
+    check_actor_requests(gpus, {"CPU": 2.0, "GPU": 1.0}, fixed=True)
+    with pytest.raises(ConfigError, match=r"^cpus_per_actor / gpus_per_actor / num_actors: the diffusion training "
+                                          r"actor \(2 x cpus_per_actor\) asks 0.5 GPUs; the local Ray has 0"):
+        check_actor_requests(gpus, {"CPU": 2.0}, fixed=True)
     assert capsys.readouterr().err == ""
-    check_cpu_requests(pool, 2.0, fixed=False)
+    check_actor_requests(pool, {"CPU": 2.0}, fixed=False)
     assert capsys.readouterr().err.startswith("warning: the sampler pool")
 
 

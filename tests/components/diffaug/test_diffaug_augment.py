@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from components.atomic import write_json
+from components.code_version import code_fingerprint
 from components.diffaug.augment import augment_triplets, frequency_bands
 from components.diffaug.wordnet import LCHSimilarity
 from components.errors import InputError
@@ -17,7 +18,7 @@ def sim(tmp_path):
     for i, a in enumerate(VOCAB):
         for b in VOCAB[i + 1:]:
             pairs["\t".join(sorted((a, b)))] = 2.5 if {a, b} in ({"dog", "cat"}, {"car", "truck"}) else 1.0
-    write_json(tmp_path / "lch.json", {"overrides": {}, "pairs": pairs})
+    write_json(tmp_path / "lch.json", {"overrides": {}, "code": code_fingerprint(), "pairs": pairs})
     return LCHSimilarity(cache_path=tmp_path / "lch.json")
 
 

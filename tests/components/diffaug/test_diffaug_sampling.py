@@ -82,3 +82,16 @@ def test_bf16_sampling_uses_a_cast_copy_and_stays_close_to_fp32(bundle):
     cast = inference_bundle(half)  # what a sampling actor holds: cast once, then no copy per call
     assert cast.model.inp.weight.dtype == torch.bfloat16 and inference_model(cast) is cast.model
     np.testing.assert_array_equal(sample_features(cast, text, mask, hard, ids), got)
+
+
+def test_inference_bundle_casts_and_moves_once_and_only_when_needed(bundle):
+    """`inference_bundle(bundle, dtype, device)`: the model itself when already in that dtype on that device,
+    else one cast copy there (the bundle's own model untouched); an unknown dtype is refused."""
+    same = inference_bundle(bundle, "float32", "cpu")
+    assert same.model is bundle.model and same.cfg.dtype == "float32"
+    half = inference_bundle(bundle, "bfloat16", torch.device("cpu"))
+    assert half.model is not bundle.model and half.model.inp.weight.dtype == torch.bfloat16
+    assert half.model.inp.weight.device.type == "cpu" and bundle.model.inp.weight.dtype == torch.float32
+    assert inference_model(half) is half.model  # sample_features then uses it as it is
+    with pytest.raises(InputError, match="dtype: 'float16'"):
+        inference_bundle(bundle, "float16")
