@@ -65,7 +65,8 @@ class FeaturesConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     dtype: str = field(default="float16", metadata={"choices": ("float16", "float32")})
     actors: int = field(default=1, metadata={"range": (1, 1024)})
-    cpus_per_actor: float = field(default=0.5, metadata={"range": (0.01, 64)})
+    cpus_per_actor: float = field(default=0.5, metadata={"range": (0.01, 64)})  # also its torch threads (>= 1)
+    gpus_per_actor: float = field(default=0.0, metadata={"range": (0.0, 16)})  # > 0: the detector runs on a GPU
     images_per_call: int = field(default=4, metadata={"range": (1, 4096)})
     shard_rows: int = field(default=1000, metadata={"range": (1, 10**7)})
 
@@ -115,10 +116,10 @@ def gqa_inputs(cfg: FeaturesConfig, split: str) -> tuple[pa.Table, list[str], li
 class FeatureActor:
     """Ray Data actor: holds one extractor; turns a batch of input rows into store rows (Arrow)."""
 
-    def __init__(self, detector: dict, kind: str, dtype: str) -> None:
+    def __init__(self, detector: dict, kind: str, dtype: str, threads: int = 1, device: str = "cpu") -> None:
         import torch
-        torch.set_num_threads(1)
-        self.model = BoxFeatureExtractor(from_dict(DetectorConfig, detector))
+        torch.set_num_threads(threads)
+        self.model = BoxFeatureExtractor(from_dict(DetectorConfig, detector)).to(device)
         self.kind = kind
         self.schema = schema_for(kind, self.model.cfg.feature_dim, dtype)  # type: ignore[arg-type]
 
@@ -154,9 +155,15 @@ def feature_dataset(cfg: FeaturesConfig, inputs: pa.Table, kind: str) -> ray.dat
     ds = ray.data.from_arrow([inputs.slice(i, k) for i in range(0, inputs.num_rows, k)] or [inputs])
     ds.context.execution_options.preserve_order = True
     return ds.map_batches(FeatureActor, fn_constructor_kwargs={"detector": to_dict(cfg.detector), "kind": kind,
-                                                               "dtype": cfg.dtype},
+                                                               "dtype": cfg.dtype, "threads": actor_threads(cfg),
+                                                               "device": "cuda" if cfg.gpus_per_actor else "cpu"},
                           compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cfg.cpus_per_actor,
-                          batch_size=k, batch_format="pyarrow")
+                          num_gpus=cfg.gpus_per_actor, batch_size=k, batch_format="pyarrow")
+
+
+def actor_threads(cfg: FeaturesConfig) -> int:
+    """Torch threads of each feature actor: its CPU share, rounded (at least 1)."""
+    return max(1, round(cfg.cpus_per_actor))
 
 
 def _actor_error(e: BaseException) -> DataError | None:

@@ -115,16 +115,17 @@ class BoxFeatureExtractor(nn.Module):
             raise DataError("pairs", "index outside the boxes", f"indices in [0, {len(boxes_t)})")
         h, w = image.shape[:2]
         s = self._scale(h, w)
-        x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+        dev = self.mean.device  # the model's device (the image is decoded on the CPU)
+        x = torch.from_numpy(np.array(image, dtype=np.uint8)).to(dev).permute(2, 0, 1).float().div(255)
         x = ((x - self.mean) / self.std).unsqueeze(0)
         x = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", align_corners=False)
         union = torch.cat([torch.minimum(boxes_t[pairs_t[:, 0], :2], boxes_t[pairs_t[:, 1], :2]),
                            torch.maximum(boxes_t[pairs_t[:, 0], 2:], boxes_t[pairs_t[:, 1], 2:])], dim=1)
-        all_boxes = torch.cat([boxes_t, union]) * s
+        all_boxes = (torch.cat([boxes_t, union]) * s).to(dev)
         if len(all_boxes) == 0:
             d = self.cfg.feature_dim
             return np.zeros((0, d), np.float32), np.zeros((0, d), np.float32)
-        out = self.head(self._pool(x, all_boxes).flatten(1)).numpy()
+        out = self.head(self._pool(x, all_boxes).flatten(1)).cpu().numpy()
         return out[: len(boxes_t)], out[len(boxes_t):]
 
 

@@ -95,3 +95,18 @@ def test_gqa_relation_store_and_missing_image(ray_local, tmp_path, checkpoint):
     with pytest.raises(DataError, match="feature actor: .*3.jpg: unreadable image"):
         write_features(c)
     assert FeatureStore(tmp_path / "store").manifest.rows("train") == 3  # the old store is untouched
+
+
+def test_feature_actor_uses_its_cpu_share_as_threads(checkpoint):
+    """An actor given c CPUs computes on round(c) torch threads (at least one); it was pinned to one thread
+    whatever its share, so a 4-CPU actor ran the detector on a single core."""
+    from pipelines.features import FeatureActor, actor_threads
+
+    assert [actor_threads(FeaturesConfig(cpus_per_actor=c)) for c in (0.25, 1.0, 2.4, 4.0)] == [1, 1, 2, 4]
+    before = torch.get_num_threads()
+    try:
+        actor = FeatureActor({**DET, "checkpoint": checkpoint, "allow_random_init": False}, "scene_graph",
+                             "float32", threads=2, device="cpu")
+        assert torch.get_num_threads() == 2 and actor.model.mean.device.type == "cpu"
+    finally:
+        torch.set_num_threads(before)
