@@ -110,7 +110,9 @@ class ClassBalancedCE(Plugin):
 
     def span_targets(self, labels: torch.Tensor) -> torch.Tensor:
         """Map batch labels (0, seen ids, -1) to positions in the span (-1 stays ignored)."""
-        lut = self._lut if self._lut.device == labels.device else self._lut.to(labels.device)
+        if self._lut.device != labels.device:
+            self._lut = self._lut.to(labels.device)  # moved once, as `weight` in loss_terms
+        lut = self._lut
         out = torch.where(labels >= 0, lut[labels.clamp(0, len(lut) - 1)], labels)
         if (out == -2).any():
             bad = sorted(set(labels[out == -2].tolist()))
