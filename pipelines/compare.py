@@ -75,8 +75,12 @@ def _value(text: str):
         return text
 
 
+CODE_TAG = "hmldiff.code"  # components.code_version.version_tags
+
+
 def runs_table(runs: list[Run], params: list[str], metric: str | None) -> tuple[pd.DataFrame, list[str]]:
-    """DataFrame of run id/name/status, the params that differ (plus `params`), and all metrics."""
+    """DataFrame of run id/name/status, the code version when the runs' differ (tag `hmldiff.code`), the
+    params that differ (plus `params`), and all metrics."""
     all_params = sorted({k for r in runs for k in r.data.params})
     missing = [p for p in params if p not in all_params]
     if missing:
@@ -87,9 +91,12 @@ def runs_table(runs: list[Run], params: list[str], metric: str | None) -> tuple[
     metrics = sorted({k for r in runs for k in r.data.metrics})
     if metric and metric not in metrics:
         raise InputError(f"--metric {metric}", "not logged by the selected runs", f"one of {metrics}")
+    mixed_code = len({r.data.tags.get(CODE_TAG, "") for r in runs}) > 1
     rows = []
     for r in runs:
         row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status}
+        if mixed_code:
+            row["code"] = r.data.tags.get(CODE_TAG, "")
         row.update({p: _value(r.data.params.get(p, "")) for p in shown})
         row.update({m: r.data.metrics.get(m, math.nan) for m in metrics})
         rows.append(row)

@@ -22,6 +22,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 from components.atomic import ensure_writable_dir, write_json, write_text
+from components.code_version import version_tags
 from components.tracking.params import config_params, mlflow_name
 from components.tracking.uri import default_artifact_root, get_or_create_experiment, redact_uri
 
@@ -124,9 +125,10 @@ class Tracker:
 
     # ---- public API -------------------------------------------------------------------------
     def start_run(self, name: str, parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
-        """Start a run (nested under `parent_run_id` if given); returns its id (an offline id if buffered)."""
+        """Start a run (nested under `parent_run_id` if given); returns its id (an offline id if buffered).
+        Every run is tagged with the code that computes it (`version_tags`: source fingerprint, git commit)."""
         rec = {"op": "start_run", "local": OFFLINE_PREFIX + uuid.uuid4().hex, "name": name,
-               "parent": parent_run_id, "tags": {k: str(v) for k, v in (tags or {}).items()},
+               "parent": parent_run_id, "tags": {**version_tags(), **{k: str(v) for k, v in (tags or {}).items()}},
                "experiment": self.experiment, "artifact_root": self.artifact_root,
                "start_ms": int(time.time() * 1000)}
         delivered = self._submit(rec)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from components.code_version import PROJECT_ROOT, SOURCE_PACKAGES, code_fingerprint
+from components.code_version import PROJECT_ROOT, SOURCE_PACKAGES, code_fingerprint, git_commit
 
 
 def copy_tree(dst: Path) -> Path:
@@ -40,3 +40,28 @@ def test_fingerprint_follows_every_source_edit_and_nothing_else(tmp_path):
 def test_a_root_without_sources_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no source files under components, pipelines"):
         code_fingerprint(tmp_path)
+
+
+def test_git_commit_names_head_and_marks_a_dirty_tree(tmp_path):
+    """HEAD's id (with '-dirty' once a tracked file changes); None outside a git checkout."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path / "repo"), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git("init", "-q")
+    (repo / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = git("rev-parse", "HEAD")
+    assert git_commit(repo) == head and len(head) == 40
+    (repo / "untracked.txt").write_text("ignored: not tracked")
+    git_commit.cache_clear()
+    assert git_commit(repo) == head
+    (repo / "a.py").write_text("x = 2\n")
+    git_commit.cache_clear()
+    assert git_commit(repo) == head + "-dirty"
+    assert git_commit(tmp_path) is None

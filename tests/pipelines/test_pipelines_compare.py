@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from components.code_version import code_fingerprint
 from components.tracking import Tracker
 from pipelines import compare
 
@@ -47,6 +48,21 @@ def test_experiment_table_csv_markdown_and_plot(store, capsys):
     assert md in capsys.readouterr().out
     png = (out / "acc_vs_lr.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_of_other_code_show_their_code_version(store):
+    """Equal code everywhere: no column (as for an equal param). A run tagged with other code: a `code` column."""
+    tmp, uri, ids, _ = store
+    tr = Tracker(uri, "exp_code", tmp / "fb2.jsonl")  # its own experiment: the module's "exp" keeps its runs
+    with tr.run("old", tags={"hmldiff.code": "0123456789ab"}) as old:
+        tr.log_params(old, {"lr": 0.1, "seed": 0})
+        tr.log_metrics(old, {"acc": 0.4})
+    tr.close()
+    out = tmp / "cmp_code"
+    assert compare.main(["--tracking-uri", uri, "--runs", f"{ids[0.1]},{old}", "--metric", "acc",
+                         "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [(r["run_name"], r["code"]) for r in rows] == [("old", "0123456789ab"), ("lr0.1", code_fingerprint())]
 
 
 def test_forced_param_is_shown(store):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from components.code_version import PROJECT_ROOT, code_fingerprint
 from components.tracking import (
     Tracker,
     config_params,
@@ -122,6 +123,16 @@ def test_sqlite_runs_params_metrics_artifacts(tmp_path, monkeypatch):
     assert not st.fallback_used and st.pending == 0 and "all records delivered" in st.summary()
     c = MlflowClient(tracking_uri(run_dir))
     assert c.get_run(child).data.tags["mlflow.parentRunId"] == parent
+    # every run names the code it was computed by: the cache keys' source fingerprint and the git commit
+    head = subprocess.run(["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=False)
+    for run_id in (parent, child, grand):
+        tags = c.get_run(run_id).data.tags
+        assert tags["hmldiff.code"] == code_fingerprint()
+        if head.returncode == 0:  # a git checkout (CI's clean clone is one)
+            assert tags["mlflow.source.git.commit"].removesuffix("-dirty") == head.stdout.strip() != ""
+        else:
+            assert "mlflow.source.git.commit" not in tags
     assert c.get_run(grand).data.tags["mlflow.parentRunId"] == child
     assert c.get_run(parent).data.params["opt.api_key"] == "***"
     hist = sorted((m.step, m.value) for m in c.get_metric_history(grand, "loss"))
