@@ -1,7 +1,10 @@
 """Diffusion sampling benchmark: Ray actor pool vs one in-process loop, and achieved FLOP/s vs the matmul ceiling.
 
 `sampling_pool_ratio` = vectors/s of the pool side / vectors/s of `sample_features` in this process with
-torch threads = cores (same total threads; goal >= 0.9). The pool side is what DiffAugment's `_sample`
+torch threads = cores (same total threads; goal >= 0.9). The pool samples in DiffAugment's batches
+(`DiffAugConfig.sample_batch_size`, 256 rows per actor); the in-process loop is timed at that batch and at twice
+it (its threads split a batch, so 2x keeps each core's share) and the faster is the baseline, so the pool is
+never compared with a loop held at a batch size it does worse at. The pool side is what DiffAugment's `_sample`
 (pipelines/diffaug.py) does on its second and later sampling runs: hash the requests once
 (`components.stages.arrays_hash`), `pipelines.diffusion.sample_on_ray` with that `requests_hash` on a started
 `SamplerPool` (one 1-CPU, 1-thread actor per core, warmed up on one batch as the in-process loop is,
@@ -66,8 +69,10 @@ MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::_s
 def _setup(quick: bool) -> tuple[DiffusionBundle, dict, int]:
     """Quick: a wider denoiser (hidden 256, 8 heads) for 4 DDIM steps over 512 samples. Full: DiffAugment's
     own default sampling (the DiffusionConfig defaults: hidden 128, 8 tokens, 20 DDIM steps, guidance 3)
-    over 4,096 samples in batches of 512, i.e. what `make run` samples, at about its size. Sample ids are
-    0..n-1 in order, so request order is sample-id order."""
+    over 4,096 samples in DiffAugment's batches (`DiffAugConfig.sample_batch_size`), i.e. what `make run`
+    samples, at about its size. Sample ids are 0..n-1 in order, so request order is sample-id order."""
+    from pipelines.diffaug import DiffAugConfig
+
     cfg = (DiffusionConfig(hidden=256, layers=4, heads=8, tokens=8, num_inference_steps=4, guidance_scale=2.0,
                            dtype="auto") if quick else DiffusionConfig(dtype="auto"))
     torch.manual_seed(0)
@@ -78,7 +83,7 @@ def _setup(quick: bool) -> tuple[DiffusionBundle, dict, int]:
     req = {"sample_id": np.arange(n), "subject": rng.integers(0, 150, n), "object": rng.integers(0, 150, n),
            "predicate": rng.integers(0, 50, n), "text": rng.normal(size=(n, TEXT_TOKENS, COND_DIM)).astype(np.float32),
            "text_mask": np.ones((n, TEXT_TOKENS), bool), "hardness": rng.random((n, HARDNESS_DIM)).astype(np.float32)}
-    return bundle, req, 256 if quick else 512
+    return bundle, req, DiffAugConfig().sample_batch_size
 
 
 class AnalyticFlops:
@@ -244,7 +249,7 @@ def run(quick: bool = False, repeats: int | None = None) -> dict:
     # where the compute dtype is bf16, the same loop in fp32 against the fp32 ceiling, for comparison
     fp32 = (dataclasses.replace(bundle, cfg=dataclasses.replace(bundle.cfg, dtype="float32"))
             if dtype != torch.float32 else None)
-    inproc, pool_wall, pool_cold, pool_compute, ceil_sq, ceil_1, gemm = [], [], [], [], [], [], []
+    inproc, inproc_2x, pool_wall, pool_cold, pool_compute, ceil_sq, ceil_1, gemm = [], [], [], [], [], [], [], []
     inproc32, ceil32_sq, gemm32 = [], [], []
     pool_feats = []  # every pool run's (N, D) features, checked against the in-process loop's
     try:
@@ -265,6 +270,7 @@ def run(quick: bool = False, repeats: int | None = None) -> dict:
                 ceil_sq.append(_ceiling(dtype, cores))
                 seconds, reference = _inprocess(loop, req, batch, cores)
                 inproc.append(seconds)
+                inproc_2x.append(_inprocess(loop, req, 2 * batch, cores)[0])
                 ceil_1.append(_ceiling(dtype, 1))
                 gemm.append(gemm_fraction(gemm_rows, hidden, dtype, ceil_sq[-1], cores))
                 if fp32 is not None:
@@ -277,6 +283,9 @@ def run(quick: bool = False, repeats: int | None = None) -> dict:
             ray.shutdown()
     agree = max(check_agree(p, reference, dtype) for p in pool_feats)
     ceil = _best_ceiling(ceil_sq, gemm)
+    t_same, t_2x = statistics.median(inproc), statistics.median(inproc_2x)
+    if t_2x < t_same:  # the baseline at its better batch size
+        inproc = inproc_2x
     fractions = [flops["analytic"] * n / t / c for t, c in zip(inproc, ceil)]
     t_in, t_pool, t_cold, t_comp, ceiling, ceiling_1 = (statistics.median(v) for v in (
         inproc, pool_wall, pool_cold, pool_compute, ceil, ceil_1))
@@ -286,6 +295,8 @@ def run(quick: bool = False, repeats: int | None = None) -> dict:
             "sampling_pool_compute_ratio": t_in / t_comp,
             "sampling_flops_fraction": statistics.median(fractions),
             "sampling_inprocess_vectors_per_s": n / t_in, "sampling_pool_vectors_per_s": n / t_pool,
+            "sampling_inprocess_vectors_per_s_same_batch": n / t_same,
+            "sampling_inprocess_vectors_per_s_double_batch": n / t_2x,
             "sampling_pool_max_abs_diff": agree,
             "sampling_achieved_gflops": achieved / 1e9, "sampling_ceiling_gflops": ceiling / 1e9,
             "sampling_square_matmul_gflops": statistics.median(ceil_sq) / 1e9,

@@ -114,6 +114,9 @@ class DiffAugConfig:
     # GPUs of each sampling actor and of the diffusion training actor (0: they compute on their CPUs)
     gpus_per_actor: float = field(default=0.0, metadata={"range": (0.0, 16.0)})
     shard_size: int = field(default=1024, metadata={"range": (1, None)})
+    # rows a sampling actor denoises at once (x2 with guidance): 256 was 14% faster than 512 on one CPU thread
+    # here (cache), with bit-identical samples; on a GPU use thousands
+    sample_batch_size: int = field(default=256, metadata={"range": (1, None)})
     ray_address: str = ""
     num_cpus: int | None = field(default=None, metadata={"range": (1, 100000)})  # local Ray's CPUs (None: all)
     experiment: str = "diffaug"
@@ -251,7 +254,8 @@ def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pool
     key = arrays_hash(req)  # hashed once: names the directory and keys its shards
     out_dir = out_dir.with_name(f"{out_dir.name}-{key}")
     sample_on_ray(bundle, req, out_dir, num_actors=cfg.num_actors, shard_size=cfg.shard_size,
-                  cpus_per_actor=cfg.cpus_per_actor, strength=strength, pool=sampler, requests_hash=key)
+                  cpus_per_actor=cfg.cpus_per_actor, strength=strength, pool=sampler, requests_hash=key,
+                  batch_size=cfg.sample_batch_size)
     return load_features(out_dir, plan["sample_id"])
 
 

@@ -198,7 +198,7 @@ def _shard_complete(path: Path, ids: np.ndarray) -> bool:
 
 def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | str | Path, out_dir: str | Path,
                   num_actors: int = 2, shard_size: int = 1024, cpus_per_actor: float = 0.5, strength: float = 1.0,
-                  batch_size: int = 512, guidance_scale: float | None = None, progress: bool = True,
+                  batch_size: int = 256, guidance_scale: float | None = None, progress: bool = True,
                   pool: SamplerPool | None = None, requests_hash: str | None = None, dtype: str | None = None,
                   gpus_per_actor: float = 0.0) -> dict:
     """Sample every request on a Ray actor pool into idempotent parquet shards; returns (and writes) the manifest.

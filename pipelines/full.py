@@ -69,6 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "use_gpu": True, "num_workers": 4, "cpus_per_worker": 4.0},
         "diffaug": {"hardness_k": 1200, "n_generated": 96000, "text_encoder": "openclip",
                     "text_tokens": True, "num_actors": 8, "cpus_per_actor": 4.0, "gpus_per_actor": 0.5,
+                    "sample_batch_size": 4096,
                     "train": {"epochs": 30}, "finetune_real_fraction": 0.0,
                     "diffusion": {"steps": 100000, "batch_size": 256, "num_inference_steps": 50,
                                   "hidden": 1024, "layers": 8, "heads": 8}},

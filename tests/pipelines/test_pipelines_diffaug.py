@@ -76,6 +76,7 @@ def test_rerun_reuses_artifacts_and_reproduces(summary, monkeypatch, tmp_path):
     (samples,) = Path(cfg.out).glob("samples-diffaug_so-*")
     manifest = json.loads((samples / "manifest.json").read_text())
     assert manifest["skipped_shards"] == len(manifest["shards"]) > 0
+    assert manifest["params"]["batch_size"] == cfg.sample_batch_size == 256  # the config's, not the function's
     for v in cfg.variants:
         assert again["results"][v] == s["results"][v]  # same seed, cached bundle and shards -> same numbers
     assert json.dumps(again["fidelity"]["diffaug_so"]) == json.dumps(s["fidelity"]["diffaug_so"])  # NaN-safe
