@@ -41,8 +41,11 @@ def git_commit(root: Path = PROJECT_ROOT) -> str | None:
     return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+CODE_TAG = "hmldiff.code"  # MLflow tag holding the source fingerprint
+
+
 def version_tags() -> dict[str, str]:
     """MLflow tags naming the code a run was computed by: the source fingerprint (the cache keys' code part)
     and, in a git checkout, the commit (MLflow's own `mlflow.source.git.commit`, shown in its UI)."""
     commit = git_commit()
-    return {"hmldiff.code": code_fingerprint(), **({"mlflow.source.git.commit": commit} if commit else {})}
+    return {CODE_TAG: code_fingerprint(), **({"mlflow.source.git.commit": commit} if commit else {})}

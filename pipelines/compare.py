@@ -21,6 +21,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from components.atomic import atomic_path, ensure_writable_dir, write_text
+from components.code_version import CODE_TAG
 from components.errors import InputError
 from components.tracking import mlflow_name, tracking_uri
 from pipelines.cli import exit_code
@@ -73,9 +74,6 @@ def _value(text: str):
         return float(text)
     except (TypeError, ValueError):
         return text
-
-
-CODE_TAG = "hmldiff.code"  # components.code_version.version_tags
 
 
 def runs_table(runs: list[Run], params: list[str], metric: str | None) -> tuple[pd.DataFrame, list[str]]:

@@ -202,6 +202,7 @@ def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationS
                      out: Path) -> str:
     """Bundle path, trained in a Ray actor unless a bundle of the same config and data already exists."""
     from pipelines.diffusion import train_diffusion_on_ray
+    from pipelines.ray_runtime import actor_device
 
     text, mask, hard = cond.of(_triplets(train))
     # keyed by the config, the training arrays themselves (features, text embeddings, K-means hardness), the
@@ -209,7 +210,7 @@ def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationS
     inputs = arrays_hash({"features": train.union_feature, "text": text, "mask": mask,
                           "hardness": hard if dcfg.use_hardness else None, "groups": train.predicate})
     key = config_hash({"cfg": to_dict(dcfg), "inputs": inputs, "code": code_fingerprint(),
-                       "device": "cuda" if cfg.gpus_per_actor else "cpu"})
+                       "device": actor_device(cfg.gpus_per_actor)})
     run_dir = out / f"diffusion-{key}"
     bundle = run_dir / "bundle.safetensors"
     if bundle.is_file():

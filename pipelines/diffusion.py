@@ -30,27 +30,19 @@ from components.code_version import code_fingerprint
 from components.config import config_hash, to_dict
 from components.data.store import sha256_file
 from components.diffaug.diffusion import DiffusionConfig, load_bundle, save_bundle, train_denoiser
-from components.diffaug.sampling import COMPUTE_DTYPES, compute_dtype, inference_bundle, sample_features
+from components.diffaug.sampling import check_compute_dtype, compute_dtype, inference_bundle, sample_features
 from components.errors import DataError, InputError
 from components.stages import arrays_hash
+from pipelines.ray_runtime import actor_device, actor_threads
 
 REQUIRED = ("sample_id", "subject", "object", "predicate", "text")
 OPTIONAL = ("text_mask", "hardness", "seed_features")
 MANIFEST_FORMAT = "hmldiff.diffusion-samples/1"
 
 
-def _threads(cpus: float) -> int:
-    return max(1, round(cpus))
-
-
 def _writable(arrays: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray | None]:
     """Own copies of arrays Ray's object store hands out read-only (torch.from_numpy warns on those)."""
     return {k: None if v is None else np.array(v) for k, v in arrays.items()}
-
-
-def _device(gpus: float) -> str:
-    """Where an actor given `gpus` GPUs computes: its (first) GPU, or the CPU."""
-    return "cuda" if gpus > 0 else "cpu"
 
 
 @ray.remote
@@ -87,7 +79,7 @@ def train_diffusion_on_ray(features: np.ndarray, text: np.ndarray, text_mask: np
     t0 = time.perf_counter()
     actor = _TrainActor.options(num_cpus=cpus, num_gpus=gpus).remote()
     try:
-        losses = ray.get(actor.run.remote(arrays, cfg, str(out), checkpoint_every, _threads(cpus), _device(gpus)))
+        losses = ray.get(actor.run.remote(arrays, cfg, str(out), checkpoint_every, actor_threads(cpus), actor_device(gpus)))
     finally:
         ray.kill(actor)
     metrics = {"config": to_dict(cfg), "config_hash": config_hash(cfg), "loss": losses,
@@ -164,9 +156,9 @@ class SamplerPool:
         if num_actors < 1 or cpus_per_actor <= 0 or gpus_per_actor < 0:
             raise InputError("SamplerPool", f"num_actors={num_actors}, cpus_per_actor={cpus_per_actor}, "
                              f"gpus_per_actor={gpus_per_actor}", "positive actors and CPUs, GPUs >= 0")
-        self.device = _device(gpus_per_actor)
+        self.device = actor_device(gpus_per_actor)
         self.actors = [_SampleActor.options(num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
-                       .remote(_threads(cpus_per_actor), self.device) for _ in range(num_actors)]
+                       .remote(actor_threads(cpus_per_actor), self.device) for _ in range(num_actors)]
         self.pids: list[int] = []
 
     def wait_ready(self) -> Self:
@@ -213,10 +205,8 @@ def sample_on_ray(bundle_path: str | Path, requests: Mapping[str, np.ndarray] | 
                          f"cpus_per_actor={cpus_per_actor}", "positive values")
     req = load_requests(requests)
     bundle = load_bundle(bundle_path)  # fail fast in the driver on a bad bundle
-    device = pool.device if pool is not None else _device(gpus_per_actor)
-    dtype = compute_dtype(bundle, device) if dtype is None else dtype
-    if dtype not in COMPUTE_DTYPES:
-        raise InputError("sample_on_ray dtype", f"{dtype!r}", f"one of {COMPUTE_DTYPES}")
+    device = pool.device if pool is not None else actor_device(gpus_per_actor)
+    dtype = compute_dtype(bundle, device) if dtype is None else check_compute_dtype(dtype, "sample_on_ray dtype")
     out = ensure_writable_dir(out_dir)
     params = {"strength": strength, "batch_size": batch_size, "guidance_scale": guidance_scale}
     ids = req["sample_id"]

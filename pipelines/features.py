@@ -36,7 +36,7 @@ from components.data.schema import RELATION_SAMPLE, SCENE_GRAPH, schema_for
 from components.data.store import StoreWriter, rows_to_table
 from components.errors import ConfigError, DataError
 from pipelines.cli import exit_code
-from pipelines.ray_runtime import init_ray
+from pipelines.ray_runtime import actor_device, actor_threads, init_ray
 
 DATASETS = ("vg150", "gqa_lt")
 BOX = pa.list_(pa.float32(), 4)
@@ -155,15 +155,10 @@ def feature_dataset(cfg: FeaturesConfig, inputs: pa.Table, kind: str) -> ray.dat
     ds = ray.data.from_arrow([inputs.slice(i, k) for i in range(0, inputs.num_rows, k)] or [inputs])
     ds.context.execution_options.preserve_order = True
     return ds.map_batches(FeatureActor, fn_constructor_kwargs={"detector": to_dict(cfg.detector), "kind": kind,
-                                                               "dtype": cfg.dtype, "threads": actor_threads(cfg),
-                                                               "device": "cuda" if cfg.gpus_per_actor else "cpu"},
+                                                               "dtype": cfg.dtype, "threads": actor_threads(cfg.cpus_per_actor),
+                                                               "device": actor_device(cfg.gpus_per_actor)},
                           compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cfg.cpus_per_actor,
                           num_gpus=cfg.gpus_per_actor, batch_size=k, batch_format="pyarrow")
-
-
-def actor_threads(cfg: FeaturesConfig) -> int:
-    """Torch threads of each feature actor: its CPU share, rounded (at least 1)."""
-    return max(1, round(cfg.cpus_per_actor))
 
 
 def _actor_error(e: BaseException) -> DataError | None:

@@ -123,6 +123,16 @@ def check_requests(keys: str, asks: Mapping[str, Mapping[str, float]], resources
                   "(it waits until an autoscaler adds nodes)", file=sys.stderr)
 
 
+def actor_threads(cpus: float) -> int:
+    """Torch threads of an actor or task given `cpus` CPUs: its share, rounded (at least 1)."""
+    return max(1, round(cpus))
+
+
+def actor_device(gpus: float) -> str:
+    """Where an actor given `gpus` GPUs computes: its (first) GPU, or the CPU."""
+    return "cuda" if gpus > 0 else "cpu"
+
+
 def joins_cluster(address: str | None) -> bool:
     """True when Ray is (or will be) joined at an address rather than started locally by this process."""
     return bool(address or os.environ.get("RAY_ADDRESS"))

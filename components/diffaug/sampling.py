@@ -42,13 +42,20 @@ def inference_model(bundle: DiffusionBundle, device: str | torch.device | None =
     the model itself when it already is (fp32 on its device, or a bundle from `inference_bundle`), else a
     copy cast and moved once (autocast would cast every weight again at every call)."""
     model = bundle.model.eval()
-    dev = model.inp.weight.device if device is None else torch.device(device)
-    dtype = autocast_dtype(bundle.cfg, dev.type)
     w = model.inp.weight
+    dev = w.device if device is None else torch.device(device)
+    dtype = autocast_dtype(bundle.cfg, dev.type)
     return model if (w.dtype, w.device) == (dtype, dev) else copy.deepcopy(model).to(device=dev, dtype=dtype)
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_compute_dtype(dtype: str, what: str = "dtype") -> str:
+    """`dtype` if it is a concrete compute dtype ('float32' / 'bfloat16'), else InputError naming `what`."""
+    if dtype not in COMPUTE_DTYPES:
+        raise InputError(what, f"{dtype!r}", f"one of {COMPUTE_DTYPES}")
+    return dtype
 
 
 def compute_dtype(bundle: DiffusionBundle, device_type: str = "cpu") -> str:
@@ -63,9 +70,7 @@ def inference_bundle(bundle: DiffusionBundle, dtype: str | None = None,
     calls `sample_features` many times (a sampling actor, shard after shard). `dtype` ('float32' / 'bfloat16')
     overrides the config's, so that every actor of a pool computes as the driver decided, whatever its CPU."""
     if dtype is not None:
-        if dtype not in COMPUTE_DTYPES:
-            raise InputError("dtype", f"{dtype!r}", f"one of {COMPUTE_DTYPES}")
-        bundle = dataclasses.replace(bundle, cfg=dataclasses.replace(bundle.cfg, dtype=dtype))
+        bundle = dataclasses.replace(bundle, cfg=dataclasses.replace(bundle.cfg, dtype=check_compute_dtype(dtype)))
     return dataclasses.replace(bundle, model=inference_model(bundle, device))
 
 

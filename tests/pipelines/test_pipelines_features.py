@@ -100,9 +100,10 @@ def test_gqa_relation_store_and_missing_image(ray_local, tmp_path, checkpoint):
 def test_feature_actor_uses_its_cpu_share_as_threads(checkpoint):
     """An actor given c CPUs computes on round(c) torch threads (at least one); it was pinned to one thread
     whatever its share, so a 4-CPU actor ran the detector on a single core."""
-    from pipelines.features import FeatureActor, actor_threads
+    from pipelines.features import FeatureActor
+    from pipelines.ray_runtime import actor_threads
 
-    assert [actor_threads(FeaturesConfig(cpus_per_actor=c)) for c in (0.25, 1.0, 2.4, 4.0)] == [1, 1, 2, 4]
+    assert [actor_threads(FeaturesConfig(cpus_per_actor=c).cpus_per_actor) for c in (0.25, 1.0, 2.4, 4.0)] == [1, 1, 2, 4]
     before = torch.get_num_threads()
     try:
         actor = FeatureActor({**DET, "checkpoint": checkpoint, "allow_random_init": False}, "scene_graph",
