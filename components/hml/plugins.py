@@ -17,7 +17,6 @@ from torch import nn
 from components.errors import DataError, InputError
 from components.hml.importance import (
     EPS,
-    importance_increment,
     mr_buffers,
     mr_loss_flat,
     normalize_importance,
@@ -233,8 +232,8 @@ class ImportanceTracker(Plugin):
 
     Speed (same values as the per-tensor formulas, tested): every quantity lives in one flat buffer over
     all MR parameters, so a step is a few whole-vector ops whatever the number of parameter tensors, and
-    the tracker keeps S_t = sum of g^2, so F_t = S_t / t (the closed form of `fisher_running_mean`).
-    A parameter without gradient (g = 0) adds 0 to S and max(0, -g * dtheta) = 0 to Omega."""
+    the tracker keeps S_t = sum of g^2, so F_t = S_t / t (the closed form of `fisher_running_mean`), folded
+    into `importance_increment`'s denominator. A parameter without gradient (g = 0) adds 0 to S and max(0, -g * dtheta) = 0 to Omega."""
 
     def __init__(self, model: nn.Module, eps: float = EPS) -> None:
         named = relation_parameters(model)
@@ -243,6 +242,7 @@ class ImportanceTracker(Plugin):
         self.t = 0
         self.eps = eps
         like = self._params[0].detach() if self._params else torch.zeros(0)
+        self._eps = like.new_tensor(eps)
         zeros = lambda: like.new_zeros(sum(p.numel() for p in self._params))
         self.sq_sum, self.omega = zeros(), zeros()
         self._grad, self._before, self._delta = zeros(), zeros(), zeros()
@@ -266,8 +266,11 @@ class ImportanceTracker(Plugin):
         if not self._pending:
             return  # no backward this step: g = 0, nothing to add
         delta = self._flatten_into(self._params, self._delta).sub_(self._before)
-        fisher = torch.div(self.sq_sum, self.t)
-        self.omega.add_(importance_increment(self._grad, delta, fisher, self.eps))
+        # importance_increment with F_t = S_t / t, in five whole-vector ops instead of ten:
+        # omega -= min(0, g * delta) / (eps + (0.5 / t) * delta^2 * S_t)
+        loss_change = torch.mul(self._grad, delta).clamp_(max=0.0)
+        cost = torch.addcmul(self._eps, delta.square_(), self.sq_sum, value=0.5 / self.t)
+        self.omega.addcdiv_(loss_change, cost, value=-1.0)
         self._pending = False
 
     def _split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
