@@ -66,7 +66,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "sgg": {"feature_dim": 4096, "scale": 10.0}, "vrr": {"feature_dim": 4096, "scale": 10.0},
         "hml": {"steps_per_stage": 20000, "batch_size": 12, "predictor": "motifs", "hidden_dim": 512,
-                "use_gpu": True, "num_workers": 4, "cpus_per_worker": 4.0},
+                "use_gpu": True, "num_workers": 4, "cpus_per_worker": 4.0, "predict_actors": 4},
         "diffaug": {"hardness_k": 1200, "n_generated": 96000, "text_encoder": "openclip",
                     "text_tokens": True, "num_actors": 8, "cpus_per_actor": 4.0, "gpus_per_actor": 0.5,
                     "sample_batch_size": 4096,

@@ -8,19 +8,19 @@ Layout under `output_dir`: tree.json/tree.png, freq_bias.npy, stages/<method>-st
 metrics.jsonl, _DONE.json written last: a rerun with the same config and source code skips complete stages), ray/ (Ray Train storage: an
 interrupted stage resumes from its last checkpoint), <method>/ (model.safetensors, predictions/ for
 pipelines/evaluate.py, metrics.json),
-results.json.
+results.json. Test-split prediction runs in the driver or, with `predict_actors=N`, on a Ray Data actor pool
+(pipelines/hml_predict.py).
 """
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +30,23 @@ import numpy as np
 from components.atomic import atomic_path, ensure_writable_dir, write_bytes, write_json, write_text
 from components.config import config_hash, load_config
 from components.data.schema import SCENE_GRAPH
-from components.data.store import FeatureStore, scene_graphs, sha256_file
+from components.data.store import FeatureStore, sha256_file
 from components.errors import ConfigError, InputError
 from components.hml.checkpoint import load_checkpoint, save_checkpoint
 from components.hml.trainer import PreviousStage, stage_plugins, summarize, train_stage, unwrap
 from components.models.checkpoint import load_predictor_state
 from components.models.common import MODES
-from components.models.registry import PREDICTORS, build_predictor, mode_fields
+from components.models.registry import PREDICTORS, mode_fields
 from components.stages import StageCache, StageResult
 from components.taxonomy.tree import PredicateTree, build_predicate_tree
 from pipelines.cli import exit_code
+from pipelines.hml_predict import (
+    build_stage_model,
+    evaluation_images,
+    load_stage_model,
+    predict_images,
+    predict_on_ray,
+)
 
 METHODS = ("hml", "ce", "cb")
 STATE_FILE = "state.pt"
@@ -97,6 +104,9 @@ class HMLConfig:
     ray_address: str | None = None
     num_cpus: int | None = None
     threads_per_worker: int = field(default=1, metadata={"range": (1, 256)})
+    # Test-split prediction: 0 = in the driver process; N = a Ray Data pool of N actors, each with
+    # cpus_per_worker CPUs (and one GPU with use_gpu), e.g. on a cluster whose driver has no GPU
+    predict_actors: int = field(default=0, metadata={"range": (0, 1024)})
     # Evaluation and tracking
     eval_split: str = "test"
     eval_images: int | None = None  # cap on evaluated images (None = all)
@@ -183,16 +193,6 @@ def train_statistics(store: FeatureStore, use_freq_bias: bool) -> tuple[np.ndarr
 
 
 # ----------------------------------------------------------------------------------------- worker side
-def _model_spec(cfg: dict) -> dict:
-    return {"name": cfg["predictor"], "num_objects": cfg["num_objects"], "num_predicates": cfg["num_predicates"],
-            "feature_dim": cfg["feature_dim"], "hidden_dim": cfg["hidden_dim"], "mode": cfg.get("mode", "predcls")}
-
-
-def _build(cfg: dict):
-    fb = np.load(cfg["freq_bias_path"]) if cfg["freq_bias_path"] else None
-    return build_predictor(freq_bias=fb, **_model_spec(cfg))
-
-
 def _previous_stage(cfg: dict, device) -> PreviousStage | None:
     """Frozen stage k-1 model and its anchors/F/Omega, refused if written for another model/config."""
     if not cfg["prev_checkpoint"]:
@@ -200,7 +200,7 @@ def _previous_stage(cfg: dict, device) -> PreviousStage | None:
     meta, state = load_checkpoint(cfg["prev_checkpoint"], expect={"model_hash": cfg["model_hash"],
                                                                   "method": cfg["method"],
                                                                   "stage": cfg["stage"] - 1})
-    old = load_predictor_state(_build(cfg), state["model"], cfg["prev_checkpoint"])
+    old = load_predictor_state(build_stage_model(cfg, cfg["freq_bias_path"]), state["model"], cfg["prev_checkpoint"])
     old.to(device)
     return PreviousStage(old, list(meta["seen"]), state["anchors"], state["fisher"], state["importance"])
 
@@ -246,7 +246,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     device = get_device()
     torch.manual_seed(cfg["seed"] * 1000 + cfg["stage"])  # a NEW random model per stage (same on all ranks)
-    fresh = _build(cfg)
+    fresh = build_stage_model(cfg, cfg["freq_bias_path"])
     previous = _previous_stage(cfg, device)
     if previous is not None and cfg["stage_init"] == "previous":
         fresh.load_state_dict(previous.model.state_dict())
@@ -410,9 +410,13 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
     man = store.manifest
     counts, fb = train_statistics(store, cfg.freq_bias)
     tree = build_tree(cfg, man.predicates, counts)
-    workers = {"CPU": cfg.num_workers * cfg.cpus_per_worker, **({"GPU": float(cfg.num_workers)} if cfg.use_gpu else {})}
-    check_requests("num_workers / cpus_per_worker / use_gpu",
-                   {"a stage's Ray Train workers (num_workers x cpus_per_worker, 1 GPU each with use_gpu)": workers},
+    gpu = 1.0 if cfg.use_gpu else 0.0
+    asks = {"a stage's Ray Train workers (num_workers x cpus_per_worker, 1 GPU each with use_gpu)":
+            {"CPU": cfg.num_workers * cfg.cpus_per_worker, "GPU": cfg.num_workers * gpu}}
+    if cfg.predict_actors:
+        asks["the prediction actors (predict_actors x cpus_per_worker, 1 GPU each with use_gpu)"] = \
+            {"CPU": cfg.predict_actors * cfg.cpus_per_worker, "GPU": cfg.predict_actors * gpu}
+    check_requests("num_workers / predict_actors / cpus_per_worker / use_gpu", asks,
                    init_ray(cfg.ray_address, cfg.num_cpus), fixed=not joins_cluster(cfg.ray_address))
     out = ensure_writable_dir(cfg.output_dir)  # created only once the inputs have been read and checked
     tree.save(out / "tree.json")
@@ -457,48 +461,6 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
     return results
 
 
-def load_stage_model(path: str | Path, model_cfg: dict, fb_path: Path | None):
-    """The predictor stored in a stage checkpoint (final model of a method), in eval mode."""
-    _, state = load_checkpoint(path, expect={"model_hash": config_hash({**model_cfg, "freq_bias": fb_path is not None})})
-    model = _build({**model_cfg, "freq_bias_path": str(fb_path) if fb_path else None})
-    return load_predictor_state(model, state["model"], path).eval()
-
-
-def predict_images(model, images: Iterable[dict], batch_images: int = 8) -> Iterator[tuple[dict, dict]]:
-    """(image, prediction) per image, streamed `batch_images` at a time: all ordered pairs with their softmax
-    scores over 0..C (0 = background); for an SGCls model also each object's predicted label (argmax over the
-    classes 1..C) and its softmax probability."""
-    import torch
-
-    from components.models.pairs import all_pairs
-
-    it = iter(images)
-    while chunk := list(itertools.islice(it, batch_images)):
-        with torch.no_grad():
-            batch = all_pairs(chunk)
-            scores = torch.softmax(model(batch), dim=1).numpy()
-            objects = getattr(model, "object_logits", None)  # None unless the model predicts objects (SGCls)
-            if objects is not None:
-                probs = torch.softmax(objects, dim=1)[:, 1:]
-                obj_scores, obj_labels = (t.numpy() for t in probs.max(1))
-        owner = batch.pair_to_img.numpy()
-        offsets = np.cumsum([0] + [len(im["labels"]) for im in chunk])
-        for k, img in enumerate(chunk):
-            sel = owner == k
-            pred = {"image_id": img["image_id"], "pairs": batch.pairs.numpy()[sel] - offsets[k],
-                    "rel_scores": scores[sel]}
-            if objects is not None:
-                rows = slice(offsets[k], offsets[k + 1])
-                pred.update(obj_labels=obj_labels[rows] + 1, obj_scores=obj_scores[rows])
-            yield img, pred
-
-
-def evaluation_images(store: FeatureStore, split: str, limit: int | None) -> Iterator[dict]:
-    """GT scene graphs of the evaluation split, streamed shard by shard (first `limit` images if set)."""
-    graphs = (img for table in store.iter_tables(split) for img in scene_graphs(table))
-    return itertools.islice(graphs, limit)
-
-
 def evaluate_method(method: str, checkpoint: str | Path, cfg: HMLConfig, store: FeatureStore, tree: PredicateTree,
                     model_cfg: dict, fb_path: Path | None, out: Path) -> dict:
     """Predict on the evaluation split, save the predictions, and compute R@K/mR@K/Mean@K (+ hierarchy), in one
@@ -508,8 +470,12 @@ def evaluate_method(method: str, checkpoint: str | Path, cfg: HMLConfig, store: 
     model = load_stage_model(checkpoint, model_cfg, fb_path)
     mdir = ensure_writable_dir(out / method)
     save_predictor(model, mdir / "model.safetensors", extra={"method": method})
-    return evaluate_predictions(predict_images(model, evaluation_images(store, cfg.eval_split, cfg.eval_images)),
-                                tree, cfg, mdir)
+    if cfg.predict_actors:
+        predicted = predict_on_ray(checkpoint, model_cfg, fb_path, cfg.store, cfg.eval_split, cfg.eval_images,
+                                   cfg.predict_actors, cfg.cpus_per_worker, 1.0 if cfg.use_gpu else 0.0)
+    else:
+        predicted = predict_images(model, evaluation_images(store, cfg.eval_split, cfg.eval_images))
+    return evaluate_predictions(predicted, tree, cfg, mdir)
 
 
 def evaluate_predictions(predicted: Iterable[tuple[dict, dict]], tree: PredicateTree, cfg: HMLConfig,

@@ -277,12 +277,17 @@ CASES = [
     Case("hml-gpu-workers-on-a-local-ray-without-gpus",
          lambda d, s: ["hml.py", f"store={copy_store(s, d)}", f"output_dir={d / 'new_out'}", "use_gpu=true",
                        "num_workers=2", "num_cpus=2", "progress=false"],
-         (("num_workers / cpus_per_worker / use_gpu: a stage's Ray Train workers (num_workers x cpus_per_worker, "
+         (("num_workers / predict_actors / cpus_per_worker / use_gpu: a stage's Ray Train workers (num_workers x cpus_per_worker, "
           "1 GPU each with use_gpu) asks 2 GPUs; the local Ray has 0"), "expected requests that fit it")),
     Case("hml-cpu-workers-beyond-a-local-ray",
          lambda d, s: ["hml.py", f"store={copy_store(s, d)}", f"output_dir={d / 'new_out'}", "num_workers=3",
                        "cpus_per_worker=1", "num_cpus=2", "progress=false"],
          (("a stage's Ray Train workers (num_workers x cpus_per_worker, 1 GPU each with use_gpu) asks 3 CPUs; "
+          "the local Ray has 2"),)),
+    Case("hml-prediction-actors-beyond-a-local-ray",
+         lambda d, s: ["hml.py", f"store={copy_store(s, d)}", f"output_dir={d / 'new_out'}", "predict_actors=3",
+                       "cpus_per_worker=1", "num_cpus=2", "progress=false"],
+         (("the prediction actors (predict_actors x cpus_per_worker, 1 GPU each with use_gpu) asks 3 CPUs; "
           "the local Ray has 2"),)),
     Case("diffaug-scene-graph-store-keeps-existing-out",
          lambda d, s: ["diffaug.py", "--store", str(copy_store(s, d)), "--out", str(good_output_dir(d))],

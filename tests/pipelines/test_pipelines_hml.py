@@ -18,13 +18,12 @@ from components.hml.checkpoint import load_checkpoint
 from components.models.checkpoint import load_predictor
 from components.models.frequency import frequency_bias
 from components.taxonomy.tree import build_predicate_tree
+from pipelines.hml_predict import evaluation_images, predict_images
 from pipelines.hml import (
     HMLConfig,
     StageSpec,
-    evaluation_images,
     label_map,
     main,
-    predict_images,
     run,
     stage_plan,
     stage_steps,
@@ -162,13 +161,15 @@ def test_stage_init_previous_starts_from_stage1_and_a_copied_run_stays_cached(ra
                                                                              monkeypatch):
     """stage_init=previous: with lr 0 the stage-2 model must end equal to stage 1's (a fresh model would
     differ). Stage cache keys hold contents, not paths: a copied output_dir reruns without training. The
-    output_dir is relative, as `make run` gives it (Ray Train workers run in another directory)."""
+    output_dir is relative, as `make run` gives it (Ray Train workers and the prediction actor of
+    predict_actors=1 run in another directory); the actor's saved predictions equal the driver's."""
     import shutil
 
     monkeypatch.chdir(tmp_path)
     cfg = HMLConfig(store=str(store), output_dir="out", methods=["hml"], hidden_dim=8, lr=0.0,
                     steps_per_stage=2, checkpoint_every=2, batch_size=4, max_bg_per_image=16, stages=2,
-                    stage1_share=None, stage_init="previous", track=False, progress=False, ks=[20])
+                    stage1_share=None, stage_init="previous", track=False, progress=False, ks=[20],
+                    predict_actors=1)
     run(cfg)
     stage_dirs = sorted((tmp_path / "out" / "stages").glob("hml-stage*"))
     (_, first), (_, second) = (load_checkpoint(d / "final.pt") for d in stage_dirs)

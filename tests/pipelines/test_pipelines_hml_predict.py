@@ -1,0 +1,77 @@
+"""HML test-split prediction: the Ray Data actor pool yields exactly what the driver path yields (same images in
+store order, same pairs and scores, SGCls object labels), and the prediction columns round-trip."""
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from sgg_stores import write_tiny_store
+
+from components.config import config_hash
+from components.data.store import FeatureStore
+from components.hml.checkpoint import save_checkpoint
+from components.models.frequency import frequency_bias
+from pipelines.hml_predict import (
+    build_stage_model,
+    evaluation_images,
+    load_stage_model,
+    predict_images,
+    predict_on_ray,
+    prediction_columns,
+    predicted_rows,
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return write_tiny_store(tmp_path_factory.mktemp("predict") / "store", shard_size=2)  # 3 test shards
+
+
+def _checkpoint(store, tmp_path, mode: str):
+    """A stage checkpoint of a freshly initialised predictor (random weights: any model will do), its model
+    config and frequency-bias file, written as pipelines/hml.py writes them."""
+    man = FeatureStore(store).manifest
+    model_cfg = {"predictor": "motifs", "num_objects": len(man.objects), "num_predicates": len(man.predicates),
+                 "feature_dim": man.feature_dim, "hidden_dim": 8, "mode": mode}
+    fb = frequency_bias(evaluation_images(FeatureStore(store), "train", None), len(man.objects), len(man.predicates))
+    fb_path = tmp_path / "freq_bias.npy"
+    np.save(fb_path, fb)
+    torch.manual_seed(3)
+    model = build_stage_model(model_cfg, fb_path)
+    path = save_checkpoint(tmp_path / "final.pt", {"model_hash": config_hash({**model_cfg, "freq_bias": True})},
+                           {"model": model.state_dict()})
+    return path, model_cfg, fb_path
+
+
+@pytest.mark.parametrize("mode", ["predcls", "sgcls"])
+def test_ray_actor_pool_predicts_what_the_driver_predicts(ray_local, store, tmp_path, mode):
+    path, model_cfg, fb_path = _checkpoint(store, tmp_path, mode)
+    model = load_stage_model(path, model_cfg, fb_path)
+    want = list(predict_images(model, evaluation_images(FeatureStore(store), "test", 5), batch_images=2))
+    got = list(predict_on_ray(path, model_cfg, fb_path, store, "test", 5, actors=2, cpus_per_actor=0.5,
+                              gpus_per_actor=0.0, batch_images=2))
+    assert [g["image_id"] for g, _ in got] == [w["image_id"] for w, _ in want] and len(got) == 5  # limit, order
+    # across shards: 3 shards of 2 images, the pool's 2 actors each map some
+    for (gi, gp), (wi, wp) in zip(got, want):
+        assert set(gp) == set(wp)
+        for k in wp:
+            np.testing.assert_array_equal(gp[k], wp[k])
+        for k in ("boxes", "labels", "rels", "rel_fine"):
+            np.testing.assert_array_equal(gi[k], wi[k])
+    assert ("obj_labels" in got[0][1]) == (mode == "sgcls")
+    assert got[0][1]["rel_scores"].shape[1] == model_cfg["num_predicates"] + 1
+
+
+def test_prediction_columns_round_trip_with_and_without_object_predictions(store):
+    table = next(FeatureStore(store).iter_tables("test")).slice(0, 2)
+    preds = [{"image_id": "a", "pairs": np.array([[0, 1], [1, 0]]), "rel_scores": np.full((2, 4), 0.25, np.float32)},
+             {"image_id": "b", "pairs": np.zeros((0, 2), np.int64), "rel_scores": np.zeros((0, 4), np.float32),
+              "obj_labels": np.array([3, 1]), "obj_scores": np.array([0.5, 0.9], np.float32)}]
+    out = prediction_columns(table, preds)
+    assert out.schema.field("pred_rel_scores").type == pa.list_(pa.float32())
+    rows = list(predicted_rows(out, num_predicates=3))
+    assert [img["image_id"] for img, _ in rows] == table.column("image_id").to_pylist()
+    for (_, got), want in zip(rows, preds):
+        assert set(got) - {"image_id"} == set(want) - {"image_id"}
+        for k in set(want) - {"image_id"}:
+            np.testing.assert_array_equal(got[k], want[k])
+            assert got[k].shape == np.asarray(want[k]).shape
