@@ -5,7 +5,8 @@
 Steps: load the store -> triplet augmentation (WordNet LCH) -> triplet text embeddings + K-means hardness
 -> baseline classifiers (CE, WCE) on real training data -> diffusion training (Ray actor) -> sampling on
 a Ray actor pool (n_generated requests, half few-, half medium-relation triplets) -> fine-tuning copies of
-the CE baseline -> LTVRR evaluation on test. Variants (`variants`):
+the CE baseline -> LTVRR evaluation on test. Every classifier training and fine-tuning is a Ray task
+(pipelines/classifier.py), started as soon as its inputs exist. Variants (`variants`):
   baseline_ce, baseline_wce          no fine-tuning
   real_balanced_ft                   control: same fine-tuning budget on REAL relation-balanced tail samples
   diffaug_random / diffaug_so        generated from pure noise / from subject-object seeds (strength)
@@ -44,9 +45,8 @@ from components.diffaug.finetune import (
     RelationSet,
     TrainConfig,
     evaluate_classifier,
-    finetune_classifier,
+    finetune_config,
     predict_logits,
-    train_classifier,
 )
 from components.diffaug.hardness import fit_hardness
 from components.diffaug.report import plot_bands, plot_projection, results_table
@@ -222,19 +222,22 @@ def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationS
     return str(bundle)
 
 
-def check_actor_requests(cfg: DiffAugConfig, resources: Mapping[str, float], fixed: bool) -> None:
-    """The diffusion training actor (2 x cpus_per_actor, gpus_per_actor) and the sampler pool (num_actors x
-    each) must each fit the Ray cluster (`check_requests`: an error on a local Ray, a warning on a joined one)."""
+def check_actor_requests(cfg: DiffAugConfig, resources: Mapping[str, float], fixed: bool,
+                         sampling: bool = True) -> None:
+    """A classifier training task (cpus_per_actor, gpus_per_actor) and, with `sampling`, the diffusion training
+    actor (2 x cpus_per_actor, gpus_per_actor) and the sampler pool (num_actors x each) must each fit the Ray
+    cluster (`check_requests`: an error on a local Ray, a warning on a joined one)."""
     from pipelines.ray_runtime import check_requests
 
     def ask(n: int, cpus: float) -> dict[str, float]:
         return {"CPU": cpus, **({"GPU": n * cfg.gpus_per_actor} if cfg.gpus_per_actor else {})}
 
-    check_requests("cpus_per_actor / gpus_per_actor / num_actors",
-                   {"the diffusion training actor (2 x cpus_per_actor)": ask(1, 2 * cfg.cpus_per_actor),
-                    "the sampler pool (num_actors x cpus_per_actor)":
-                        ask(cfg.num_actors, cfg.num_actors * cfg.cpus_per_actor)},
-                   resources, fixed)
+    asks = {"a classifier training task (cpus_per_actor)": ask(1, cfg.cpus_per_actor)}
+    if sampling:
+        asks.update({"the diffusion training actor (2 x cpus_per_actor)": ask(1, 2 * cfg.cpus_per_actor),
+                     "the sampler pool (num_actors x cpus_per_actor)":
+                         ask(cfg.num_actors, cfg.num_actors * cfg.cpus_per_actor)})
+    check_requests("cpus_per_actor / gpus_per_actor / num_actors", asks, resources, fixed)
 
 
 def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pools: dict, strength: float,
@@ -314,6 +317,9 @@ def _summary(rep: dict) -> dict:
 
 def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     """Run the phase; returns {'results': variant -> LTVRR summary, 'fidelity', 'augmentation', 'table', ...}."""
+    import ray
+
+    from pipelines.classifier import ClassifierJobs, ClassifierSpec
     from pipelines.diffusion import SamplerPool
     from pipelines.ray_runtime import init_ray, joins_cluster
 
@@ -323,9 +329,8 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     if unknown:
         raise ConfigError("synsets", f"classes {unknown} are not in the store's vocabulary", "object class names")
     gen_variants = [v for v in cfg.variants if v.startswith(("diffaug", "wce_diffaug"))]
-    if gen_variants:  # Ray's CPUs checked before anything is written
-        resources = init_ray(cfg.ray_address or None, num_cpus=cfg.num_cpus)
-        check_actor_requests(cfg, resources, fixed=not joins_cluster(cfg.ray_address))  # else a local Ray
+    resources = init_ray(cfg.ray_address or None, num_cpus=cfg.num_cpus)  # checked before anything is written
+    check_actor_requests(cfg, resources, fixed=not joins_cluster(cfg.ray_address), sampling=bool(gen_variants))
     out = ensure_writable_dir(cfg.out)
     objects, predicates = store.manifest.objects, store.manifest.predicates
     obj_counts, rel_counts = _counts(train, len(objects), len(predicates))
@@ -340,47 +345,38 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     kv = load_word_vectors()
     ov, pv = phrase_vectors(kv, objects), phrase_vectors(kv, predicates)
 
-    def fresh(loss: str) -> VRRClassifier:
-        torch.manual_seed(cfg.seed)
-        m = VRRClassifier(train.union_feature.shape[1], ov, pv, cfg.embed_dim, cfg.hidden)
-        train_classifier(m, train, TrainConfig(**{**to_dict(cfg.train), "loss": loss}), obj_counts, rel_counts,
-                         progress)
-        return m
-
-    def scored(model: VRRClassifier, variant: str) -> dict:
-        """The variant's LTVRR summary on the test split; its predictions saved for re-scoring."""
-        return _summary(evaluate_classifier(model, test, obj_counts, rel_counts,
-                                            ensure_writable_dir(out / "predictions") / f"{variant}.npz"))
-
-    results: dict[str, dict] = {}
-    base = fresh("ce")
-    torch.save(base.state_dict(), out / "baseline_ce.pt")
-    if "baseline_ce" in cfg.variants:
-        results["baseline_ce"] = scored(base, "baseline_ce")
-    wce = fresh("wce") if any(v == "baseline_wce" or v.startswith("wce_") for v in cfg.variants) else None
-    if "baseline_wce" in cfg.variants:
-        results["baseline_wce"] = scored(wce, "baseline_wce")
+    # every classifier trains in a Ray task (cpus_per_actor / gpus_per_actor each): the baselines side by side,
+    # each variant's fine-tuning as soon as its data and starting weights exist; scored here, in variant order
+    jobs = ClassifierJobs(ClassifierSpec(train.union_feature.shape[1], ov, pv, cfg.embed_dim, cfg.hidden, cfg.seed),
+                          obj_counts, rel_counts, cfg.cpus_per_actor, cfg.gpus_per_actor, progress)
+    train_ref = ray.put(train)
+    base_ref = jobs.submit(train_ref, TrainConfig(**{**to_dict(cfg.train), "loss": "ce"}))
+    wce_ref = (jobs.submit(train_ref, TrainConfig(**{**to_dict(cfg.train), "loss": "wce"}))
+               if any(v == "baseline_wce" or v.startswith("wce_") for v in cfg.variants) else None)
+    trained: dict[str, ray.ObjectRef] = {"baseline_ce": base_ref}
+    if wce_ref is not None:
+        trained["baseline_wce"] = wce_ref
 
     pools = class_feature_pools(train)
     plan = tail_plan(train_trip, aug_trip, rel_counts, pools, cfg.n_generated, cfg.seed)
 
-    def finetuned(variant: str, data: RelationSet, curriculum: bool = False, start: VRRClassifier | None = None
-                  ) -> dict:
+    def finetune(variant: str, data: RelationSet, curriculum: bool = False, start: ray.ObjectRef | None = None
+                 ) -> None:
         if cfg.finetune_real_fraction > 0:
             n_real = round(len(data) * cfg.finetune_real_fraction / (1 - cfg.finetune_real_fraction))
             pick = np.random.default_rng([cfg.seed, 41]).choice(len(train), n_real)
             data = RelationSet.concat([data, train.subset(pick)])
-        m = copy.deepcopy(start or base)
-        finetune_classifier(m, data, obj_counts, rel_counts, cfg.finetune_epochs, cfg.finetune_batch,
-                            cfg.finetune_lr, curriculum, seed=cfg.seed, progress=progress)
-        return scored(m, variant)
+        ft = finetune_config(cfg.finetune_epochs, cfg.finetune_batch, cfg.finetune_lr, curriculum, seed=cfg.seed)
+        trained[variant] = jobs.submit(data, ft, start=start if start is not None else base_ref)
 
     if {"real_balanced_ft", "wce_real_balanced_ft"} & set(cfg.variants):  # built only when a variant uses it
         control = real_control(train, rel_counts, len(plan["sample_id"]), cfg.seed)
         if "real_balanced_ft" in cfg.variants:
-            results["real_balanced_ft"] = finetuned("real_balanced_ft", control)
+            finetune("real_balanced_ft", control)
         if "wce_real_balanced_ft" in cfg.variants:
-            results["wce_real_balanced_ft"] = finetuned("wce_real_balanced_ft", control, start=wce)
+            finetune("wce_real_balanced_ft", control, start=wce_ref)
+    base = jobs.model(base_ref)
+    torch.save(base.state_dict(), out / "baseline_ce.pt")
 
     fid: dict[str, dict] = {}
     generated: dict[str, RelationSet] = {}
@@ -408,15 +404,21 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
             if v == "diffaug_so_half":
                 idx = np.concatenate([np.flatnonzero(plan["band"] == b)[: (plan["band"] == b).sum() // 2]
                                       for b in np.unique(plan["band"])])
-                results[v] = finetuned(v, generated["diffaug_so"].subset(idx))
+                finetune(v, generated["diffaug_so"].subset(idx))
             elif v == "diffaug_so_curriculum":
-                results[v] = finetuned(v, generated["diffaug_so"], curriculum=True)
+                finetune(v, generated["diffaug_so"], curriculum=True)
             elif v == "wce_diffaug_so":
-                results[v] = finetuned(v, generated["diffaug_so"], start=wce)
+                finetune(v, generated["diffaug_so"], start=wce_ref)
             else:
-                results[v] = finetuned(v, generated[v])
+                finetune(v, generated[v])
 
-    ordered = {v: results[v] for v in cfg.variants if v in results}
+    def scored(variant: str) -> dict:
+        """The variant's LTVRR summary on the test split; its predictions saved for re-scoring."""
+        model = base if variant == "baseline_ce" else jobs.model(trained[variant])
+        return _summary(evaluate_classifier(model, test, obj_counts, rel_counts,
+                                            ensure_writable_dir(out / "predictions") / f"{variant}.npz"))
+
+    ordered = {v: scored(v) for v in cfg.variants}
     table = results_table(ordered)
     summary = {"results": ordered, "fidelity": fid, "augmentation": augmentation, "table": table,
                "n_generated": len(plan["sample_id"]), "plan_bands": {b: int((plan["band"] == b).sum())

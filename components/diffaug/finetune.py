@@ -85,14 +85,15 @@ class TrainConfig:
     seed: int = 0
 
 
-def _tensor(data: RelationSet, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
-    return (*(torch.from_numpy(getattr(data, k)[idx]) for k in FEATURES),
-            *(torch.from_numpy(getattr(data, k)[idx]) for k in LABELS))
+def _tensor(data: RelationSet, idx: np.ndarray, device: str | torch.device = "cpu") -> tuple[torch.Tensor, ...]:
+    return (*(torch.from_numpy(getattr(data, k)[idx]).to(device) for k in FEATURES),
+            *(torch.from_numpy(getattr(data, k)[idx]).to(device) for k in LABELS))
 
 
 def train_classifier(model: VRRClassifier, data: RelationSet, cfg: TrainConfig, obj_counts: np.ndarray,
                      rel_counts: np.ndarray, progress: bool = False) -> list[float]:
-    """Train `model` in place on `data`; returns the mean loss of every epoch."""
+    """Train `model` in place on `data`, on the model's device; returns the mean loss of every epoch. Shuffling
+    and RelMix draws stay on the CPU, so a seed gives the same batches on any device."""
     if len(data) == 0:
         raise InputError("training data", "is empty", "at least one relation sample")
     if cfg.curriculum and data.hardness is None:
@@ -100,9 +101,10 @@ def train_classifier(model: VRRClassifier, data: RelationSet, cfg: TrainConfig, 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    ow = wce_weights(obj_counts) if cfg.loss == "wce" else None
-    rw = wce_weights(rel_counts) if cfg.loss == "wce" else None
-    rel_tail = torch.from_numpy(np.isin(frequency_bands(np.asarray(rel_counts)), ["few"]))
+    device = next(model.parameters()).device
+    ow = wce_weights(obj_counts).to(device) if cfg.loss == "wce" else None
+    rw = wce_weights(rel_counts).to(device) if cfg.loss == "wce" else None
+    rel_tail = torch.from_numpy(np.isin(frequency_bands(np.asarray(rel_counts)), ["few"])).to(device)
     opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     history = []
     model.train()
@@ -110,7 +112,7 @@ def train_classifier(model: VRRClassifier, data: RelationSet, cfg: TrainConfig, 
         order = curriculum_order(data.hardness, rng) if cfg.curriculum else rng.permutation(len(data))
         total, batches = 0.0, 0
         for lo in range(0, len(order), cfg.batch_size):
-            sf, of, uf, s, o, p = _tensor(data, order[lo: lo + cfg.batch_size])
+            sf, of, uf, s, o, p = _tensor(data, order[lo: lo + cfg.batch_size], device)
             emb = model.embed(sf, of, uf)
             rel_logits = model.logits_from(emb["relation"], "relation")
             loss = (F.cross_entropy(model.logits_from(emb["subject"], "subject"), s, weight=ow)
@@ -129,11 +131,17 @@ def train_classifier(model: VRRClassifier, data: RelationSet, cfg: TrainConfig, 
     return history
 
 
+def finetune_config(epochs: int = 10, batch_size: int = 256, lr: float = 1e-4, curriculum: bool = False,
+                    loss: str = "ce", seed: int = 0) -> TrainConfig:
+    """The training config of DiffAugment's fine-tuning step (the paper: 10 epochs, batch 256)."""
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, curriculum=curriculum, seed=seed)
+
+
 def finetune_classifier(model: VRRClassifier, data: RelationSet, obj_counts: np.ndarray, rel_counts: np.ndarray,
                         epochs: int = 10, batch_size: int = 256, lr: float = 1e-4, curriculum: bool = False,
                         loss: str = "ce", seed: int = 0, progress: bool = False) -> list[float]:
     """Continue training `model` on `data` (generated and/or real samples); DiffAugment step 4."""
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, loss=loss, curriculum=curriculum, seed=seed)
+    cfg = finetune_config(epochs, batch_size, lr, curriculum, loss, seed)
     return train_classifier(model, data, cfg, obj_counts, rel_counts, progress)
 
 

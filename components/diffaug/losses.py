@@ -37,9 +37,9 @@ def relmix_loss(model, rel_emb: torch.Tensor, labels: torch.Tensor, is_tail: tor
     tail, other = torch.nonzero(is_tail).flatten(), torch.nonzero(~is_tail).flatten()
     if len(tail) == 0 or len(other) == 0:
         return rel_emb.sum() * 0.0
-    partner = other[torch.randint(len(other), (len(tail),), generator=generator)]
+    partner = other[torch.randint(len(other), (len(tail),), generator=generator).to(other.device)]
     rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=generator)))
-    lam = torch.from_numpy(rng.beta(alpha, alpha, size=len(tail)).astype(np.float32))
+    lam = torch.from_numpy(rng.beta(alpha, alpha, size=len(tail)).astype(np.float32)).to(rel_emb.device)
     lam = torch.maximum(lam, 1 - lam)[:, None]
     logits = model.logits_from(lam * rel_emb[tail] + (1 - lam) * rel_emb[partner], "relation")
     lam = lam.flatten()

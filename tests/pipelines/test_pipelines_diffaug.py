@@ -102,9 +102,12 @@ def test_actor_requests_beyond_the_cluster_fail_on_a_local_ray_and_warn_on_a_joi
         check_actor_requests(pool, {"CPU": 2.0}, fixed=True)
     gpus = DiffAugConfig(num_actors=2, cpus_per_actor=0.5, gpus_per_actor=0.5)
     check_actor_requests(gpus, {"CPU": 2.0, "GPU": 1.0}, fixed=True)
-    with pytest.raises(ConfigError, match=r"^cpus_per_actor / gpus_per_actor / num_actors: the diffusion training "
-                                          r"actor \(2 x cpus_per_actor\) asks 0.5 GPUs; the local Ray has 0"):
+    with pytest.raises(ConfigError, match=r"^cpus_per_actor / gpus_per_actor / num_actors: a classifier training "
+                                          r"task \(cpus_per_actor\) asks 0.5 GPUs; the local Ray has 0"):
         check_actor_requests(gpus, {"CPU": 2.0}, fixed=True)
+    check_actor_requests(pool, {"CPU": 2.0}, fixed=True, sampling=False)  # baselines only: no pool, no actor
+    with pytest.raises(ConfigError, match=r"a classifier training task \(cpus_per_actor\) asks 3 CPUs"):
+        check_actor_requests(DiffAugConfig(cpus_per_actor=3.0), {"CPU": 2.0}, fixed=True, sampling=False)
     assert capsys.readouterr().err == ""
     check_actor_requests(pool, {"CPU": 2.0}, fixed=False)
     assert capsys.readouterr().err.startswith("warning: the sampler pool")

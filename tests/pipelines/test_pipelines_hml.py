@@ -18,7 +18,6 @@ from components.hml.checkpoint import load_checkpoint
 from components.models.checkpoint import load_predictor
 from components.models.frequency import frequency_bias
 from components.taxonomy.tree import build_predicate_tree
-from pipelines.hml_predict import evaluation_images, predict_images
 from pipelines.hml import (
     HMLConfig,
     StageSpec,
@@ -29,6 +28,7 @@ from pipelines.hml import (
     stage_steps,
     train_statistics,
 )
+from pipelines.hml_predict import evaluation_images, predict_images
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from pipelines.hml_predict import (
     load_stage_model,
     predict_images,
     predict_on_ray,
-    prediction_columns,
     predicted_rows,
+    prediction_columns,
 )
 
 
