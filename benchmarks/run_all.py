@@ -28,7 +28,7 @@ from benchmarks.machine import facts
 from components.atomic import write_json, write_text
 
 HERE = Path(__file__).resolve().parent
-MODULES = ("bench_stream", "bench_hml_step", "bench_sampling", "bench_eval")
+MODULES = ("bench_stream", "bench_hml_step", "bench_sampling", "bench_eval", "bench_classifier")
 REQUIRED = ("stream_ratio", "hml_step_ratio", "sampling_pool_ratio", "sampling_flops_fraction", "eval_memory_growth")
 POLL_SECONDS = 0.5  # how often this process's descendants' CPU times are read
 OTHER_CPU_WARN = 0.1  # cores used by other processes during a module above which a warning is printed

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import bench_eval, bench_hml_step, bench_sampling, bench_stream, run_all
+from benchmarks import bench_classifier, bench_eval, bench_hml_step, bench_sampling, bench_stream, run_all
 
 
 def _check(res: dict, required: tuple[str, ...]) -> None:
@@ -72,6 +72,13 @@ def test_eval_benchmark_reports_tracemalloc_and_process_rss():
 
 
 @pytest.mark.ray
+def test_classifier_benchmark_tasks_return_the_in_process_weights(ray_local):
+    res = bench_classifier.run(quick=True)
+    _check(res, ("classifier_tasks_speedup", "classifier_tasks_cold_speedup", "classifier_sequential_seconds",
+                 "classifier_tasks_seconds"))
+    assert res["classifier_tasks_equal"] == 1.0  # two tasks (cold and warm) reproduced both in-process trainings
+
+
 def test_stream_benchmark_returns_finite_positive_ratios(ray_local):
     res = bench_stream.run(quick=True)
     _check(res, ("stream_ratio", "stream_data_ratio", "stream_steady_ratio", "stream_plain_train_images_per_s",
