@@ -43,11 +43,12 @@ class ClassifierSpec:
 
 def trained_state(spec: ClassifierSpec, start: dict[str, torch.Tensor] | None, data: RelationSet, cfg: TrainConfig,
                   obj_counts: np.ndarray, rel_counts: np.ndarray, threads: int, device: str,
-                  progress: bool = False) -> dict[str, torch.Tensor]:
-    """Train the spec's classifier (from `start` if given) on `data`; its final weights, on the CPU."""
+                  progress: bool = False, name: str = "classifier") -> dict[str, torch.Tensor]:
+    """Train the spec's classifier (from `start` if given) on `data`; its final weights, on the CPU. `name`
+    labels the progress bar."""
     torch.set_num_threads(threads)
     model = spec.build(start).to(device)
-    train_classifier(model, data, cfg, obj_counts, rel_counts, progress)
+    train_classifier(model, data, cfg, obj_counts, rel_counts, progress, desc=name)
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
@@ -61,12 +62,13 @@ class ClassifierJobs:
         self.threads, self.device, self.progress = actor_threads(cpus), actor_device(gpus), progress
         self._task = ray.remote(_train_task).options(num_cpus=cpus, num_gpus=gpus)
 
-    def submit(self, data: RelationSet | ray.ObjectRef, cfg: TrainConfig,
-               start: ray.ObjectRef | None = None) -> ray.ObjectRef:
+    def submit(self, data: RelationSet | ray.ObjectRef, cfg: TrainConfig, start: ray.ObjectRef | None = None,
+               name: str = "classifier") -> ray.ObjectRef:
         """Start a training on `data` (a RelationSet or a reference to one put once for several tasks), from
-        the seeded initial weights or from the weights another task returns (`start`, waited for by Ray)."""
+        the seeded initial weights or from the weights another task returns (`start`, waited for by Ray);
+        `name` labels its progress bar."""
         return self._task.remote(self.spec, start, data, cfg, self.counts, self.threads, self.device,
-                                 self.progress)
+                                 self.progress, name)
 
     def model(self, ref: ray.ObjectRef) -> VRRClassifier:
         """The classifier a task trained (waits for it), on the CPU, in eval mode."""
@@ -74,7 +76,8 @@ class ClassifierJobs:
 
 
 def _train_task(spec: ClassifierSpec, start: dict[str, torch.Tensor] | None, data: RelationSet, cfg: TrainConfig,
-                counts: tuple[np.ndarray, np.ndarray], threads: int, device: str,
-                progress: bool) -> dict[str, torch.Tensor]:
+                counts: tuple[np.ndarray, np.ndarray], threads: int, device: str, progress: bool,
+                name: str) -> dict[str, torch.Tensor]:
     """The Ray task: `trained_state` with the class counts shared through the object store."""
-    return trained_state(spec, start, data, cfg, *counts, threads=threads, device=device, progress=progress)
+    return trained_state(spec, start, data, cfg, *counts, threads=threads, device=device, progress=progress,
+                         name=name)

@@ -350,8 +350,8 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     jobs = ClassifierJobs(ClassifierSpec(train.union_feature.shape[1], ov, pv, cfg.embed_dim, cfg.hidden, cfg.seed),
                           obj_counts, rel_counts, cfg.cpus_per_actor, cfg.gpus_per_actor, progress)
     train_ref = ray.put(train)
-    base_ref = jobs.submit(train_ref, TrainConfig(**{**to_dict(cfg.train), "loss": "ce"}))
-    wce_ref = (jobs.submit(train_ref, TrainConfig(**{**to_dict(cfg.train), "loss": "wce"}))
+    base_ref = jobs.submit(train_ref, TrainConfig(**{**to_dict(cfg.train), "loss": "ce"}), name="baseline_ce")
+    wce_ref = (jobs.submit(train_ref, TrainConfig(**{**to_dict(cfg.train), "loss": "wce"}), name="baseline_wce")
                if any(v == "baseline_wce" or v.startswith("wce_") for v in cfg.variants) else None)
     trained: dict[str, ray.ObjectRef] = {"baseline_ce": base_ref}
     if wce_ref is not None:
@@ -367,7 +367,7 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
             pick = np.random.default_rng([cfg.seed, 41]).choice(len(train), n_real)
             data = RelationSet.concat([data, train.subset(pick)])
         ft = finetune_config(cfg.finetune_epochs, cfg.finetune_batch, cfg.finetune_lr, curriculum, seed=cfg.seed)
-        trained[variant] = jobs.submit(data, ft, start=start if start is not None else base_ref)
+        trained[variant] = jobs.submit(data, ft, start=start if start is not None else base_ref, name=variant)
 
     if {"real_balanced_ft", "wce_real_balanced_ft"} & set(cfg.variants):  # built only when a variant uses it
         control = real_control(train, rel_counts, len(plan["sample_id"]), cfg.seed)

@@ -91,9 +91,9 @@ def _tensor(data: RelationSet, idx: np.ndarray, device: str | torch.device = "cp
 
 
 def train_classifier(model: VRRClassifier, data: RelationSet, cfg: TrainConfig, obj_counts: np.ndarray,
-                     rel_counts: np.ndarray, progress: bool = False) -> list[float]:
+                     rel_counts: np.ndarray, progress: bool = False, desc: str = "classifier") -> list[float]:
     """Train `model` in place on `data`, on the model's device; returns the mean loss of every epoch. Shuffling
-    and RelMix draws stay on the CPU, so a seed gives the same batches on any device."""
+    and RelMix draws stay on the CPU, so a seed gives the same batches on any device. `desc` labels the bar."""
     if len(data) == 0:
         raise InputError("training data", "is empty", "at least one relation sample")
     if cfg.curriculum and data.hardness is None:
@@ -108,7 +108,7 @@ def train_classifier(model: VRRClassifier, data: RelationSet, cfg: TrainConfig, 
     opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     history = []
     model.train()
-    for _ in tqdm(range(cfg.epochs), desc="classifier", disable=not progress, mininterval=2.0):
+    for _ in tqdm(range(cfg.epochs), desc=desc, disable=not progress, mininterval=2.0):
         order = curriculum_order(data.hardness, rng) if cfg.curriculum else rng.permutation(len(data))
         total, batches = 0.0, 0
         for lo in range(0, len(order), cfg.batch_size):
