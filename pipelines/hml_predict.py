@@ -3,7 +3,7 @@ evaluation image, streamed. Two places run it, with the same results:
 
 - the driver process (`predict_actors=0`, the laptop default: no actor start-up);
 - a Ray Data actor pool (`predict_actors=N`): N actors, each holding the model on its own CPUs (or GPU with
-  `use_gpu`), map the store's shards batch by batch; their output rows come back in store order as the
+  `use_gpu`), map the store's blocks batch by batch; their output rows come back in store order as the
   store's columns plus the prediction columns of `PREDICTION_FIELDS`, which the driver decodes into the
   same (image, prediction) pairs the driver path yields.
 """
@@ -136,7 +136,8 @@ def predict_on_ray(checkpoint: str | Path, model_cfg: dict, fb_path: str | Path 
     from pipelines.ray_runtime import actor_device, actor_threads
     from pipelines.streaming import dataset_from_store
 
-    ds = dataset_from_store(store, split)  # one block per shard: actors work on different shards
+    # Ray Data's reader decides the blocks: a few small shards can arrive as one block, which one actor maps
+    ds = dataset_from_store(store, split)
     ds.context.execution_options.preserve_order = True
     actors = min(actors, len(FeatureStore(store).paths(split)))  # an actor without a shard would idle
     if limit is not None:
