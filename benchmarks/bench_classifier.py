@@ -19,6 +19,7 @@ import numpy as np
 import ray
 import torch
 
+from benchmarks.machine import start_local_ray
 from components.config import from_dict
 from components.diffaug.finetune import TrainConfig
 from components.taxonomy.vectors import load_word_vectors, phrase_vectors
@@ -59,10 +60,7 @@ def run(quick: bool = False) -> dict:
         sequential = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+    started = start_local_ray(cores)
     try:
         jobs = ClassifierJobs(spec, oc, rc, cpus=1.0, gpus=0.0)
         walls, equal = [], True

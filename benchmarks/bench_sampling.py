@@ -50,7 +50,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.machine import best_matmul_seconds, matmul_ceiling
+from benchmarks.machine import best_matmul_seconds, matmul_ceiling, start_local_ray
 from components.diffaug.diffusion import (
     DiffusionBundle,
     DiffusionConfig,
@@ -240,10 +240,7 @@ def run(quick: bool = False, repeats: int | None = None) -> dict:
         share = matmul_time_share(bundle, req, batch)
     finally:
         torch.set_num_threads(old_threads)
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+    started = start_local_ray(cores)
     from pipelines.diffusion import SamplerPool
 
     # where the compute dtype is bf16, the same loop in fp32 against the fp32 ceiling, for comparison

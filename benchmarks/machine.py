@@ -5,6 +5,7 @@ import os
 import platform
 import time
 
+import ray
 import torch
 
 
@@ -46,3 +47,12 @@ def facts() -> dict:
         "matmul_fp32_gflops": matmul_ceiling(torch.float32) / 1e9,
         "matmul_bf16_gflops": matmul_ceiling(torch.bfloat16) / 1e9 if native_bf16 else None,
     }
+
+
+def start_local_ray(cores: int) -> bool:
+    """Start a local Ray of `cores` CPUs (quiet: no dashboard, no worker logs) unless one is already up; True
+    when this call started it, so the caller shuts it down."""
+    if ray.is_initialized():
+        return False
+    ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return True
