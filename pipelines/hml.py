@@ -42,10 +42,9 @@ from components.taxonomy.tree import PredicateTree, build_predicate_tree
 from pipelines.cli import exit_code
 from pipelines.hml_predict import (
     build_stage_model,
-    evaluation_images,
     load_stage_model,
-    predict_images,
     predict_on_ray,
+    predict_store,
 )
 
 METHODS = ("hml", "ce", "cb")
@@ -474,7 +473,7 @@ def evaluate_method(method: str, checkpoint: str | Path, cfg: HMLConfig, store: 
         predicted = predict_on_ray(checkpoint, model_cfg, fb_path, cfg.store, cfg.eval_split, cfg.eval_images,
                                    cfg.predict_actors, cfg.cpus_per_worker, 1.0 if cfg.use_gpu else 0.0)
     else:
-        predicted = predict_images(model, evaluation_images(store, cfg.eval_split, cfg.eval_images))
+        predicted = predict_store(model, store, cfg.eval_split, cfg.eval_images)
     return evaluate_predictions(predicted, tree, cfg, mdir)
 
 

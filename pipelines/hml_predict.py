@@ -1,11 +1,15 @@
 """HML's test-split prediction: a method's final stage model scores every ordered object pair of every
-evaluation image, streamed. Two places run it, with the same results:
+evaluation image, streamed shard by shard. Two places run it, with the same results:
 
 - the driver process (`predict_actors=0`, the laptop default: no actor start-up);
 - a Ray Data actor pool (`predict_actors=N`): N actors, each holding the model on its own CPUs (or GPU with
-  `use_gpu`), map the store's blocks batch by batch; their output rows come back in store order as the
-  store's columns plus the prediction columns of `PREDICTION_FIELDS`, which the driver decodes into the
-  same (image, prediction) pairs the driver path yields.
+  `use_gpu`), take the split's shards one at a time (one Ray Data block per shard, so every actor gets work),
+  read and predict them; their output rows come back in store order as the store's columns plus the
+  prediction columns of `PREDICTION_FIELDS`, which the driver decodes into the same (image, prediction)
+  pairs the driver path yields.
+
+Both paths group images `batch_images` at a time within a shard (never across two), so they compute the same
+numbers.
 """
 from __future__ import annotations
 
@@ -76,10 +80,37 @@ def predict_images(model, images: Iterable[dict], batch_images: int = 8) -> Iter
             yield img, pred
 
 
+def shard_plan(store: FeatureStore, split: str, limit: int | None) -> list[tuple[int, int]]:
+    """(shard index in the manifest, rows to take) of each shard of `split` needed for its first `limit` rows
+    (all if None), from the manifest's row counts: no shard is opened."""
+    store.paths(split)  # DataError for a missing or empty split
+    plan, left = [], limit
+    for i, entry in enumerate(store.manifest.splits[split]):
+        if left is not None and left <= 0:
+            break
+        rows = int(entry["rows"]) if left is None else min(int(entry["rows"]), left)
+        plan.append((i, rows))
+        left = None if left is None else left - rows
+    return plan
+
+
+def evaluation_tables(store: FeatureStore, split: str, limit: int | None) -> Iterator[pa.Table]:
+    """Validated shards of the evaluation split (the first `limit` rows if set), one at a time."""
+    plan = shard_plan(store, split, limit)
+    for shard, rows in plan:
+        yield store.read_shard(store.manifest.splits[split][shard]).slice(0, rows)
+
+
 def evaluation_images(store: FeatureStore, split: str, limit: int | None) -> Iterator[dict]:
     """GT scene graphs of the evaluation split, streamed shard by shard (first `limit` images if set)."""
-    graphs = (img for table in store.iter_tables(split) for img in scene_graphs(table))
-    return itertools.islice(graphs, limit)
+    return (img for table in evaluation_tables(store, split, limit) for img in scene_graphs(table))
+
+
+def predict_store(model, store: FeatureStore, split: str, limit: int | None,
+                  batch_images: int = 8) -> Iterator[tuple[dict, dict]]:
+    """The driver path: `predict_images` shard by shard (batches never cross a shard, as in the actor pool)."""
+    for table in evaluation_tables(store, split, limit):
+        yield from predict_images(model, scene_graphs(table), batch_images)
 
 
 def prediction_columns(table: pa.Table, preds: list[dict]) -> pa.Table:
@@ -109,45 +140,66 @@ def predicted_rows(table: pa.Table, num_predicates: int) -> Iterator[tuple[dict,
 
 
 class PredictActor:
-    """Ray Data actor: one stage model in eval mode on `device`; a batch of store rows -> the rows plus
-    their predictions (`prediction_columns`)."""
+    """Ray Data actor: one stage model in eval mode on `device`; a batch of (shard, rows) items -> those
+    shards' first rows (read and validated here, where the model is) plus their predictions
+    (`prediction_columns`) and the actor's identity (`pred_actor`, "host:pid")."""
 
     def __init__(self, checkpoint: str, model_cfg: dict, fb_path: str | None, threads: int, device: str,
-                 batch_images: int) -> None:
+                 batch_images: int, store: str, split: str) -> None:
+        import os
+        import socket
+
         import torch
 
         torch.set_num_threads(threads)
         self.model = load_stage_model(checkpoint, model_cfg, fb_path).to(device)
         self.batch_images = batch_images
+        self.store, self.entries = FeatureStore(store), FeatureStore(store).manifest.splits[split]
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        preds = [p for _, p in predict_images(self.model, scene_graphs(table), self.batch_images)]
-        return prediction_columns(table, preds)
+    def __call__(self, items: pa.Table) -> pa.Table:
+        tables = []
+        for shard, rows in zip(items.column("shard").to_pylist(), items.column("rows").to_pylist()):
+            table = self.store.read_shard(self.entries[shard], check_sum=False).slice(0, rows)  # driver checksummed
+            preds = [p for _, p in predict_images(self.model, scene_graphs(table), self.batch_images)]
+            tables.append(prediction_columns(table, preds))
+        out = pa.concat_tables(tables)
+        return out.append_column("pred_actor", pa.array([self.name] * out.num_rows, pa.string()))
 
 
 def predict_on_ray(checkpoint: str | Path, model_cfg: dict, fb_path: str | Path | None, store: str | Path,
                    split: str, limit: int | None, actors: int, cpus_per_actor: float, gpus_per_actor: float,
                    batch_images: int = 8) -> Iterator[tuple[dict, dict]]:
-    """`predict_images` over `split` of the store, run by a Ray Data pool of `actors` actors (at most one per
-    shard); yields the same (image, prediction) pairs in store order (the first `limit` images if set). Each
-    actor maps `batch_images` rows at a time, the driver path's grouping, so both give the same numbers."""
+    """`predict_store` run by a Ray Data pool of `actors` actors (at most one per shard): yields the same
+    (image, prediction) pairs in store order (the first `limit` images if set), each prediction also naming
+    the actor that made it (`actor`). The dataset holds one small (shard, rows) item per block, so the pool
+    balances whole shards over its actors; each actor reads its shards itself.
+
+    The driver first reads and validates every needed shard: a bad shard is one clear DataError before any
+    actor starts (an error raised inside a Ray Data actor reaches the driver as text only)."""
     import ray
 
     from pipelines.ray_runtime import actor_device, actor_threads
-    from pipelines.streaming import dataset_from_store
 
-    # Ray Data's reader decides the blocks: a few small shards can arrive as one block, which one actor maps
-    ds = dataset_from_store(store, split)
+    fs = FeatureStore(store)
+    plan = shard_plan(fs, split, limit)
+    for shard, _ in plan:
+        fs.read_shard(fs.manifest.splits[split][shard])
+    items = [{"shard": shard, "rows": rows} for shard, rows in plan]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds.context.execution_options.preserve_order = True
-    actors = min(actors, len(FeatureStore(store).paths(split)))  # an actor without a shard would idle
-    if limit is not None:
-        ds = ds.limit(limit)
+    ds.context.wait_for_min_actors_s = 600  # every actor is up before the first shard goes out (the pipeline
+    # checked that the cluster holds them), and with one shard in flight per actor, no actor takes them all
     kwargs = {"checkpoint": str(Path(checkpoint).resolve()), "model_cfg": model_cfg,
               "fb_path": str(Path(fb_path).resolve()) if fb_path else None,
               "threads": actor_threads(cpus_per_actor), "device": actor_device(gpus_per_actor),
-              "batch_images": batch_images}
-    out = ds.map_batches(PredictActor, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=actors),
-                         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, batch_size=batch_images,
-                         batch_format="pyarrow")
+              "batch_images": batch_images, "store": str(Path(store).resolve()), "split": split}
+    out = ds.map_batches(PredictActor, fn_constructor_kwargs=kwargs,
+                         compute=ray.data.ActorPoolStrategy(size=min(actors, len(items)),
+                                                           max_tasks_in_flight_per_actor=1),
+                         num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, batch_size=1, batch_format="pyarrow")
     for table in out.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield from predicted_rows(table, model_cfg["num_predicates"])
+        actor = table.column("pred_actor").to_pylist()
+        for (img, pred), name in zip(predicted_rows(table.drop_columns(["pred_actor"]), model_cfg["num_predicates"]),
+                                     actor):
+            yield img, {**pred, "actor": name}

@@ -16,8 +16,10 @@ from pipelines.hml_predict import (
     load_stage_model,
     predict_images,
     predict_on_ray,
+    predict_store,
     predicted_rows,
     prediction_columns,
+    shard_plan,
 )
 
 
@@ -46,19 +48,53 @@ def _checkpoint(store, tmp_path, mode: str):
 def test_ray_actor_pool_predicts_what_the_driver_predicts(ray_local, store, tmp_path, mode):
     path, model_cfg, fb_path = _checkpoint(store, tmp_path, mode)
     model = load_stage_model(path, model_cfg, fb_path)
-    want = list(predict_images(model, evaluation_images(FeatureStore(store), "test", 5), batch_images=2))
+    want = list(predict_store(model, FeatureStore(store), "test", 5, batch_images=2))
     got = list(predict_on_ray(path, model_cfg, fb_path, store, "test", 5, actors=2, cpus_per_actor=0.5,
                               gpus_per_actor=0.0, batch_images=2))
     assert [g["image_id"] for g, _ in got] == [w["image_id"] for w, _ in want] and len(got) == 5  # limit, order
-    # 3 shards of 2 images (Ray Data's reader may hand them to the pool as one block): order and values hold
+    # 3 shards (2 + 2 + the 5th image) over 2 actors: both work, and the values are the driver's
+    assert len({p["actor"] for _, p in got}) == 2
     for (gi, gp), (wi, wp) in zip(got, want):
-        assert set(gp) == set(wp)
+        assert set(gp) == set(wp) | {"actor"}
         for k in wp:
             np.testing.assert_array_equal(gp[k], wp[k])
         for k in ("boxes", "labels", "rels", "rel_fine"):
             np.testing.assert_array_equal(gi[k], wi[k])
     assert ("obj_labels" in got[0][1]) == (mode == "sgcls")
     assert got[0][1]["rel_scores"].shape[1] == model_cfg["num_predicates"] + 1
+
+
+def test_driver_path_batches_within_shards_and_equals_per_image_prediction(store, tmp_path):
+    """Batches never cross a shard, and batching does not change a prediction: per image alone it is the same."""
+    path, model_cfg, fb_path = _checkpoint(store, tmp_path, "predcls")
+    model = load_stage_model(path, model_cfg, fb_path)
+    batched = list(predict_store(model, FeatureStore(store), "test", None, batch_images=8))
+    alone = list(predict_images(model, evaluation_images(FeatureStore(store), "test", None), batch_images=1))
+    assert len(batched) == 6 == len(alone)
+    for (_, b), (_, a) in zip(batched, alone):
+        np.testing.assert_array_equal(b["pairs"], a["pairs"])
+        np.testing.assert_allclose(b["rel_scores"], a["rel_scores"], rtol=1e-5, atol=1e-6)
+
+
+def test_shard_plan_takes_the_first_rows_from_the_manifest(store):
+    fs = FeatureStore(store)
+    assert shard_plan(fs, "test", None) == [(0, 2), (1, 2), (2, 2)]
+    assert shard_plan(fs, "test", 3) == [(0, 2), (1, 1)]
+    assert shard_plan(fs, "test", 0) == []
+
+
+def test_a_corrupt_shard_is_one_data_error_in_the_driver_before_any_actor(ray_local, store, tmp_path):
+    import shutil
+
+    from components.errors import DataError
+
+    path, model_cfg, fb_path = _checkpoint(store, tmp_path, "predcls")
+    bad = shutil.copytree(store, tmp_path / "bad")
+    shard = bad / FeatureStore(bad).manifest.splits["test"][1]["path"]
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    with pytest.raises(DataError, match="checksum"):
+        next(iter(predict_on_ray(path, model_cfg, fb_path, bad, "test", None, actors=2, cpus_per_actor=0.5,
+                                 gpus_per_actor=0.0)))
 
 
 def test_prediction_columns_round_trip_with_and_without_object_predictions(store):
