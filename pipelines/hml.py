@@ -20,7 +20,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -469,12 +469,24 @@ def evaluate_method(method: str, checkpoint: str | Path, cfg: HMLConfig, store: 
     model = load_stage_model(checkpoint, model_cfg, fb_path)
     mdir = ensure_writable_dir(out / method)
     save_predictor(model, mdir / "model.safetensors", extra={"method": method})
+    actors: set[str] = set()
     if cfg.predict_actors:
-        predicted = predict_on_ray(checkpoint, model_cfg, fb_path, cfg.store, cfg.eval_split, cfg.eval_images,
-                                   cfg.predict_actors, cfg.cpus_per_worker, 1.0 if cfg.use_gpu else 0.0)
+        predicted = noting_actors(predict_on_ray(checkpoint, model_cfg, fb_path, cfg.store, cfg.eval_split,
+                                                 cfg.eval_images, cfg.predict_actors, cfg.cpus_per_worker,
+                                                 1.0 if cfg.use_gpu else 0.0), actors)
     else:
         predicted = predict_store(model, store, cfg.eval_split, cfg.eval_images)
-    return evaluate_predictions(predicted, tree, cfg, mdir)
+    result = evaluate_predictions(predicted, tree, cfg, mdir)
+    if cfg.predict_actors:
+        result["prediction_actors"] = len(actors)  # how many of the pool's actors predicted
+    return result
+
+
+def noting_actors(predicted: Iterable[tuple[dict, dict]], seen: set[str]) -> Iterator[tuple[dict, dict]]:
+    """Pass (image, prediction) pairs through, adding each prediction's actor to `seen`."""
+    for img, pred in predicted:
+        seen.add(pred["actor"])
+        yield img, pred
 
 
 def evaluate_predictions(predicted: Iterable[tuple[dict, dict]], tree: PredicateTree, cfg: HMLConfig,

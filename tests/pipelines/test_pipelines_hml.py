@@ -170,7 +170,7 @@ def test_stage_init_previous_starts_from_stage1_and_a_copied_run_stays_cached(ra
                     steps_per_stage=2, checkpoint_every=2, batch_size=4, max_bg_per_image=16, stages=2,
                     stage1_share=None, stage_init="previous", track=False, progress=False, ks=[20],
                     predict_actors=1)
-    run(cfg)
+    assert run(cfg)["methods"]["hml"]["prediction_actors"] == 1
     stage_dirs = sorted((tmp_path / "out" / "stages").glob("hml-stage*"))
     (_, first), (_, second) = (load_checkpoint(d / "final.pt") for d in stage_dirs)
     assert all(torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
