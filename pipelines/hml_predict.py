@@ -154,7 +154,8 @@ class PredictActor:
         torch.set_num_threads(threads)
         self.model = load_stage_model(checkpoint, model_cfg, fb_path).to(device)
         self.batch_images = batch_images
-        self.store, self.entries = FeatureStore(store), FeatureStore(store).manifest.splits[split]
+        self.store = FeatureStore(store)
+        self.entries = self.store.manifest.splits[split]
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, items: pa.Table) -> pa.Table:
@@ -186,6 +187,8 @@ def predict_on_ray(checkpoint: str | Path, model_cfg: dict, fb_path: str | Path 
     for shard, _ in plan:
         fs.read_shard(fs.manifest.splits[split][shard])
     items = [{"shard": shard, "rows": rows} for shard, rows in plan]
+    if not items:  # limit 0: nothing to predict, no pool to start
+        return
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds.context.execution_options.preserve_order = True
     ds.context.wait_for_min_actors_s = 600  # every actor is up before the first shard goes out (the pipeline

@@ -83,6 +83,12 @@ def test_shard_plan_takes_the_first_rows_from_the_manifest(store):
     assert shard_plan(fs, "test", 0) == []
 
 
+def test_no_image_requested_starts_no_pool(store, tmp_path):
+    path, model_cfg, fb_path = _checkpoint(store, tmp_path, "predcls")
+    assert list(predict_on_ray(path, model_cfg, fb_path, store, "test", 0, actors=2, cpus_per_actor=0.5,
+                               gpus_per_actor=0.0)) == []
+
+
 def test_a_corrupt_shard_is_one_data_error_in_the_driver_before_any_actor(ray_local, store, tmp_path):
     import shutil
 
