@@ -14,6 +14,8 @@ numbers.
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -84,13 +86,12 @@ def shard_plan(store: FeatureStore, split: str, limit: int | None) -> list[tuple
     """(shard index in the manifest, rows to take) of each shard of `split` needed for its first `limit` rows
     (all if None), from the manifest's row counts: no shard is opened."""
     store.paths(split)  # DataError for a missing or empty split
-    plan, left = [], limit
+    plan, taken = [], 0
     for i, entry in enumerate(store.manifest.splits[split]):
-        if left is not None and left <= 0:
+        if limit is not None and taken >= limit:
             break
-        rows = int(entry["rows"]) if left is None else min(int(entry["rows"]), left)
-        plan.append((i, rows))
-        left = None if left is None else left - rows
+        plan.append((i, int(entry["rows"]) if limit is None else min(int(entry["rows"]), limit - taken)))
+        taken += plan[-1][1]
     return plan
 
 
@@ -99,11 +100,6 @@ def evaluation_tables(store: FeatureStore, split: str, limit: int | None) -> Ite
     plan = shard_plan(store, split, limit)
     for shard, rows in plan:
         yield store.read_shard(store.manifest.splits[split][shard]).slice(0, rows)
-
-
-def evaluation_images(store: FeatureStore, split: str, limit: int | None) -> Iterator[dict]:
-    """GT scene graphs of the evaluation split, streamed shard by shard (first `limit` images if set)."""
-    return (img for table in evaluation_tables(store, split, limit) for img in scene_graphs(table))
 
 
 def predict_store(model, store: FeatureStore, split: str, limit: int | None,
@@ -146,9 +142,6 @@ class PredictActor:
 
     def __init__(self, checkpoint: str, model_cfg: dict, fb_path: str | None, threads: int, device: str,
                  batch_images: int, store: str, split: str) -> None:
-        import os
-        import socket
-
         import torch
 
         torch.set_num_threads(threads)
@@ -183,10 +176,9 @@ def predict_on_ray(checkpoint: str | Path, model_cfg: dict, fb_path: str | Path 
     from pipelines.ray_runtime import actor_device, actor_threads
 
     fs = FeatureStore(store)
-    plan = shard_plan(fs, split, limit)
-    for shard, _ in plan:
-        fs.read_shard(fs.manifest.splits[split][shard])
-    items = [{"shard": shard, "rows": rows} for shard, rows in plan]
+    for _ in evaluation_tables(fs, split, limit):  # validate in the driver, where a DataError keeps its type
+        pass
+    items = [{"shard": shard, "rows": rows} for shard, rows in shard_plan(fs, split, limit)]
     if not items:  # limit 0: nothing to predict, no pool to start
         return
     ds = ray.data.from_items(items, override_num_blocks=len(items))

@@ -17,3 +17,11 @@ def write_tiny_store(root: Path, shard_size: int) -> Path:
             writer.write(split, shard)
     writer.close()
     return root
+
+
+def store_images(store: Path, split: str, limit: int | None = None) -> list[dict]:
+    """GT scene graphs of a store's split in store order (the first `limit` if set), as the evaluator reads them."""
+    from components.data.store import FeatureStore, scene_graphs
+    from pipelines.hml_predict import evaluation_tables
+
+    return [img for table in evaluation_tables(FeatureStore(store), split, limit) for img in scene_graphs(table)]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sgg_stores import write_tiny_store
+from sgg_stores import store_images, write_tiny_store
 
 from components.data.store import FeatureStore, scene_graphs
 from components.errors import ConfigError
@@ -28,7 +28,7 @@ from pipelines.hml import (
     stage_steps,
     train_statistics,
 )
-from pipelines.hml_predict import evaluation_images, predict_images
+from pipelines.hml_predict import predict_images
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_stage_init_previous_starts_from_stage1_and_a_copied_run_stays_cached(ra
     assert reloaded.build_spec["hidden_dim"] == 8 and reloaded.build_spec["freq_bias"] is True
     assert all(torch.equal(v, second["model"][k]) for k, v in reloaded.state_dict().items())
     saved = list(iter_sgg_predictions(tmp_path / "out" / "hml" / "predictions"))
-    again = [p for _, p in predict_images(reloaded, evaluation_images(FeatureStore(store), cfg.eval_split, cfg.eval_images))]
+    again = [p for _, p in predict_images(reloaded, store_images(store, cfg.eval_split, cfg.eval_images))]
     assert len(again) == len(saved) == 6
     assert all(np.allclose(a["rel_scores"], s["rel_scores"], atol=1e-6) for a, s in zip(again, saved))
     copy = Path(shutil.copytree(tmp_path / "out", tmp_path / "copy"))
@@ -206,7 +206,7 @@ def test_sgcls_two_stage_run_predicts_and_scores_object_labels(ray_local, store,
     metrics = res["methods"]["hml"]["metrics"]
     assert 0.0 <= metrics["object_accuracy"] <= 100.0
     preds = list(iter_sgg_predictions(tmp_path / "out" / "hml" / "predictions"))
-    graphs = list(evaluation_images(FeatureStore(store), cfg.eval_split, cfg.eval_images))
+    graphs = store_images(store, cfg.eval_split, cfg.eval_images)
     assert len(preds) == len(graphs) == 6
     assert all(0.0 < p["pred_scores"].min() and p["pred_scores"].max() < 1.0 for p in preds)  # softmax maxima
     correct = sum(int((p["pred_labels"] == g["labels"]).sum()) for p, g in zip(preds, graphs))

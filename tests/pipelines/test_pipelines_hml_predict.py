@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-from sgg_stores import write_tiny_store
+from sgg_stores import store_images, write_tiny_store
 
 from components.config import config_hash
 from components.data.store import FeatureStore
@@ -12,7 +12,6 @@ from components.hml.checkpoint import save_checkpoint
 from components.models.frequency import frequency_bias
 from pipelines.hml_predict import (
     build_stage_model,
-    evaluation_images,
     load_stage_model,
     predict_images,
     predict_on_ray,
@@ -34,7 +33,7 @@ def _checkpoint(store, tmp_path, mode: str):
     man = FeatureStore(store).manifest
     model_cfg = {"predictor": "motifs", "num_objects": len(man.objects), "num_predicates": len(man.predicates),
                  "feature_dim": man.feature_dim, "hidden_dim": 8, "mode": mode}
-    fb = frequency_bias(evaluation_images(FeatureStore(store), "train", None), len(man.objects), len(man.predicates))
+    fb = frequency_bias(iter(store_images(store, "train")), len(man.objects), len(man.predicates))
     fb_path = tmp_path / "freq_bias.npy"
     np.save(fb_path, fb)
     torch.manual_seed(3)
@@ -69,7 +68,7 @@ def test_driver_path_batches_within_shards_and_equals_per_image_prediction(store
     path, model_cfg, fb_path = _checkpoint(store, tmp_path, "predcls")
     model = load_stage_model(path, model_cfg, fb_path)
     batched = list(predict_store(model, FeatureStore(store), "test", None, batch_images=8))
-    alone = list(predict_images(model, evaluation_images(FeatureStore(store), "test", None), batch_images=1))
+    alone = list(predict_images(model, store_images(store, "test"), batch_images=1))
     assert len(batched) == 6 == len(alone)
     for (_, b), (_, a) in zip(batched, alone):
         np.testing.assert_array_equal(b["pairs"], a["pairs"])
