@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.data.planted_sgg import PlantedSGGConfig, build_world, generate_split
-from components.data.store import StoreWriter
+from components.data.store import FeatureStore, StoreWriter, scene_graphs
+from pipelines.hml_predict import evaluation_tables
 
 
 def write_tiny_store(root: Path, shard_size: int) -> Path:
@@ -21,7 +22,4 @@ def write_tiny_store(root: Path, shard_size: int) -> Path:
 
 def store_images(store: Path, split: str, limit: int | None = None) -> list[dict]:
     """GT scene graphs of a store's split in store order (the first `limit` if set), as the evaluator reads them."""
-    from components.data.store import FeatureStore, scene_graphs
-    from pipelines.hml_predict import evaluation_tables
-
     return [img for table in evaluation_tables(FeatureStore(store), split, limit) for img in scene_graphs(table)]
