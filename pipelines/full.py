@@ -58,7 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # far longer without bf16 (README, "What make run does")
     "default": {},
     # the default benchmark with 4x the diffusion training samples (4,000 steps x 512 at lr 1e-3: tail
-    # fidelity 39-44% against the default's 22-26%; ~10 min of training on a 2-core AMX CPU; README, Results)
+    # fidelity 39-44% against the default's 22-26%; ~10 min of training on a 2-core AMX CPU; docs/experiments.md)
     "long-diffusion": {
         "diffaug": {"diffusion": {"steps": 4000, "batch_size": 512, "lr": 1e-3}},
     },

@@ -41,7 +41,7 @@ class DiffusionConfig:
     prediction_type: str = field(default="sample", metadata={"choices": ("sample", "epsilon", "v_prediction")})
     # 2,000 x 256 at peak lr 5e-3 (OneCycle) makes a generator as faithful as real samples on vrr-planted
     # (tail fidelity 26% / 22% / 29%, seeds 0-2, real 25%); 1,000 x 128 at 3e-4, the old default, learnt
-    # almost nothing of the condition (3%); lr 1e-2 was seed-dependent (32% / 4%) and 3e-2 diverged (README)
+    # almost nothing of the condition (3%); lr 1e-2 was seed-dependent (32% / 4%) and 3e-2 diverged (docs/experiments.md)
     lr: float = field(default=5e-3, metadata={"range": (0.0, 1.0)})
     weight_decay: float = field(default=0.0, metadata={"range": (0.0, 1.0)})
     steps: int = field(default=2000, metadata={"range": (1, None)})

@@ -30,7 +30,7 @@ def hit_rate(classifier_fn: Callable, feats: np.ndarray, labels: np.ndarray, nam
     return float((logits.argmax(1) == labels).mean())
 
 
-SPREAD_BOUNDS = (1 / 3, 3.0)  # outside: the generator has diverged or collapsed (lr 3e-2 gave 31x; README)
+SPREAD_BOUNDS = (1 / 3, 3.0)  # outside: the generator has diverged or collapsed (lr 3e-2 gave 31x; docs/experiments.md)
 
 
 def spread_ratio(generated: np.ndarray, real: np.ndarray) -> float:
