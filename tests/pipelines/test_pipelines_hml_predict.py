@@ -44,10 +44,15 @@ def _checkpoint(store, tmp_path, mode: str):
 
 
 @pytest.mark.parametrize("mode", ["predcls", "sgcls"])
-def test_ray_actor_pool_predicts_what_the_driver_predicts(ray_local, store, tmp_path, mode):
+def test_ray_actor_pool_predicts_what_the_driver_predicts(ray_local, store, tmp_path, mode, monkeypatch):
     path, model_cfg, fb_path = _checkpoint(store, tmp_path, mode)
     model = load_stage_model(path, model_cfg, fb_path)
     want = list(predict_store(model, FeatureStore(store), "test", 5, batch_images=2))
+
+    def no_driver_reads(*args, **kwargs):
+        raise AssertionError("the driver read a shard: only the actors should")
+
+    monkeypatch.setattr(FeatureStore, "read_shard", no_driver_reads)  # this process only, not the actors
     got = list(predict_on_ray(path, model_cfg, fb_path, store, "test", 5, actors=2, cpus_per_actor=0.5,
                               gpus_per_actor=0.0, batch_images=2))
     assert [g["image_id"] for g, _ in got] == [w["image_id"] for w, _ in want] and len(got) == 5  # limit, order
@@ -88,18 +93,30 @@ def test_no_image_requested_starts_no_pool(store, tmp_path):
                                gpus_per_actor=0.0)) == []
 
 
-def test_a_corrupt_shard_is_one_data_error_in_the_driver_before_any_actor(ray_local, store, tmp_path):
+def test_a_corrupt_shard_is_the_actors_data_error_raised_in_the_driver(ray_local, store, tmp_path):
     import shutil
 
     from components.errors import DataError
 
     path, model_cfg, fb_path = _checkpoint(store, tmp_path, "predcls")
     bad = shutil.copytree(store, tmp_path / "bad")
-    shard = bad / FeatureStore(bad).manifest.splits["test"][1]["path"]
+    entry = FeatureStore(bad).manifest.splits["test"][1]
+    shard = bad / entry["path"]
     shard.write_bytes(shard.read_bytes()[:100])  # truncated
-    with pytest.raises(DataError, match="checksum"):
-        next(iter(predict_on_ray(path, model_cfg, fb_path, bad, "test", None, actors=2, cpus_per_actor=0.5,
-                                 gpus_per_actor=0.0)))
+    with pytest.raises(DataError, match="checksum") as err:
+        list(predict_on_ray(path, model_cfg, fb_path, bad, "test", None, actors=2, cpus_per_actor=0.5,
+                            gpus_per_actor=0.0))
+    assert type(err.value) is DataError and entry["path"] in str(err.value)  # the store's own error, not Ray's
+
+
+def test_actor_input_error_carries_the_project_error_through_pickle():
+    import pickle
+
+    from components.errors import DataError
+    from pipelines.hml_predict import ActorInputError
+
+    wrapped = pickle.loads(pickle.dumps(ActorInputError(DataError("shard x", "checksum mismatch", "sha256"))))
+    assert type(wrapped.error) is DataError and str(wrapped.error) == str(DataError("shard x", "checksum mismatch", "sha256"))
 
 
 def test_prediction_columns_round_trip_with_and_without_object_predictions(store):
