@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from components.data.detector import BoxFeatureExtractor, DetectorConfig
 from components.data.schema import RELATION_SAMPLE, SCENE_GRAPH, schema_for
 from components.data.store import StoreWriter, rows_to_table
 from components.errors import ConfigError, DataError
+from pipelines.actor_errors import carry_input_errors, input_errors_raised, wrapped_input_errors
 from pipelines.cli import exit_code
 from pipelines.ray_runtime import actor_device, actor_threads, init_ray
 
@@ -125,10 +125,11 @@ class FeatureActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows: list[dict] = []
-        for r in batch.to_pylist():
-            image = load_rgb(r["path"])
-            rows += self._scene_graph(r, image) if self.kind == SCENE_GRAPH else self._relations(r, image)
-        return rows_to_table(rows, self.schema)
+        with wrapped_input_errors():  # a bad image reaches the driver as its own DataError
+            for r in batch.to_pylist():
+                image = load_rgb(r["path"])
+                rows += self._scene_graph(r, image) if self.kind == SCENE_GRAPH else self._relations(r, image)
+            return rows_to_table(rows, self.schema)
 
     def _scene_graph(self, r: dict, image: np.ndarray) -> list[dict]:
         """One scene-graph row: boxes (annotation pixels) rescaled to the real image size for pooling."""
@@ -152,19 +153,13 @@ class FeatureActor:
 def feature_dataset(cfg: FeaturesConfig, inputs: pa.Table, kind: str) -> ray.data.Dataset:
     """Input rows -> actor-pool map_batches -> store rows, in input order."""
     k = cfg.images_per_call
-    ds = ray.data.from_arrow([inputs.slice(i, k) for i in range(0, inputs.num_rows, k)] or [inputs])
+    ds = carry_input_errors(ray.data.from_arrow([inputs.slice(i, k) for i in range(0, inputs.num_rows, k)] or [inputs]))
     ds.context.execution_options.preserve_order = True
     return ds.map_batches(FeatureActor, fn_constructor_kwargs={"detector": to_dict(cfg.detector), "kind": kind,
                                                                "dtype": cfg.dtype, "threads": actor_threads(cfg.cpus_per_actor),
                                                                "device": actor_device(cfg.gpus_per_actor)},
                           compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cfg.cpus_per_actor,
                           num_gpus=cfg.gpus_per_actor, batch_size=k, batch_format="pyarrow")
-
-
-def _actor_error(e: BaseException) -> DataError | None:
-    """One clear DataError for an InputError raised inside an actor (Ray passes only its text along)."""
-    found = re.findall(r"components\.errors\.\w+: (.+)", str(e))
-    return DataError("feature actor", found[-1]) if found else None
 
 
 def _check_images(table: pa.Table) -> None:
@@ -193,18 +188,12 @@ def write_features(cfg: FeaturesConfig) -> Path:
     buffers: dict[str, list[pa.Table]] = defaultdict(list)
     with atomic_dir(cfg.out) as tmp:
         writer = StoreWriter(tmp, kind, cfg.detector.feature_dim, objects, predicates, dtype=cfg.dtype, meta=meta)  # type: ignore[arg-type]
-        try:
-            with tqdm(total=inputs.num_rows, desc=f"features {cfg.dataset}", unit="img") as bar:
-                for out in feature_dataset(cfg, inputs, kind).iter_batches(batch_size=None, batch_format="pyarrow"):
-                    bar.update(len(set(out.column("image_id").to_pylist())))
-                    for split in set(out.column("split").to_pylist()):
-                        buffers[split].append(out.filter(pc.equal(out.column("split"), split)))
-                        _flush(writer, split, buffers[split], cfg.shard_rows)
-        except Exception as e:
-            err = _actor_error(e)
-            if err is None:
-                raise
-            raise err from None
+        with input_errors_raised(), tqdm(total=inputs.num_rows, desc=f"features {cfg.dataset}", unit="img") as bar:
+            for out in feature_dataset(cfg, inputs, kind).iter_batches(batch_size=None, batch_format="pyarrow"):
+                bar.update(len(set(out.column("image_id").to_pylist())))
+                for split in set(out.column("split").to_pylist()):
+                    buffers[split].append(out.filter(pc.equal(out.column("split"), split)))
+                    _flush(writer, split, buffers[split], cfg.shard_rows)
         for split in cfg.splits:
             _flush(writer, split, buffers[split], cfg.shard_rows, final=True)
         writer.close()

@@ -7,7 +7,7 @@ evaluation image, streamed shard by shard. Two places run it, with the same resu
   read, validate and predict them; their output rows come back in store order as the store's columns plus
   the prediction columns of `PREDICTION_FIELDS`, which the driver decodes into the same (image, prediction)
   pairs the driver path yields. The driver never reads a shard itself: a bad one is the actor's DataError,
-  re-raised in the driver with its type and message (`ActorInputError`).
+  re-raised in the driver with its type and message (pipelines/actor_errors.py).
 
 Both paths group images `batch_images` at a time within a shard (never across two), so they compute the same
 numbers.
@@ -22,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from ray.exceptions import RayTaskError, UserCodeException
 
 from components.config import config_hash
 from components.data.store import FeatureStore, scene_graphs
-from components.errors import InputError
 from components.hml.checkpoint import load_checkpoint
 from components.models.checkpoint import load_predictor_state
 from components.models.registry import build_predictor
+from pipelines.actor_errors import carry_input_errors, input_errors_raised, wrapped_input_errors
 
 # Per image, flattened row-major: pairs (P, 2), rel_scores (P, C + 1); SGCls only (null in PredCls): each
 # object's predicted label (1..C_obj) and its softmax probability.
@@ -138,25 +137,11 @@ def predicted_rows(table: pa.Table, num_predicates: int) -> Iterator[tuple[dict,
         yield img, pred
 
 
-class ActorInputError(UserCodeException):
-    """A project error (`InputError` and subclasses: DataError, ...) raised in a prediction actor, carried
-    whole to the driver, which re-raises `error` itself. Ray Data wraps any other UDF exception in its own,
-    which reaches the driver as text only; as a `UserCodeException` this one is also logged as an error of
-    user code, not as an internal Ray error."""
-
-    def __init__(self, error: InputError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-    def __reduce__(self) -> tuple:
-        return type(self), (self.error,)
-
-
 class PredictActor:
     """Ray Data actor: one stage model in eval mode on `device`; a batch of (shard, rows) items -> those
     shards' first rows (read and validated here, checksum included, where the model is) plus their
-    predictions (`prediction_columns`) and the actor's identity (`pred_actor`, "host:pid"). A bad shard
-    raises `ActorInputError` around the store's DataError."""
+    predictions (`prediction_columns`) and the actor's identity (`pred_actor`, "host:pid"). A bad shard's
+    DataError leaves as `ActorInputError` (pipelines/actor_errors.py)."""
 
     def __init__(self, checkpoint: str, model_cfg: dict, fb_path: str | None, threads: int, device: str,
                  batch_images: int, store: str, split: str) -> None:
@@ -172,10 +157,8 @@ class PredictActor:
     def __call__(self, items: pa.Table) -> pa.Table:
         tables = []
         for shard, rows in zip(items.column("shard").to_pylist(), items.column("rows").to_pylist()):
-            try:
+            with wrapped_input_errors():
                 table = self.store.read_shard(self.entries[shard]).slice(0, rows)
-            except InputError as e:
-                raise ActorInputError(e) from None
             preds = [p for _, p in predict_images(self.model, scene_graphs(table), self.batch_images)]
             tables.append(prediction_columns(table, preds))
         out = pa.concat_tables(tables)
@@ -203,24 +186,19 @@ def predict_on_ray(checkpoint: str | Path, model_cfg: dict, fb_path: str | Path 
         return
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds.context.execution_options.preserve_order = True
-    ds.context.raise_original_map_exception = True  # ActorInputError as raised, not wrapped (its payload lost)
     ds.context.wait_for_min_actors_s = 600  # every actor is up before the first shard goes out (the pipeline
     # checked that the cluster holds them), and with one shard in flight per actor, no actor takes them all
     kwargs = {"checkpoint": str(Path(checkpoint).resolve()), "model_cfg": model_cfg,
               "fb_path": str(Path(fb_path).resolve()) if fb_path else None,
               "threads": actor_threads(cpus_per_actor), "device": actor_device(gpus_per_actor),
               "batch_images": batch_images, "store": str(Path(store).resolve()), "split": split}
-    out = ds.map_batches(PredictActor, fn_constructor_kwargs=kwargs,
+    out = carry_input_errors(ds).map_batches(PredictActor, fn_constructor_kwargs=kwargs,
                          compute=ray.data.ActorPoolStrategy(size=min(actors, len(items)),
                                                            max_tasks_in_flight_per_actor=1),
                          num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, batch_size=1, batch_format="pyarrow")
-    try:
+    with input_errors_raised():
         for table in out.iter_batches(batch_size=None, batch_format="pyarrow"):
             actor = table.column("pred_actor").to_pylist()
             for (img, pred), name in zip(predicted_rows(table.drop_columns(["pred_actor"]),
                                                         model_cfg["num_predicates"]), actor):
                 yield img, {**pred, "actor": name}
-    except RayTaskError as e:
-        if isinstance(e.cause, ActorInputError):
-            raise e.cause.error from None
-        raise

@@ -109,14 +109,6 @@ def test_a_corrupt_shard_is_the_actors_data_error_raised_in_the_driver(ray_local
     assert type(err.value) is DataError and entry["path"] in str(err.value)  # the store's own error, not Ray's
 
 
-def test_actor_input_error_carries_the_project_error_through_pickle():
-    import pickle
-
-    from components.errors import DataError
-    from pipelines.hml_predict import ActorInputError
-
-    wrapped = pickle.loads(pickle.dumps(ActorInputError(DataError("shard x", "checksum mismatch", "sha256"))))
-    assert type(wrapped.error) is DataError and str(wrapped.error) == str(DataError("shard x", "checksum mismatch", "sha256"))
 
 
 def test_prediction_columns_round_trip_with_and_without_object_predictions(store):

@@ -1,0 +1,54 @@
+"""Project errors raised inside Ray Data actors, carried to the driver with their type and message.
+
+Ray Data wraps an exception of a map UDF in its own `UserCodeException`, and the original reaches the
+driver only as text in a traceback. A UDF that raises `ActorInputError` around an `InputError` (DataError,
+ConfigError, ...) on a dataset with `carry_input_errors` set reaches the driver whole: `input_errors_raised`
+re-raises the project error itself, so a bad file is one clear line however many processes away it was read.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import ray.data
+from ray.exceptions import RayTaskError, UserCodeException
+
+from components.errors import InputError
+
+
+class ActorInputError(UserCodeException):
+    """An `InputError` raised in an actor (as a `UserCodeException`, Ray Data logs it as an error of user code,
+    not as an internal Ray error); `__reduce__` keeps the wrapped error across pickling."""
+
+    def __init__(self, error: InputError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.error,)
+
+
+@contextmanager
+def wrapped_input_errors() -> Iterator[None]:
+    """In an actor: re-raise an `InputError` from the block as `ActorInputError`."""
+    try:
+        yield
+    except InputError as e:
+        raise ActorInputError(e) from None
+
+
+def carry_input_errors(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """`ds` with its map UDFs' exceptions raised as they are, not wrapped (the wrapper drops their payload)."""
+    ds.context.raise_original_map_exception = True
+    return ds
+
+
+@contextmanager
+def input_errors_raised() -> Iterator[None]:
+    """In the driver, around consuming a dataset: an actor's `ActorInputError` becomes its project error."""
+    try:
+        yield
+    except RayTaskError as e:
+        if isinstance(e.cause, ActorInputError):
+            raise e.cause.error from None
+        raise
