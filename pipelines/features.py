@@ -153,7 +153,8 @@ class FeatureActor:
 def feature_dataset(cfg: FeaturesConfig, inputs: pa.Table, kind: str) -> ray.data.Dataset:
     """Input rows -> actor-pool map_batches -> store rows, in input order."""
     k = cfg.images_per_call
-    ds = carry_input_errors(ray.data.from_arrow([inputs.slice(i, k) for i in range(0, inputs.num_rows, k)] or [inputs]))
+    blocks = [inputs.slice(i, k) for i in range(0, inputs.num_rows, k)] or [inputs]
+    ds = carry_input_errors(ray.data.from_arrow(blocks))
     ds.context.execution_options.preserve_order = True
     return ds.map_batches(FeatureActor, fn_constructor_kwargs={"detector": to_dict(cfg.detector), "kind": kind,
                                                                "dtype": cfg.dtype, "threads": actor_threads(cfg.cpus_per_actor),

@@ -184,7 +184,7 @@ def predict_on_ray(checkpoint: str | Path, model_cfg: dict, fb_path: str | Path 
     items = [{"shard": shard, "rows": rows} for shard, rows in shard_plan(fs, split, limit)]
     if not items:  # limit 0: nothing to predict, no pool to start
         return
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = carry_input_errors(ray.data.from_items(items, override_num_blocks=len(items)))
     ds.context.execution_options.preserve_order = True
     ds.context.wait_for_min_actors_s = 600  # every actor is up before the first shard goes out (the pipeline
     # checked that the cluster holds them), and with one shard in flight per actor, no actor takes them all
@@ -192,7 +192,7 @@ def predict_on_ray(checkpoint: str | Path, model_cfg: dict, fb_path: str | Path 
               "fb_path": str(Path(fb_path).resolve()) if fb_path else None,
               "threads": actor_threads(cpus_per_actor), "device": actor_device(gpus_per_actor),
               "batch_images": batch_images, "store": str(Path(store).resolve()), "split": split}
-    out = carry_input_errors(ds).map_batches(PredictActor, fn_constructor_kwargs=kwargs,
+    out = ds.map_batches(PredictActor, fn_constructor_kwargs=kwargs,
                          compute=ray.data.ActorPoolStrategy(size=min(actors, len(items)),
                                                            max_tasks_in_flight_per_actor=1),
                          num_cpus=cpus_per_actor, num_gpus=gpus_per_actor, batch_size=1, batch_format="pyarrow")

@@ -109,8 +109,6 @@ def test_a_corrupt_shard_is_the_actors_data_error_raised_in_the_driver(ray_local
     assert type(err.value) is DataError and entry["path"] in str(err.value)  # the store's own error, not Ray's
 
 
-
-
 def test_prediction_columns_round_trip_with_and_without_object_predictions(store):
     table = next(FeatureStore(store).iter_tables("test")).slice(0, 2)
     preds = [{"image_id": "a", "pairs": np.array([[0, 1], [1, 0]]), "rel_scores": np.full((2, 4), 0.25, np.float32)},
