@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import ray.data
 from ray.exceptions import RayTaskError, UserCodeException
 
 from components.errors import InputError
+
+if TYPE_CHECKING:  # importing ray.data costs ~1.2 s: not at import time of a module that may not use it
+    import ray.data
 
 
 class ActorInputError(UserCodeException):

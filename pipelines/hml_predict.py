@@ -28,7 +28,6 @@ from components.data.store import FeatureStore, scene_graphs
 from components.hml.checkpoint import load_checkpoint
 from components.models.checkpoint import load_predictor_state
 from components.models.registry import build_predictor
-from pipelines.actor_errors import carry_input_errors, input_errors_raised, wrapped_input_errors
 
 # Per image, flattened row-major: pairs (P, 2), rel_scores (P, C + 1); SGCls only (null in PredCls): each
 # object's predicted label (1..C_obj) and its softmax probability.
@@ -155,6 +154,8 @@ class PredictActor:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, items: pa.Table) -> pa.Table:
+        from pipelines.actor_errors import wrapped_input_errors  # imports Ray: only where Ray runs this
+
         tables = []
         for shard, rows in zip(items.column("shard").to_pylist(), items.column("rows").to_pylist()):
             with wrapped_input_errors():
@@ -178,6 +179,7 @@ def predict_on_ray(checkpoint: str | Path, model_cfg: dict, fb_path: str | Path 
     publishes a complete directory)."""
     import ray
 
+    from pipelines.actor_errors import carry_input_errors, input_errors_raised
     from pipelines.ray_runtime import actor_device, actor_threads
 
     fs = FeatureStore(store)
