@@ -22,8 +22,8 @@ either an n x n matmul or the denoiser's own largest GEMM shape (all threads): u
 matmul can measure below the short GEMM, and a ceiling some matmul beats would flatter the fraction. The
 FLOPs are counted analytically from the modules that run (every nn.Linear: 2 * rows * in * out; every
 nn.MultiheadAttention, the denoiser's Attention subclass included: its q/k/v/out projections and
-4 * B * Tq * Tk * E for scores and mixing), with the condition encoded once per batch and the denoiser once
-per step (x2 rows under guidance), exactly what `sample_features` executes. torch.utils.flop_counter's
+4 * B * Tq * Tk * E for scores and mixing), with the condition and its cross-attention keys/values computed
+once per batch and the denoiser once per step (x2 rows under guidance), exactly what `sample_features` executes. torch.utils.flop_counter's
 FlopCounterMode counts the same chain (encoder and denoiser) as a check, reported next to it: the
 denoiser's attention is plain matmuls, so the two counts agree exactly (tested).
 Why the fraction is what it is: `sampling_matmul_time_share` (profiler: share of self CPU time in matmul ops
@@ -36,6 +36,7 @@ depend on the weights).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import statistics
@@ -51,11 +52,13 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.machine import best_matmul_seconds, matmul_ceiling, start_local_ray
+from components.diffaug.denoiser import Condition, Denoiser
 from components.diffaug.diffusion import (
     DiffusionBundle,
     DiffusionConfig,
     autocast_dtype,
     build_denoiser,
+    cpu_has_bf16,
     save_bundle,
 )
 from components.diffaug.sampling import inference_bundle, inference_model, sample_features
@@ -87,24 +90,42 @@ def _setup(quick: bool) -> tuple[DiffusionBundle, dict, int]:
 
 
 class AnalyticFlops:
-    """Counts matmul FLOPs of the nn.Linear and nn.MultiheadAttention modules a model runs (forward hooks)."""
+    """Counts matmul FLOPs of the nn.Linear and nn.MultiheadAttention modules a model runs (forward hooks; the
+    denoiser's Attention: q/out projections, scores and mixing per call, its key/value projections where they
+    run, in `project_kv`, which sampling calls once per batch for the condition and per step for the timestep)."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model, self.flops, self._hooks = model, 0, []
+        self.model, self.flops, self._hooks, self._wrapped = model, 0, [], []
 
     def _linear(self, m: nn.Linear, args: tuple, _out: torch.Tensor) -> None:
         self.flops += 2 * (args[0].numel() // m.in_features) * m.in_features * m.out_features
 
-    def _mha(self, m: nn.MultiheadAttention, args: tuple, _out: object) -> None:
-        q = args[0]  # batch_first (B, T, E); the denoiser's Attention is called without a context for self-attention
-        k = args[1] if len(args) > 1 and args[1] is not None else q
-        e, tq, tk, b = m.embed_dim, q.shape[1], k.shape[1], q.shape[0]
-        self.flops += 2 * e * e * b * (2 * tq + 2 * tk) + 4 * b * tq * tk * e
+    def _mha(self, m: nn.MultiheadAttention, args: tuple, kwargs: dict, _out: object) -> None:
+        q = args[0]  # batch_first (B, T, E)
+        context = args[1] if len(args) > 1 else kwargs.get("context")
+        kv = kwargs.get("kv")
+        e, tq, b = m.embed_dim, q.shape[1], q.shape[0]
+        if context is None and kv is None:  # self-attention: q/k/v and out projections of the queries
+            self.flops += 2 * e * e * b * 4 * tq + 4 * b * tq * tq * e
+            return
+        tk = (kv if kv is not None else context).shape[1]  # keys/values: counted in project_kv
+        self.flops += 2 * e * e * b * 2 * tq + 4 * b * tq * tk * e
+
+    def _counting_project_kv(self, m: nn.MultiheadAttention):
+        project = type(m).project_kv.__get__(m)
+
+        def counted(context: torch.Tensor) -> torch.Tensor:
+            self.flops += 2 * (context.numel() // m.embed_dim) * m.embed_dim * 2 * m.embed_dim
+            return project(context)
+        return counted
 
     def __enter__(self) -> Self:
         for mod in self.model.modules():
             if isinstance(mod, nn.MultiheadAttention):
-                self._hooks.append(mod.register_forward_hook(self._mha))
+                self._hooks.append(mod.register_forward_hook(self._mha, with_kwargs=True))
+                if hasattr(mod, "project_kv"):
+                    mod.project_kv = self._counting_project_kv(mod)
+                    self._wrapped.append(mod)
             elif isinstance(mod, nn.Linear) and not isinstance(mod, nn.modules.linear.NonDynamicallyQuantizableLinear):
                 self._hooks.append(mod.register_forward_hook(self._linear))  # MHA's out_proj runs functionally
         return self
@@ -112,6 +133,8 @@ class AnalyticFlops:
     def __exit__(self, *exc: object) -> None:
         for h in self._hooks:
             h.remove()
+        for mod in self._wrapped:
+            del mod.project_kv
 
 
 def _inputs(req: dict, rows: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
@@ -123,14 +146,14 @@ def _inputs(req: dict, rows: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...
 
 
 def flops_per_sample(bundle: DiffusionBundle, req: dict, batch: int) -> dict[str, float]:
-    """Matmul FLOPs of one full sampling chain (condition encoder once, denoiser once per step) per sample,
-    counted on the same calls two ways: analytic (used) and FlopCounterMode (reported as a check)."""
+    """Matmul FLOPs of one full sampling chain (condition encoder and its keys/values once, denoiser once per
+    step) per sample, counted on the same calls two ways: analytic (used) and FlopCounterMode (a check)."""
     m, steps = inference_model(bundle), bundle.cfg.num_inference_steps
     guided = 2 if bundle.cfg.guidance_scale != 1.0 else 1
     x, t, text, mask, hard, drop = _inputs(req, guided * batch, autocast_dtype(bundle.cfg))
     with torch.inference_mode():
         with AnalyticFlops(m) as enc, FlopCounterMode(display=False) as fc_enc:
-            cond = m.encode_condition(text, mask, hard, drop)
+            cond = m.cache_context(m.encode_condition(text, mask, hard, drop))
         with AnalyticFlops(m) as den, FlopCounterMode(display=False) as fc_den:
             m.denoise(x, t, cond)
     return {"analytic": (enc.flops + steps * den.flops) / batch,
@@ -142,7 +165,7 @@ def matmul_time_share(bundle: DiffusionBundle, req: dict, batch: int) -> float:
     m = inference_model(bundle)
     x, t, text, mask, hard, drop = _inputs(req, 2 * batch, autocast_dtype(bundle.cfg))
     with torch.inference_mode():
-        cond = m.encode_condition(text, mask, hard, drop)
+        cond = m.cache_context(m.encode_condition(text, mask, hard, drop))
         m.denoise(x, t, cond)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             m.denoise(x, t, cond)
@@ -310,7 +333,78 @@ def run(quick: bool = False, repeats: int | None = None) -> dict:
                 "sampling_fp32_gemm_fraction": statistics.median(gemm32)} if inproc32 else {}),
             "sampling_dtype": str(dtype).replace("torch.", ""), "sampling_n": n, "sampling_batch": batch,
             "sampling_steps": bundle.cfg.num_inference_steps, "sampling_repeats": repeats,
-            "sampling_loadavg_1min": os.getloadavg()[0]}
+            "sampling_loadavg_1min": os.getloadavg()[0], **paper_scale(quick, 1 if quick else 3)}
+
+
+PAPER_TEXT_TOKENS, PAPER_TEXT_DIM = 77, 768  # open_clip ViT-L-14's text context length and width
+
+
+def _paper_setup(quick: bool) -> tuple[Denoiser, int, int]:
+    """The `paper` preset's denoiser (pipelines/full.py: its feature dimension, K, hidden size, layers, heads;
+    77 CLIP text tokens of 768-d), untrained, with its DDIM step count and a CPU-sized batch. Quick: the same
+    shape at a quarter of the width and two layers, for the smoke test."""
+    from pipelines.full import PRESETS
+
+    paper = PRESETS["paper"]
+    den = paper["diffaug"]["diffusion"]
+    hidden, layers = (den["hidden"] // 4, 2) if quick else (den["hidden"], den["layers"])
+    torch.manual_seed(0)
+    model = Denoiser(paper["vrr"]["feature_dim"], PAPER_TEXT_DIM, paper["diffaug"]["hardness_k"], hidden=hidden,
+                     layers=layers, heads=den["heads"]).eval()
+    return model, den["num_inference_steps"], 16 if quick else 64
+
+
+def _step_seconds(model: Denoiser, args: tuple, cond: Condition) -> float:
+    """Wall seconds of one denoiser step on `cond`."""
+    t0 = time.perf_counter()
+    model.denoise(args[0], args[1], cond)
+    return time.perf_counter() - t0
+
+
+def paper_scale(quick: bool = False, repeats: int = 3) -> dict:
+    """At the `paper` preset's sizes (what a GPU run samples 96K features with), one guided denoiser step as
+    sampling runs it (condition keys/values cached) against the same step projecting them anew each step
+    (`sampling_paper_kv_cache_speedup`, interleaved, medians), and the cached chain's FLOP fraction of the
+    matmul ceiling in each compute dtype this CPU has (the condition encoded once per 50-step chain)."""
+    cores = os.cpu_count() or 1
+    base, steps, batch = _paper_setup(quick)
+    dtypes = [torch.float32] + ([torch.bfloat16] if cpu_has_bf16() else [])
+    out: dict = {"sampling_paper_hidden": base.blocks[0].n1.normalized_shape[0], "sampling_paper_batch": batch}
+    old = torch.get_num_threads()
+    torch.set_num_threads(cores)
+    try:
+        for dtype in dtypes:
+            model = copy.deepcopy(base).to(dtype)
+            rows = 2 * batch
+            drop = torch.arange(rows) >= batch
+            text = torch.randn(rows, PAPER_TEXT_TOKENS, PAPER_TEXT_DIM).to(dtype)
+            mask = torch.ones(rows, PAPER_TEXT_TOKENS, dtype=torch.bool)
+            hard = torch.rand(rows, model.hardness_dim).to(dtype)
+            args = (torch.randn(rows, model.feature_dim).to(dtype), torch.full((rows,), 500))
+            with torch.inference_mode():
+                with AnalyticFlops(model) as enc:
+                    cond = model.encode_condition(text, mask, hard, drop)
+                    cached = model.cache_context(cond)
+                with AnalyticFlops(model) as den:
+                    model.denoise(*args, cached)
+                t_enc, t_plain, t_cached, ceil = [], [], [], []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    model.cache_context(model.encode_condition(text, mask, hard, drop))
+                    t_enc.append(time.perf_counter() - t0)
+                    t_plain.append(_step_seconds(model, args, cond))
+                    t_cached.append(_step_seconds(model, args, cached))
+                    square = _ceiling(dtype, cores)
+                    gemm = gemm_fraction(rows * model.tokens, out["sampling_paper_hidden"], dtype, square, cores, 2)
+                    ceil.append(square * max(1.0, gemm))
+            chain = statistics.median(t_enc) + steps * statistics.median(t_cached)
+            name = "" if dtype == torch.float32 else "_bf16"
+            out[f"sampling_paper_flops_fraction{name}"] = (enc.flops + steps * den.flops) / chain / statistics.median(ceil)
+            out[f"sampling_paper_kv_cache_speedup{name}"] = statistics.median(t_plain) / statistics.median(t_cached)
+            out[f"sampling_paper_vectors_per_s{name}"] = batch / chain
+    finally:
+        torch.set_num_threads(old)
+    return out
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ class Condition(NamedTuple):
     tokens: torch.Tensor
     keep: torch.Tensor
     pooled: torch.Tensor
+    kv: tuple[torch.Tensor, ...] | None = None  # per block: cross-attention keys/values (B, L, 2H), `cache_context`
 
 
 class Attention(nn.MultiheadAttention):
@@ -48,17 +49,24 @@ class Attention(nn.MultiheadAttention):
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__(embed_dim, num_heads, batch_first=True)
 
+    def project_kv(self, context: torch.Tensor) -> torch.Tensor:
+        """Keys and values of `context` (B, Lk, E) side by side, (B, Lk, 2E): what `forward` attends to."""
+        e = self.embed_dim
+        return nn.functional.linear(context, self.in_proj_weight[e:], self.in_proj_bias[e:])
+
     def forward(self, query: torch.Tensor, context: torch.Tensor | None = None,  # type: ignore[override]
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention without `context` and `kv`; cross-attention over `context`, or over keys/values
+        `kv` already projected by `project_kv` (then `context` is not read)."""
         e, heads = self.embed_dim, self.num_heads
         b, lq = query.shape[0], query.shape[1]
         w, bias = self.in_proj_weight, self.in_proj_bias
-        if context is None:
+        if context is None and kv is None:
             q, k, v = nn.functional.linear(query, w, bias).view(b, lq, 3, heads, e // heads).permute(2, 0, 3, 1, 4)
         else:
-            lk = context.shape[1]
+            kv = self.project_kv(context) if kv is None else kv
             q = nn.functional.linear(query, w[:e], bias[:e]).view(b, lq, heads, e // heads).transpose(1, 2)
-            k, v = nn.functional.linear(context, w[e:], bias[e:]).view(b, lk, 2, heads, e // heads).permute(2, 0, 3, 1, 4)
+            k, v = kv.view(b, kv.shape[1], 2, heads, e // heads).permute(2, 0, 3, 1, 4)
         scores = torch.matmul(q, k.transpose(-1, -2)) * (e // heads) ** -0.5
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
@@ -81,11 +89,15 @@ class _Block(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x: torch.Tensor, cvec: torch.Tensor, ctx: torch.Tensor, ctx_pad: torch.Tensor) -> torch.Tensor:
+    def context_kv(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Cross-attention keys/values (B, L, 2H) of condition tokens `ctx` (B, L, H)."""
+        return self.cross_attn.project_kv(self.nc(ctx))
+
+    def forward(self, x: torch.Tensor, cvec: torch.Tensor, kv: torch.Tensor, ctx_pad: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(cvec)[:, None, :].chunk(6, dim=-1)
         h = torch.addcmul(sh1, self.n1(x), 1 + sc1)  # fused x * (1 + scale) + shift: one pass, not two
         x = torch.addcmul(x, g1, self.self_attn(h))
-        x = x + self.cross_attn(self.n2(x), self.nc(ctx), ctx_pad)
+        x = x + self.cross_attn(self.n2(x), key_padding_mask=ctx_pad, kv=kv)
         return torch.addcmul(x, g2, self.mlp(torch.addcmul(sh2, self.n3(x), 1 + sc2)))
 
 
@@ -157,14 +169,28 @@ class Denoiser(nn.Module):
         pooled = torch.where(cond_keep.any(1)[:, None], pooled, self.null[:, 0].to(pooled.dtype))
         return Condition(cond, cond_keep, pooled)
 
-    def _context(self, temb: torch.Tensor, cond: Condition) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Condition tokens (B, L, H), their padding mask (B, L) (True = ignore) and pooled condition (B, H)."""
-        b = temb.shape[0]
-        if cond.tokens.shape[0] != b:
-            raise InputError("text", f"{cond.tokens.shape[0]} rows", f"{b} rows, one per row of x")
-        always = torch.ones(b, 2, dtype=torch.bool, device=temb.device)
-        ctx = torch.cat([self.null.expand(b, 1, -1), temb[:, None, :], cond.tokens], dim=1)
-        return ctx, ~torch.cat([always, cond.keep], dim=1), cond.pooled
+    def cache_context(self, cond: Condition) -> Condition:
+        """`cond` with every block's cross-attention keys/values of its timestep-independent tokens (the null
+        token and the condition) computed once, so that each sampling step projects only its timestep token:
+        the context is [null, timestep, condition...] and its projection was the denoiser's largest GEMM
+        where text has many tokens (the `paper` preset's 77 CLIP tokens). Sampling only: every `denoise`
+        call writes its timestep token's keys/values into slot 1 of these buffers, so autograd is refused."""
+        if torch.is_grad_enabled():
+            raise InputError("Denoiser.cache_context", "called with autograd enabled",
+                             "torch.no_grad() or torch.inference_mode() (a cached condition is for sampling)")
+        b = cond.tokens.shape[0]
+        null = self.null.expand(b, 1, -1)
+        ctx = torch.cat([null, null, cond.tokens], dim=1)  # slot 1 (the timestep token) is rewritten per step
+        return cond._replace(kv=tuple(blk.context_kv(ctx) for blk in self.blocks))
+
+    def _context_kv(self, temb: torch.Tensor, cond: Condition) -> list[torch.Tensor]:
+        """Per block, cross-attention keys/values (B, L, 2H) of [null, timestep token, condition tokens]."""
+        if cond.kv is not None:
+            for blk, kv in zip(self.blocks, cond.kv):
+                kv[:, 1:2] = blk.context_kv(temb[:, None, :])
+            return list(cond.kv)
+        ctx = torch.cat([self.null.expand(temb.shape[0], 1, -1), temb[:, None, :], cond.tokens], dim=1)
+        return [blk.context_kv(ctx) for blk in self.blocks]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None = None,
                 hardness: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
@@ -183,10 +209,12 @@ class Denoiser(nn.Module):
         pad = self.tokens * self.chunk - self.feature_dim
         xs = nn.functional.pad(x, (0, pad)).view(b, self.tokens, self.chunk)
         temb = self.t_embed(self.t_proj(t.reshape(-1).expand(b)).to(x.dtype))
+        if cond.tokens.shape[0] != b:
+            raise InputError("text", f"{cond.tokens.shape[0]} rows", f"{b} rows, one per row of x")
         h = self.inp(xs) + self.pos
-        ctx, ctx_pad, pooled = self._context(temb, cond)
-        cvec = temb + pooled
-        for blk in self.blocks:
-            h = blk(h, cvec, ctx, ctx_pad)
+        ctx_pad = ~torch.cat([torch.ones(b, 2, dtype=torch.bool, device=x.device), cond.keep], dim=1)
+        cvec = temb + cond.pooled
+        for blk, kv in zip(self.blocks, self._context_kv(temb, cond)):
+            h = blk(h, cvec, kv, ctx_pad)
         sh, sc = self.out_ada(cvec)[:, None, :].chunk(2, dim=-1)
         return self.out(torch.addcmul(sh, self.out_norm(h), 1 + sc)).reshape(b, -1)[:, : self.feature_dim]

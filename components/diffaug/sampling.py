@@ -78,7 +78,8 @@ def inference_bundle(bundle: DiffusionBundle, dtype: str | None = None,
 def _denoise(model: Denoiser, sched: DDIMScheduler, x: torch.Tensor, steps: torch.Tensor,
              text: torch.Tensor, mask: torch.Tensor | None, hard: torch.Tensor | None, g: float) -> torch.Tensor:
     """DDIM chain from x (fp32) over `steps`; the condition (and its guidance copy) is encoded once, not per
-    step. The model computes in its own dtype; guidance and the scheduler's update stay in fp32."""
+    step, with its cross-attention keys/values (`Denoiser.cache_context`). The model computes in its own
+    dtype; guidance and the scheduler's update stay in fp32."""
     dtype, dev = model.inp.weight.dtype, model.inp.weight.device
     x, text, mask, hard = (None if a is None else a.to(dev) for a in (x, text, mask, hard))
     b = len(x)
@@ -88,7 +89,8 @@ def _denoise(model: Denoiser, sched: DDIMScheduler, x: torch.Tensor, steps: torc
         drop = torch.cat([torch.zeros(b, dtype=torch.bool, device=dev), torch.ones(b, dtype=torch.bool, device=dev)])
     else:
         drop = None
-    cond = model.encode_condition(text.to(dtype), mask, None if hard is None else hard.to(dtype), drop)
+    hard = None if hard is None else hard.to(dtype)
+    cond = model.cache_context(model.encode_condition(text.to(dtype), mask, hard, drop))
     xin = torch.empty((2 * b if guided else b, x.shape[1]), dtype=dtype, device=dev)
     for t in steps:
         xin[:b] = x

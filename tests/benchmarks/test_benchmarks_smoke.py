@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from benchmarks import bench_classifier, bench_eval, bench_hml_step, bench_sampling, bench_stream, run_all
+from components.diffaug.diffusion import cpu_has_bf16
 
 
 def _check(res: dict, required: tuple[str, ...]) -> None:
@@ -97,7 +98,9 @@ def test_sampling_benchmark_pool_matches_inprocess_and_reports_used_ceilings(ray
             "sampling_square_matmul_gflops", "sampling_gemm_fraction")
     fp32 = ("sampling_flops_fraction_fp32", "sampling_fp32_ceiling_gflops", "sampling_fp32_square_matmul_gflops",
             "sampling_fp32_gemm_fraction", "sampling_fp32_vectors_per_s")
-    _positive(res, keys + (fp32 if res["sampling_dtype"] == "bfloat16" else ()))
+    paper = ("sampling_paper_flops_fraction", "sampling_paper_kv_cache_speedup", "sampling_paper_vectors_per_s")
+    bf16 = tuple(f"{k}_bf16" for k in paper) if cpu_has_bf16() else ()
+    _positive(res, keys + paper + bf16 + (fp32 if res["sampling_dtype"] == "bfloat16" else ()))
     assert 0 <= res["sampling_pool_max_abs_diff"] < 1
     assert res["sampling_ceiling_gflops"] >= res["sampling_square_matmul_gflops"]
     if res["sampling_dtype"] == "bfloat16":

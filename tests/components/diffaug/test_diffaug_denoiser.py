@@ -102,3 +102,30 @@ def test_attention_equals_the_multihead_attention_module_in_values_and_gradients
     # self-attention (no context: one fused q/k/v projection) equals the module's self-attention
     x = torch.randn(B, 8, 16)
     torch.testing.assert_close(ours(x), attn(x, x, x, need_weights=False)[0], atol=1e-6, rtol=1e-5)
+
+
+def test_cached_context_gives_the_uncached_output_at_every_timestep():
+    """Sampling projects the condition's cross-attention keys/values once (`cache_context`) and only the
+    timestep token per step: the output equals the uncached one for a sequence of timesteps (the timestep's
+    slot is rewritten, not stale), in a guided batch where half the rows drop their condition."""
+    m = _nonzero(Denoiser(D, E, K, hidden=32, layers=2, heads=4, tokens=4))
+    x, hard = torch.randn(2 * B, D), torch.rand(2 * B, K)
+    text, mask = torch.randn(2 * B, T, E), torch.tensor([[True, True, False]] * (2 * B))
+    drop = torch.arange(2 * B) >= B
+    with torch.inference_mode():
+        cond = m.encode_condition(text, mask, hard, drop)
+        cached = m.cache_context(cond)
+        assert cached.kv is not None and len(cached.kv) == len(m.blocks)
+        outs = []
+        for step in (999, 500, 3):
+            t = torch.full((2 * B,), step)
+            outs.append(m.denoise(x, t, cached))
+            torch.testing.assert_close(outs[-1], m.denoise(x, t, cond), atol=1e-6, rtol=1e-5)
+        assert (outs[0] - outs[2]).abs().max() > 1e-3  # the timestep token matters, so a stale slot would show
+
+
+def test_cache_context_refuses_autograd():
+    m = Denoiser(D, E, 0, hidden=32, layers=1, heads=4, tokens=4)
+    cond = m.encode_condition(torch.randn(B, E))
+    with pytest.raises(InputError, match="cache_context"):
+        m.cache_context(cond)
