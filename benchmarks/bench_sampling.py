@@ -108,13 +108,13 @@ class AnalyticFlops:
         if context is None and kv is None:  # self-attention: q/k/v and out projections of the queries
             self.flops += 2 * e * e * b * 4 * tq + 4 * b * tq * tq * e
             return
-        tk = (kv if kv is not None else context).shape[1]  # keys/values: counted in project_kv
+        tk = kv[0].shape[2] if kv is not None else context.shape[1]  # keys/values: counted in project_kv
         self.flops += 2 * e * e * b * 2 * tq + 4 * b * tq * tk * e
 
     def _counting_project_kv(self, m: nn.MultiheadAttention):
         project = type(m).project_kv.__get__(m)
 
-        def counted(context: torch.Tensor) -> torch.Tensor:
+        def counted(context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             self.flops += 2 * (context.numel() // m.embed_dim) * m.embed_dim * 2 * m.embed_dim
             return project(context)
         return counted

@@ -33,7 +33,7 @@ class Condition(NamedTuple):
     tokens: torch.Tensor
     keep: torch.Tensor
     pooled: torch.Tensor
-    kv: tuple[torch.Tensor, ...] | None = None  # per block: cross-attention keys/values (B, L, 2H), `cache_context`
+    kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None  # per block: keys, values; `cache_context`
 
 
 class Attention(nn.MultiheadAttention):
@@ -44,18 +44,24 @@ class Attention(nn.MultiheadAttention):
     sampling step), and torch's fused CPU attention is slow on these short sequences (a handful of chunk or
     condition tokens): cross-attention 2.1-2.3x slower in bf16 sampling, 1.1x in fp32; in bf16 training its
     backward alone was ~13% of a step. `key_padding_mask` (B, Lk) True = ignore, as in the module; a row
-    must keep at least one key (the denoiser's null token always is)."""
+    must keep at least one key (the denoiser's null token always is). Cross-attention can also take keys and
+    values projected beforehand (`project_kv`, head-split and contiguous), as sampling does once per batch."""
 
     def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__(embed_dim, num_heads, batch_first=True)
 
-    def project_kv(self, context: torch.Tensor) -> torch.Tensor:
-        """Keys and values of `context` (B, Lk, E) side by side, (B, Lk, 2E): what `forward` attends to."""
-        e = self.embed_dim
-        return nn.functional.linear(context, self.in_proj_weight[e:], self.in_proj_bias[e:])
+    def project_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of `context` (B, Lk, E), each (B, heads, Lk, E / heads) and contiguous: the layout the
+        attention matmuls read without a copy (a cached context is then not copied again at every step)."""
+        e, heads = self.embed_dim, self.num_heads
+        b, lk = context.shape[0], context.shape[1]
+        kv = nn.functional.linear(context, self.in_proj_weight[e:], self.in_proj_bias[e:])
+        k, v = kv.view(b, lk, 2, heads, e // heads).permute(2, 0, 3, 1, 4).contiguous()
+        return k, v
 
     def forward(self, query: torch.Tensor, context: torch.Tensor | None = None,  # type: ignore[override]
-                key_padding_mask: torch.Tensor | None = None, kv: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None,
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Self-attention without `context` and `kv`; cross-attention over `context`, or over keys/values
         `kv` already projected by `project_kv` (then `context` is not read)."""
         e, heads = self.embed_dim, self.num_heads
@@ -64,9 +70,8 @@ class Attention(nn.MultiheadAttention):
         if context is None and kv is None:
             q, k, v = nn.functional.linear(query, w, bias).view(b, lq, 3, heads, e // heads).permute(2, 0, 3, 1, 4)
         else:
-            kv = self.project_kv(context) if kv is None else kv
+            k, v = self.project_kv(context) if kv is None else kv
             q = nn.functional.linear(query, w[:e], bias[:e]).view(b, lq, heads, e // heads).transpose(1, 2)
-            k, v = kv.view(b, kv.shape[1], 2, heads, e // heads).permute(2, 0, 3, 1, 4)
         scores = torch.matmul(q, k.transpose(-1, -2)) * (e // heads) ** -0.5
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
@@ -89,11 +94,12 @@ class _Block(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def context_kv(self, ctx: torch.Tensor) -> torch.Tensor:
-        """Cross-attention keys/values (B, L, 2H) of condition tokens `ctx` (B, L, H)."""
+    def context_kv(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values (B, heads, L, H / heads) of condition tokens `ctx` (B, L, H)."""
         return self.cross_attn.project_kv(self.nc(ctx))
 
-    def forward(self, x: torch.Tensor, cvec: torch.Tensor, kv: torch.Tensor, ctx_pad: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cvec: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                ctx_pad: torch.Tensor) -> torch.Tensor:
         sh1, sc1, g1, sh2, sc2, g2 = self.ada(cvec)[:, None, :].chunk(6, dim=-1)
         h = torch.addcmul(sh1, self.n1(x), 1 + sc1)  # fused x * (1 + scale) + shift: one pass, not two
         x = torch.addcmul(x, g1, self.self_attn(h))
@@ -183,11 +189,11 @@ class Denoiser(nn.Module):
         ctx = torch.cat([null, null, cond.tokens], dim=1)  # slot 1 (the timestep token) is rewritten per step
         return cond._replace(kv=tuple(blk.context_kv(ctx) for blk in self.blocks))
 
-    def _context_kv(self, temb: torch.Tensor, cond: Condition) -> list[torch.Tensor]:
-        """Per block, cross-attention keys/values (B, L, 2H) of [null, timestep token, condition tokens]."""
+    def _context_kv(self, temb: torch.Tensor, cond: Condition) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per block, cross-attention keys and values of [null, timestep token, condition tokens]."""
         if cond.kv is not None:
-            for blk, kv in zip(self.blocks, cond.kv):
-                kv[:, 1:2] = blk.context_kv(temb[:, None, :])
+            for blk, (k, v) in zip(self.blocks, cond.kv):
+                k[:, :, 1:2], v[:, :, 1:2] = blk.context_kv(temb[:, None, :])
             return list(cond.kv)
         ctx = torch.cat([self.null.expand(temb.shape[0], 1, -1), temb[:, None, :], cond.tokens], dim=1)
         return [blk.context_kv(ctx) for blk in self.blocks]
