@@ -23,8 +23,8 @@ matmul can measure below the short GEMM, and a ceiling some matmul beats would f
 FLOPs are counted analytically from the modules that run (every nn.Linear: 2 * rows * in * out; every
 nn.MultiheadAttention, the denoiser's Attention subclass included: its q/k/v/out projections and
 4 * B * Tq * Tk * E for scores and mixing), with the condition and its cross-attention keys/values computed
-once per batch and the denoiser once per step (x2 rows under guidance), exactly what `sample_features` executes. torch.utils.flop_counter's
-FlopCounterMode counts the same chain (encoder and denoiser) as a check, reported next to it: the
+once per batch and the denoiser once per step (x2 rows under guidance), exactly what `sample_features`
+executes. torch.utils.flop_counter's FlopCounterMode counts the same chain (encoder and denoiser) as a check, reported next to it: the
 denoiser's attention is plain matmuls, so the two counts agree exactly (tested).
 Why the fraction is what it is: `sampling_matmul_time_share` (profiler: share of self CPU time in matmul ops
 during one guided denoiser step) and `sampling_gemm_fraction` (the denoiser's largest GEMM shape alone, as
@@ -354,10 +354,10 @@ def _paper_setup(quick: bool) -> tuple[Denoiser, int, int]:
     return model, den["num_inference_steps"], 16 if quick else 64
 
 
-def _step_seconds(model: Denoiser, args: tuple, cond: Condition) -> float:
+def _step_seconds(model: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> float:
     """Wall seconds of one denoiser step on `cond`."""
     t0 = time.perf_counter()
-    model.denoise(args[0], args[1], cond)
+    model.denoise(x, t, cond)
     return time.perf_counter() - t0
 
 
@@ -369,7 +369,8 @@ def paper_scale(quick: bool = False, repeats: int = 3) -> dict:
     cores = os.cpu_count() or 1
     base, steps, batch = _paper_setup(quick)
     dtypes = [torch.float32] + ([torch.bfloat16] if cpu_has_bf16() else [])
-    out: dict = {"sampling_paper_hidden": base.blocks[0].n1.normalized_shape[0], "sampling_paper_batch": batch}
+    hidden = base.inp.out_features
+    out: dict = {"sampling_paper_hidden": hidden, "sampling_paper_batch": batch}
     old = torch.get_num_threads()
     torch.set_num_threads(cores)
     try:
@@ -380,26 +381,26 @@ def paper_scale(quick: bool = False, repeats: int = 3) -> dict:
             text = torch.randn(rows, PAPER_TEXT_TOKENS, PAPER_TEXT_DIM).to(dtype)
             mask = torch.ones(rows, PAPER_TEXT_TOKENS, dtype=torch.bool)
             hard = torch.rand(rows, model.hardness_dim).to(dtype)
-            args = (torch.randn(rows, model.feature_dim).to(dtype), torch.full((rows,), 500))
+            x, t = torch.randn(rows, model.feature_dim).to(dtype), torch.full((rows,), 500)
             with torch.inference_mode():
                 with AnalyticFlops(model) as enc:
                     cond = model.encode_condition(text, mask, hard, drop)
                     cached = model.cache_context(cond)
                 with AnalyticFlops(model) as den:
-                    model.denoise(*args, cached)
-                t_enc, t_plain, t_cached, ceil = [], [], [], []
+                    model.denoise(x, t, cached)
+                t_enc, t_plain, t_cached, square, gemm = [], [], [], [], []
                 for _ in range(repeats):
                     t0 = time.perf_counter()
                     model.cache_context(model.encode_condition(text, mask, hard, drop))
                     t_enc.append(time.perf_counter() - t0)
-                    t_plain.append(_step_seconds(model, args, cond))
-                    t_cached.append(_step_seconds(model, args, cached))
-                    square = _ceiling(dtype, cores)
-                    gemm = gemm_fraction(rows * model.tokens, out["sampling_paper_hidden"], dtype, square, cores, 2)
-                    ceil.append(square * max(1.0, gemm))
+                    t_plain.append(_step_seconds(model, x, t, cond))
+                    t_cached.append(_step_seconds(model, x, t, cached))
+                    square.append(_ceiling(dtype, cores))
+                    gemm.append(gemm_fraction(rows * model.tokens, hidden, dtype, square[-1], cores, 2))
             chain = statistics.median(t_enc) + steps * statistics.median(t_cached)
+            ceiling = statistics.median(_best_ceiling(square, gemm))
             name = "" if dtype == torch.float32 else "_bf16"
-            out[f"sampling_paper_flops_fraction{name}"] = (enc.flops + steps * den.flops) / chain / statistics.median(ceil)
+            out[f"sampling_paper_flops_fraction{name}"] = (enc.flops + steps * den.flops) / chain / ceiling
             out[f"sampling_paper_kv_cache_speedup{name}"] = statistics.median(t_plain) / statistics.median(t_cached)
             out[f"sampling_paper_vectors_per_s{name}"] = batch / chain
     finally:
