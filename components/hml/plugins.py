@@ -23,6 +23,7 @@ from components.hml.importance import (
 )
 from components.models.base import SGBatch
 from components.models.common import check_object_labels
+from components.softmax import softmax_lastdim
 
 
 @dataclass
@@ -185,7 +186,7 @@ class ConceptReconstruction(Plugin):
 
     def loss_terms(self, ctx: StepContext) -> list[LossTerm]:
         with torch.no_grad():
-            old = torch.softmax(self.old_model(ctx.batch)[:, self._old_cols], dim=1)
+            old = softmax_lastdim(self.old_model(ctx.batch)[:, self._old_cols])  # a few old classes: see softmax.py
         new = torch.softmax(ctx.logits[:, self._new_cols], dim=1)
         n = max(ctx.logits.shape[0], 1)
         value = (old[:, 1:] - new[:, self._old_in_new]).pow(2).sum() / n
