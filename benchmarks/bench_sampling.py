@@ -24,8 +24,8 @@ FLOPs are counted analytically from the modules that run (every nn.Linear: 2 * r
 nn.MultiheadAttention, the denoiser's Attention subclass included: its q/k/v/out projections and
 4 * B * Tq * Tk * E for scores and mixing), with the condition and its cross-attention keys/values computed
 once per batch and the denoiser once per step (x2 rows under guidance), exactly what `sample_features`
-executes. torch.utils.flop_counter's FlopCounterMode counts the same chain (encoder and denoiser) as a check, reported next to it: the
-denoiser's attention is plain matmuls, so the two counts agree exactly (tested).
+executes. torch.utils.flop_counter's FlopCounterMode counts the same chain (encoder and denoiser) as a check,
+reported next to it: the denoiser's attention is plain matmuls, so the two counts agree exactly (tested).
 Why the fraction is what it is: `sampling_matmul_time_share` (profiler: share of self CPU time in matmul ops
 during one guided denoiser step) and `sampling_gemm_fraction` (the denoiser's largest GEMM shape alone, as
 a fraction of the square matmul); the fraction cannot exceed roughly their product. Where the compute dtype is

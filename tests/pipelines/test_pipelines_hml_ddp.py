@@ -5,11 +5,12 @@ reported metrics are those of its saved predictions. (One test: each Ray Train r
 start-up on 2 cores, so the uninterrupted run is checked instead of repeated.)"""
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from sgg_stores import write_tiny_store
-from test_pipelines_hml import _assert_same_training
+from test_pipelines_hml import _assert_same_training, _stage_rows
 
 from components.evaluation.predictions import iter_sgg_predictions
 from components.evaluation.sgg import evaluate_sgg
@@ -48,19 +49,18 @@ def test_two_workers_resume_after_a_killed_worker_replays_the_uninterrupted_run(
     _assert_complete_with_fisher_and_importance(tmp_path / "calm", res)
 
 
-def _assert_complete_with_fisher_and_importance(out, res: dict) -> None:
+def _assert_complete_with_fisher_and_importance(out: Path, res: dict) -> None:
     """Both stages ran 4 steps; rank 0's checkpoints hold finite, non-zero F and Omega; the reported metrics
     re-score from the saved predictions."""
     stage_dirs = sorted((out / "stages").glob("hml-stage*"))
     assert [d.name.split("-")[1] for d in stage_dirs] == ["stage1", "stage2"]
+    assert [[m["step"] for m in rows] for rows in _stage_rows(out)] == [[1, 2, 3, 4]] * 2
     for d in stage_dirs:
         meta, state = load_checkpoint(d / "final.pt")
         assert meta["step"] == 4 and state["fisher"].keys() == state["importance"].keys()
         for part in ("fisher", "importance"):
             values = torch.cat([v.reshape(-1) for v in state[part].values()])
             assert torch.isfinite(values).all() and (values > 0).any(), (d.name, part)
-        rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
-        assert [m["step"] for m in rows] == [1, 2, 3, 4]
     preds = list(iter_sgg_predictions(out / "hml" / "predictions"))
     tree = json.loads((out / "tree.json").read_text())["parent"]
     metrics = res["methods"]["hml"]["metrics"]
