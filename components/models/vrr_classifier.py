@@ -26,7 +26,8 @@ class VRRClassifier(nn.Module):
     def __init__(self, feature_dim: int, object_vectors: np.ndarray, predicate_vectors: np.ndarray,
                  embed_dim: int = 256, hidden: int = 512, dropout: float = 0.1, init_scale: float = 16.0) -> None:
         super().__init__()
-        ov, pv = (torch.as_tensor(np.asarray(v, np.float32)) for v in (object_vectors, predicate_vectors))
+        # copied: the vectors may be read-only views of Ray's object store, which the buffers must not share
+        ov, pv = (torch.tensor(np.asarray(v, np.float32)) for v in (object_vectors, predicate_vectors))
         if ov.dim() != 2 or pv.dim() != 2 or ov.shape[1] != pv.shape[1]:
             raise InputError("class word vectors", f"shapes {tuple(ov.shape)} / {tuple(pv.shape)}",
                              "(O, W) object and (P, W) predicate vectors of one width W")

@@ -1,4 +1,6 @@
 """VRR classifier: output shapes, cosine-logit bound, errors."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -36,3 +38,15 @@ def test_errors():
     m = VRRClassifier(8, np.ones((3, 4)), np.ones((2, 4)))
     with pytest.raises(InputError):
         m(torch.zeros(2, 8), torch.zeros(2, 7), torch.zeros(2, 8))
+
+
+def test_read_only_word_vectors_are_copied_without_warning():
+    """Vectors arrive as read-only views of Ray's object store: the model copies them (no PyTorch warning about
+    non-writable arrays, no buffer sharing their memory)."""
+    ov, pv = np.ones((4, 6), np.float32), np.ones((3, 6), np.float32)
+    ov.flags.writeable = pv.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = VRRClassifier(5, ov, pv, embed_dim=4, hidden=8)
+    assert not np.shares_memory(m.object_vectors.numpy(), ov)
+    assert torch.equal(m.predicate_vectors, torch.ones(3, 6))
