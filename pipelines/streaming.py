@@ -78,7 +78,12 @@ def per_rank_datasets(store_root: str | Path, split: str, world_size: int, deep_
 class PerRankDataConfig(DataConfig):
     """Rank r iterates `parts[name][r]` (whole, order preserved) where the trainer's dataset `name` would be
     split: the same rows in the same order on every run, so a stage resumed after a worker failure replays
-    the original. The trainer's own dataset of that name only names the stream (pass the whole split)."""
+    the original. The trainer's own dataset of that name only names the stream (pass the whole split).
+
+    Ray Data's progress bar is off for these streams: a worker stops mid-stream when its step budget is
+    reached, and the bars of finished streams stayed on the driver's console, redrawn under every later
+    log line until the driver exited (~2,200 stale lines in a `make run`); the train loop's own step bar
+    shows the progress."""
 
     def __init__(self, parts: dict[str, list[Dataset]]) -> None:
         super().__init__()
@@ -97,6 +102,7 @@ class PerRankDataConfig(DataConfig):
                 options = self._resolve_execution_options(name)
                 options.preserve_order = True
                 ds.context.execution_options = options
+                ds.context.enable_progress_bars = False
                 out[r][name] = ds.iterator()
         return out
 

@@ -95,11 +95,18 @@ def _fit_count(ds, dataset_config, name, storage):
 
         from pipelines.streaming import iter_scene_graph_batches as it
 
-        ids = [g["image_id"] for b in it(ray.train.get_dataset_shard("train"), config["batch_size"]) for g in b]
+        from contextlib import redirect_stdout
+        from io import StringIO
+
+        from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
+
+        out = StringIO()  # what the worker prints while streaming, e.g. Ray Data's progress-bar updates
+        with redirect_stdout(out):
+            ids = [g["image_id"] for b in it(ray.train.get_dataset_shard("train"), config["batch_size"]) for g in b]
         everyone = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, ids)
         metrics = {"rows_per_worker": [len(x) for x in everyone], "all_ids": sorted(i for x in everyone for i in x),
-                   "streams": everyone}
+                   "streams": everyone, "bar_updates": out.getvalue().count(RAY_TQDM_MAGIC)}
         # Train V2 keeps result.metrics only when a checkpoint comes with them: rank 0 attaches a tiny one.
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "rows.json").write_text(json.dumps(metrics))
@@ -129,6 +136,7 @@ def test_per_rank_parts_stream_the_same_rows_in_the_same_order_on_every_run(ray_
     assert runs[0]["streams"] == runs[1]["streams"]
     assert runs[0]["all_ids"] == sorted(f"im{i}" for i in range(13))
     assert runs[0]["streams"] == [[f"im{i}" for i in range(7)] + ["im11", "im12"], [f"im{i}" for i in range(7, 11)]]
+    assert runs[0]["bar_updates"] == 0  # rank 0 drew no Ray Data progress bar (they outlived the stream on the driver)
     with pytest.raises(ValueError, match="holds 1 parts, expected one per worker"):
         PerRankDataConfig({"train": parts[:1]}).configure({"train": parts[0]}, 2, None, None)
 
