@@ -7,6 +7,7 @@ re-raises the project error itself, so a bad file is one clear line however many
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -46,12 +47,42 @@ def carry_input_errors(ds: ray.data.Dataset) -> ray.data.Dataset:
     return ds
 
 
+# Where Ray Data logs 'An exception was raised from a task of operator "...". Dataset execution will now abort.'
+# in the driver when a task fails, before it raises the task's error.
+RAY_DATA_TASK_ERROR_LOGGER = "ray.data._internal.execution.streaming_executor_state"
+
+
+class _HeldTaskErrorLines(logging.Filter):
+    """Holds Ray Data's failed-task error lines back until the error is known (see `input_errors_raised`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "An exception was raised from a task" in record.getMessage():
+            self.held.append(record)
+            return False
+        return True
+
+
 @contextmanager
 def input_errors_raised() -> Iterator[None]:
-    """In the driver, around consuming a dataset: an actor's `ActorInputError` becomes its project error."""
+    """In the driver, around consuming a dataset: an actor's `ActorInputError` becomes its project error, and
+    Ray Data's own error line for that task is dropped (it said less, and suggested skipping the bad block);
+    for any other error the line is logged as Ray Data would, before its error is raised."""
+    log, hold = logging.getLogger(RAY_DATA_TASK_ERROR_LOGGER), _HeldTaskErrorLines()
+    log.addFilter(hold)
+    ours = False
     try:
         yield
     except RayTaskError as e:
         if isinstance(e.cause, ActorInputError):
+            ours = True
             raise e.cause.error from None
         raise
+    finally:
+        log.removeFilter(hold)
+        if not ours:
+            for record in hold.held:
+                log.handle(record)
