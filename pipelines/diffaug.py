@@ -23,9 +23,12 @@ import argparse
 import copy
 import json
 import logging
+import re
 import sys
+import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -315,6 +318,15 @@ def _summary(rep: dict) -> dict:
     return {"rel": rep["rel"], "sbj_obj": rep["sbj_obj"], "combined": rep["combined"]}
 
 
+@contextmanager
+def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Wall time of one step of the phase into `seconds[name]`, printed when it ends (where the phase's time goes)."""
+    t0 = time.perf_counter()
+    yield
+    seconds[name] = round(time.perf_counter() - t0, 1)
+    print(f"[diffaug] {name}: {seconds[name]:.1f} s", flush=True)
+
+
 def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     """Run the phase; returns {'results': variant -> LTVRR summary, 'fidelity', 'augmentation', 'table', ...}."""
     import ray
@@ -332,18 +344,20 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     resources = init_ray(cfg.ray_address or None, num_cpus=cfg.num_cpus)  # checked before anything is written
     check_actor_requests(cfg, resources, fixed=not joins_cluster(cfg.ray_address), sampling=bool(gen_variants))
     out = ensure_writable_dir(cfg.out)
+    seconds: dict[str, float] = {}
     objects, predicates = store.manifest.objects, store.manifest.predicates
     obj_counts, rel_counts = _counts(train, len(objects), len(predicates))
     train_trip = np.unique(_triplets(train), axis=0)
-    aug = augmented_triplets(cfg, train_trip, obj_counts, rel_counts, objects, out / "lch_cache.json")
-    aug_trip = np.stack([aug["subject"], aug["predicate"], aug["object"]], axis=1)
-    augmentation = {"train_triplets": len(train_trip), "new_triplets": len(aug_trip),
-                    "no_synset": classes_without_synset(objects, cfg.synsets),
-                    "by_rule": {r: int((aug["rule"] == r).sum()) for r in np.unique(aug["rule"]).tolist()}}
-    cond = _Conditions(cfg, objects, predicates, train_trip, aug_trip, out / "text_cache")
-    train.hardness = cond.of(_triplets(train))[2]
-    kv = load_word_vectors()
-    ov, pv = phrase_vectors(kv, objects), phrase_vectors(kv, predicates)
+    with _timed(seconds, "triplet augmentation and conditions"):
+        aug = augmented_triplets(cfg, train_trip, obj_counts, rel_counts, objects, out / "lch_cache.json")
+        aug_trip = np.stack([aug["subject"], aug["predicate"], aug["object"]], axis=1)
+        augmentation = {"train_triplets": len(train_trip), "new_triplets": len(aug_trip),
+                        "no_synset": classes_without_synset(objects, cfg.synsets),
+                        "by_rule": {r: int((aug["rule"] == r).sum()) for r in np.unique(aug["rule"]).tolist()}}
+        cond = _Conditions(cfg, objects, predicates, train_trip, aug_trip, out / "text_cache")
+        train.hardness = cond.of(_triplets(train))[2]
+        kv = load_word_vectors()
+        ov, pv = phrase_vectors(kv, objects), phrase_vectors(kv, predicates)
 
     # every classifier trains in a Ray task (cpus_per_actor / gpus_per_actor each): the baselines side by side,
     # each variant's fine-tuning as soon as its data and starting weights exist; scored here, in variant order
@@ -375,20 +389,24 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
             finetune("real_balanced_ft", control)
         if "wce_real_balanced_ft" in cfg.variants:
             finetune("wce_real_balanced_ft", control, start=wce_ref)
-    base = jobs.model(base_ref)
+    with _timed(seconds, "baseline classifier (waited for)"):
+        base = jobs.model(base_ref)
     torch.save(base.state_dict(), out / "baseline_ce.pt")
 
     fid: dict[str, dict] = {}
     generated: dict[str, RelationSet] = {}
     if gen_variants:
-        probe = _probe(train, len(predicates), cfg.seed)
+        with _timed(seconds, "fidelity probe"):
+            probe = _probe(train, len(predicates), cfg.seed)
         hard_cfg = copy.deepcopy(cfg.diffusion)
         hard_cfg.use_hardness = True
-        bundles = {"hard": _train_diffusion(cfg, hard_cfg, train, cond, out)}
+        with _timed(seconds, "diffusion training"):
+            bundles = {"hard": _train_diffusion(cfg, hard_cfg, train, cond, out)}
         if "diffaug_so_nohardness" in gen_variants:
             no_cfg = copy.deepcopy(hard_cfg)
             no_cfg.use_hardness = False
-            bundles["nohard"] = _train_diffusion(cfg, no_cfg, train, cond, out)
+            with _timed(seconds, "diffusion training (no hardness)"):
+                bundles["nohard"] = _train_diffusion(cfg, no_cfg, train, cond, out)
         _, _, plan_hard = cond.of(np.stack([plan["subject"], plan["predicate"], plan["object"]], axis=1))
         runs = {"diffaug_random": ("hard", 1.0), "diffaug_so": ("hard", cfg.strength),
                 "diffaug_so_nohardness": ("nohard", cfg.strength)}
@@ -396,10 +414,12 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         with SamplerPool(cfg.num_actors, cfg.cpus_per_actor, cfg.gpus_per_actor) as sampler:  # one pool for every sampling run
             for name in sorted(need):
                 b, s = runs[name]
-                union = _sample(cfg, bundles[b], plan, cond, pools, s,
-                                out / f"samples-{name}-{Path(bundles[b]).parent.name}", sampler)
+                with _timed(seconds, f"sampling {name}"):
+                    union = _sample(cfg, bundles[b], plan, cond, pools, s,
+                                    out / f"samples-{name}-{Path(bundles[b]).parent.name}", sampler)
                 generated[name] = generated_set(plan, union, pools, cfg.seed, plan_hard)
-                fid[name] = _fidelity(generated[name], train, test, probe, base)
+                with _timed(seconds, f"fidelity {name}"):
+                    fid[name] = _fidelity(generated[name], train, test, probe, base)
         for v in gen_variants:
             if v == "diffaug_so_half":
                 idx = np.concatenate([np.flatnonzero(plan["band"] == b)[: (plan["band"] == b).sum() // 2]
@@ -418,12 +438,14 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         return _summary(evaluate_classifier(model, test, obj_counts, rel_counts,
                                             ensure_writable_dir(out / "predictions") / f"{variant}.npz"))
 
-    ordered = {v: scored(v) for v in cfg.variants}
+    with _timed(seconds, "fine-tuning (waited for) and scoring"):
+        ordered = {v: scored(v) for v in cfg.variants}
     table = results_table(ordered)
     summary = {"results": ordered, "fidelity": fid, "augmentation": augmentation, "table": table,
                "n_generated": len(plan["sample_id"]), "plan_bands": {b: int((plan["band"] == b).sum())
                                                                         for b in np.unique(plan["band"]).tolist()},
-               "config": to_dict(cfg), "store_config_hash": store.manifest.meta.get("config_hash")}
+               "config": to_dict(cfg), "store_config_hash": store.manifest.meta.get("config_hash"),
+               "seconds": seconds}
     write_json(out / "results.json", summary)
     write_text(out / "results.txt", table + "\n")
     if cfg.plots:
@@ -452,6 +474,8 @@ def _track(cfg: DiffAugConfig, out: Path, summary: dict) -> None:
                                          for m, v in d.items()
                                          if m in ("generated_rate", "real_rate", "ratio", "copy_rate", "real_copy_rate")}
                                 | {f"fidelity_{name}_spread": f["spread"]})
+        tracker.log_metrics(parent, {"seconds_" + re.sub(r"[^0-9a-zA-Z]+", "_", k).strip("_"): v
+                                     for k, v in summary["seconds"].items()})
         for art in ("results.json", "results.txt", "bands.png", "projection.png"):
             if (out / art).is_file():
                 tracker.log_artifact(parent, out / art)

@@ -47,6 +47,11 @@ def test_every_variant_reported(summary):
         f = s["fidelity"][name]["probe"]
         assert f["n_generated"] == 40 and 0 <= f["generated_rate"] <= 1 and 0 < f["real_rate"] <= 1
         assert 0 < s["fidelity"][name]["spread"] < 10
+    steps = {"triplet augmentation and conditions", "baseline classifier (waited for)", "fidelity probe",
+             "diffusion training", "diffusion training (no hardness)", "fine-tuning (waited for) and scoring"}
+    steps |= {f"{what} {name}" for what in ("sampling", "fidelity")
+              for name in ("diffaug_random", "diffaug_so", "diffaug_so_nohardness")}
+    assert set(s["seconds"]) == steps and all(v >= 0 for v in s["seconds"].values())  # where the phase's time went
 
 
 def test_outputs_written_and_table(summary):
