@@ -88,17 +88,15 @@ def _fit_count(ds, dataset_config, name, storage):
         """Train worker: the image ids of this worker's shard in stream order, gathered from all workers."""
         import json
         import tempfile
+        from contextlib import redirect_stdout
+        from io import StringIO
         from pathlib import Path
 
         import ray.train
         import torch.distributed as dist
+        from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
 
         from pipelines.streaming import iter_scene_graph_batches as it
-
-        from contextlib import redirect_stdout
-        from io import StringIO
-
-        from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
 
         out = StringIO()  # what the worker prints while streaming, e.g. Ray Data's progress-bar updates
         with redirect_stdout(out):
