@@ -89,6 +89,11 @@ class DiffAugConfig:
 
     store: str = ""
     out: str = ""
+    # where the content-addressed artifacts live (diffusion models, sampled shards, text embeddings, WordNet
+    # similarities); "" = inside `out`. Each is keyed by everything that determines it (its config, inputs and
+    # the source code), so runs sharing a directory reuse what they have in common: full.py shares one between
+    # its DiffAugment phases, and a changed fine-tuning setting trains no diffusion model again
+    artifacts_dir: str = ""
     seed: int = 0
     variants: list[str] = field(default_factory=lambda: list(VARIANTS[:6]))
     lch_threshold: float = field(default=2.26, metadata={"range": (0.0, 4.0)})
@@ -246,7 +251,8 @@ def check_actor_requests(cfg: DiffAugConfig, resources: Mapping[str, float], fix
 def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pools: dict, strength: float,
             out_dir: Path, sampler: SamplerPool) -> np.ndarray:
     """Union features for the plan's requests (Ray actor pool), in plan order, sampled into `out_dir` suffixed
-    with the requests' content hash (a changed plan, seed or condition never meets an earlier run's shards)."""
+    with a hash of the requests' content, the strength and the shard size: another plan, seed, condition or
+    sampling setting never meets an earlier run's shards, also where runs share `artifacts_dir`."""
     from pipelines.diffusion import load_features, sample_on_ray
 
     trip = np.stack([plan["subject"], plan["predicate"], plan["object"]], axis=1)
@@ -258,8 +264,9 @@ def _sample(cfg: DiffAugConfig, bundle: str, plan: dict, cond: _Conditions, pool
     if strength < 1.0:
         req["seed_features"] = subject_object_seed(pools, pools, plan["subject"], plan["object"], plan["sample_id"],
                                                    seed=cfg.seed)
-    key = arrays_hash(req)  # hashed once: names the directory and keys its shards
-    out_dir = out_dir.with_name(f"{out_dir.name}-{key}")
+    key = arrays_hash(req)  # hashed once: keys the shards and, with the settings that change them, names the directory
+    named = config_hash({"requests": key, "strength": strength, "shard_size": cfg.shard_size}, 16)
+    out_dir = out_dir.with_name(f"{out_dir.name}-{named}")
     sample_on_ray(bundle, req, out_dir, num_actors=cfg.num_actors, shard_size=cfg.shard_size,
                   cpus_per_actor=cfg.cpus_per_actor, strength=strength, pool=sampler, requests_hash=key,
                   batch_size=cfg.sample_batch_size)
@@ -344,6 +351,7 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     resources = init_ray(cfg.ray_address or None, num_cpus=cfg.num_cpus)  # checked before anything is written
     check_actor_requests(cfg, resources, fixed=not joins_cluster(cfg.ray_address), sampling=bool(gen_variants))
     out = ensure_writable_dir(cfg.out)
+    art = ensure_writable_dir(cfg.artifacts_dir) if cfg.artifacts_dir else out
     seconds: dict[str, float] = {}
     objects, predicates = store.manifest.objects, store.manifest.predicates
     obj_counts, rel_counts = _counts(train, len(objects), len(predicates))
@@ -366,12 +374,13 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         trained["baseline_wce"] = wce_ref
 
     with _timed(seconds, "triplet augmentation and conditions"):
-        aug = augmented_triplets(cfg, train_trip, obj_counts, rel_counts, objects, out / "lch_cache.json")
+        aug = augmented_triplets(cfg, train_trip, obj_counts, rel_counts, objects,
+                                 art / f"lch_cache-{config_hash(cfg.synsets)[:12]}.json")  # one per synset map
         aug_trip = np.stack([aug["subject"], aug["predicate"], aug["object"]], axis=1)
         augmentation = {"train_triplets": len(train_trip), "new_triplets": len(aug_trip),
                         "no_synset": classes_without_synset(objects, cfg.synsets),
                         "by_rule": {r: int((aug["rule"] == r).sum()) for r in np.unique(aug["rule"]).tolist()}}
-        cond = _Conditions(cfg, objects, predicates, train_trip, aug_trip, out / "text_cache")
+        cond = _Conditions(cfg, objects, predicates, train_trip, aug_trip, art / "text_cache")
         train.hardness = cond.of(_triplets(train))[2]
 
     pools = class_feature_pools(train)
@@ -404,12 +413,12 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         hard_cfg = copy.deepcopy(cfg.diffusion)
         hard_cfg.use_hardness = True
         with _timed(seconds, "diffusion training"):
-            bundles = {"hard": _train_diffusion(cfg, hard_cfg, train, cond, out)}
+            bundles = {"hard": _train_diffusion(cfg, hard_cfg, train, cond, art)}
         if "diffaug_so_nohardness" in gen_variants:
             no_cfg = copy.deepcopy(hard_cfg)
             no_cfg.use_hardness = False
             with _timed(seconds, "diffusion training (no hardness)"):
-                bundles["nohard"] = _train_diffusion(cfg, no_cfg, train, cond, out)
+                bundles["nohard"] = _train_diffusion(cfg, no_cfg, train, cond, art)
         _, _, plan_hard = cond.of(np.stack([plan["subject"], plan["predicate"], plan["object"]], axis=1))
         runs = {"diffaug_random": ("hard", 1.0), "diffaug_so": ("hard", cfg.strength),
                 "diffaug_so_nohardness": ("nohard", cfg.strength)}
@@ -419,7 +428,7 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
                 b, s = runs[name]
                 with _timed(seconds, f"sampling {name}"):
                     union = _sample(cfg, bundles[b], plan, cond, pools, s,
-                                    out / f"samples-{name}-{Path(bundles[b]).parent.name}", sampler)
+                                    art / f"samples-{name}-{Path(bundles[b]).parent.name}", sampler)
                 generated[name] = generated_set(plan, union, pools, cfg.seed, plan_hard)
                 with _timed(seconds, f"fidelity {name}"):
                     fid[name] = _fidelity(generated[name], train, test, probe, base)

@@ -149,7 +149,8 @@ def prepare_stage(cache: StageCache, dataset: str, planted: Any, given: str | No
 
 
 # Fields that say where or how to run, not what to compute: left out of a phase's content key.
-NOT_CONTENT = ("store", "output_dir", "out", "ray_address", "experiment", "progress", "track", "plots", "num_cpus")
+NOT_CONTENT = ("store", "output_dir", "out", "artifacts_dir", "ray_address", "experiment", "progress", "track", "plots",
+               "num_cpus")
 
 
 # Fields added after phases were first cached, with the value every earlier run had: left out of the key at
@@ -221,8 +222,12 @@ def run_phases(cfg: FullConfig, tracker: Any, parent: str, run_root: Path) -> di
         data = timed(timings, prepare_stage(cache, "vrr-planted", cfg.vrr, cfg.vrr_store))
 
         def diffaug_phase(stage_dir: Path) -> dict:
+            # artifacts (diffusion models, samples, text embeddings, WordNet similarities) are content-addressed:
+            # one directory for every DiffAugment phase, so a changed fine-tuning setting trains no diffusion again
+            shared = cfg.diffaug.artifacts_dir or str(Path(cfg.run_dir).resolve() / ".cache" / "diffaug-artifacts")
             da_cfg = dataclasses.replace(cfg.diffaug, store=data.result["store"], out=str(stage_dir),
-                                         experiment=cfg.experiment, ray_address=cfg.ray_address or "")
+                                         artifacts_dir=shared, experiment=cfg.experiment,
+                                         ray_address=cfg.ray_address or "")
             res = run_diffaug(da_cfg)
             return {"results": res["results"], "fidelity": res["fidelity"], "augmentation": res["augmentation"]}
 

@@ -87,6 +87,34 @@ def test_rerun_reuses_artifacts_and_reproduces(summary, monkeypatch, tmp_path):
     assert json.dumps(again["fidelity"]["diffaug_so"]) == json.dumps(s["fidelity"]["diffaug_so"])  # NaN-safe
 
 
+def test_runs_sharing_an_artifacts_dir_reuse_diffusion_samples_and_caches(store, tmp_path, ray_local):
+    """Two runs into different `out` dirs sharing `artifacts_dir`, the second with another fine-tuning setting:
+    it trains no diffusion model, samples no shard and computes no text embedding or WordNet similarity again;
+    nothing of the kind is written into either `out`."""
+    shared = tmp_path / "artifacts"
+    base = {"store": str(store), "artifacts_dir": str(shared), "variants": ["baseline_ce", "diffaug_so"],
+            "text_encoder": "glove-roles", "hardness_k": 8, "embed_dim": 32, "hidden": 64,
+            "train": {"epochs": 2, "batch_size": 128}, "finetune_epochs": 1, "n_generated": 40, "plots": False,
+            "diffusion": {"steps": 4, "num_inference_steps": 2, "hidden": 32, "layers": 1, "heads": 2, "tokens": 4,
+                          "batch_size": 64},
+            "num_actors": 1, "cpus_per_actor": 0.25, "shard_size": 16}
+    first = run_diffaug(from_dict(DiffAugConfig, {**base, "out": str(tmp_path / "a")}), progress=False)
+    rewritten = {"manifest.json", "request.json"}  # a sampling call's bookkeeping, written on every call
+    made = {p: p.stat().st_mtime_ns for p in shared.rglob("*") if p.is_file() and p.name not in rewritten}
+    assert {p.parent.name.split("-")[0] for p in made if p.name == "bundle.safetensors"} == {"diffusion"}
+    assert any(p.name.startswith("lch_cache-") for p in made) and any(p.parent.name == "text_cache" for p in made)
+    again = run_diffaug(from_dict(DiffAugConfig, {**base, "out": str(tmp_path / "b"), "finetune_epochs": 2}),
+                        progress=False)
+    assert {p: p.stat().st_mtime_ns for p in made} == made  # bundle, shards, caches: none written again
+    assert not [p for p in shared.rglob("*") if p.is_file() and p.name not in rewritten and p not in made]
+    (samples,) = shared.glob("samples-diffaug_so-*")
+    manifest = json.loads((samples / "manifest.json").read_text())
+    assert manifest["skipped_shards"] == len(manifest["shards"]) > 0
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert not list(out.glob("diffusion-*")) and not list(out.glob("samples-*")) and not (out / "text_cache").exists()
+    assert again["results"]["baseline_ce"] == first["results"]["baseline_ce"]
+
+
 def test_config_and_cli_errors(store, tmp_path):
     with pytest.raises(ConfigError):
         from_dict(DiffAugConfig, {"store": str(store), "out": str(tmp_path), "variants": ["nope"]})

@@ -84,6 +84,7 @@ def test_full_pipeline_by_ray_job_submit(head, tmp_path):
     assert "full-job" in names and {"hml", "ce"} <= names
     full = next(r for r in runs if r.info.run_name == "full-job")
     assert full.data.params["hml.lam"] == "0.5" and "ltvrr.diffaug_so.combined" in full.data.metrics
+    assert list((run_dir / ".cache" / "diffaug-artifacts").glob("diffusion-*/bundle.safetensors"))  # shared by phases
     diffaug = next(r for r in runs if r.info.run_name.startswith("diffaug-"))  # the phase's steps, timed
     assert diffaug.data.metrics["seconds_diffusion_training"] > 0 and "[diffaug] sampling diffaug_so:" in first.stdout
     artifacts = [a.path for a in client.list_artifacts(full.info.run_id)]

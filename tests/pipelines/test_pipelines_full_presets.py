@@ -66,3 +66,9 @@ def test_hml_phase_key_leaves_out_predcls_so_an_upgrade_keeps_the_cache():
     assert "mode" not in predcls and sgcls["mode"] == "sgcls"
     assert {k: v for k, v in sgcls.items() if k != "mode"} == predcls
     assert config_hash(predcls) != config_hash(sgcls)
+
+
+def test_diffaug_phase_key_leaves_out_the_shared_artifacts_dir():
+    """Where DiffAugment's content-addressed artifacts live does not change its results: not in the phase key."""
+    here = phase_key(load("default", None, []).diffaug)
+    assert "artifacts_dir" not in here and phase_key(load("default", None, ["diffaug.artifacts_dir=/x"]).diffaug) == here
