@@ -407,13 +407,14 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
 
     fid: dict[str, dict] = {}
     generated: dict[str, RelationSet] = {}
+    bundles: dict[str, str] = {}  # diffusion model -> its bundle file
     if gen_variants:
         with _timed(seconds, "fidelity probe"):
             probe = _probe(train, len(predicates), cfg.seed)
         hard_cfg = copy.deepcopy(cfg.diffusion)
         hard_cfg.use_hardness = True
         with _timed(seconds, "diffusion training"):
-            bundles = {"hard": _train_diffusion(cfg, hard_cfg, train, cond, art)}
+            bundles["hard"] = _train_diffusion(cfg, hard_cfg, train, cond, art)
         if "diffaug_so_nohardness" in gen_variants:
             no_cfg = copy.deepcopy(hard_cfg)
             no_cfg.use_hardness = False
@@ -457,7 +458,7 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
                "n_generated": len(plan["sample_id"]), "plan_bands": {b: int((plan["band"] == b).sum())
                                                                         for b in np.unique(plan["band"]).tolist()},
                "config": to_dict(cfg), "store_config_hash": store.manifest.meta.get("config_hash"),
-               "seconds": seconds}
+               "seconds": seconds, "artifacts": {"dir": str(art), "bundles": bundles}}
     write_json(out / "results.json", summary)
     write_text(out / "results.txt", table + "\n")
     if cfg.plots:

@@ -54,18 +54,22 @@ RUN_SETTINGS: dict[str, Any] = {"seed": 0, "text_encoder": "minilm", "text_token
 PLAN_SETTINGS = ("lch_threshold", "synsets", "clip_model", "clip_checkpoint")
 
 
-def run_settings(bundle_path: str, given: dict[str, Any]) -> dict[str, Any]:
-    """seed / text_encoder / text_tokens of the DiffAugment run holding the bundle (RUN/diffusion-*/bundle.safetensors,
-    RUN/results.json), which the `given` ones (None = not given) must equal; for a bundle outside a run the given
-    ones, else RUN_SETTINGS; an unfinished run (no results.json) needs the seed given. Also PLAN_SETTINGS: the
-    run's, else DiffAugConfig's defaults (`clip_checkpoint`: the given one wins, the file may have moved)."""
+def run_settings(bundle_path: str, given: dict[str, Any], run: str | None = None) -> dict[str, Any]:
+    """seed / text_encoder / text_tokens of the DiffAugment run that trained the bundle (`run`, else the directory
+    holding the bundle's `diffusion-*` directory: RUN/results.json), which the `given` ones (None = not given)
+    must equal; for a bundle outside a run the given ones, else RUN_SETTINGS; an unfinished run (no
+    results.json) needs the seed given. Also PLAN_SETTINGS: the run's, else DiffAugConfig's defaults
+    (`clip_checkpoint`: the given one wins, the file may have moved). A `run` whose results.json lists its
+    bundles must list this one."""
     bundle_dir = Path(bundle_path).resolve().parent
-    in_run, results = bundle_dir.name.startswith("diffusion-"), bundle_dir.parent / "results.json"
+    in_run = run is not None or bundle_dir.name.startswith("diffusion-")
+    results = Path(run) / "results.json" if run is not None else bundle_dir.parent / "results.json"
     defaults = DiffAugConfig()
     if not (in_run and results.is_file()):
         if in_run and given.get("seed") is None:
-            raise InputError("seed", f"not given, and the bundle's DiffAugment run {bundle_dir.parent} has no "
-                             "results.json (unfinished?) to read it from", "the seed that run was started with")
+            raise InputError("seed", f"not given, and {results.parent} has no results.json to read it from (an "
+                             "unfinished run, or artifacts shared by runs: give --run, the DiffAugment run)",
+                             "the seed that run was started with")
         settings = {k: d if given.get(k) is None else given[k] for k, d in RUN_SETTINGS.items()}
         settings |= {k: given.get(k) or getattr(defaults, k) for k in PLAN_SETTINGS}
     else:
@@ -76,6 +80,10 @@ def run_settings(bundle_path: str, given: dict[str, Any]) -> dict[str, Any]:
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(str(results), f"no readable config.{'/'.join(RUN_SETTINGS)} ({e!r})",
                             "the results.json of a DiffAugment run") from e
+        bundles = json.loads(results.read_text()).get("artifacts", {}).get("bundles", {})
+        if bundles and str(Path(bundle_path).resolve()) not in {str(Path(b).resolve()) for b in bundles.values()}:
+            raise InputError("bundle", f"{bundle_path} is not a diffusion model of the run {results.parent}",
+                             f"one of {sorted(bundles.values())}")
         for k in (*RUN_SETTINGS, "clip_model"):
             v = given.get(k)
             if v is not None and v != settings[k]:
@@ -89,7 +97,7 @@ def run_settings(bundle_path: str, given: dict[str, Any]) -> dict[str, Any]:
 def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], n: int = 1000,
                    seed: int | None = None, text_encoder: str | None = None, text_tokens: bool | None = None,
                    cache_dir: str | Path | None = None, clip_checkpoint: str | None = None,
-                   clip_model: str | None = None) -> dict:
+                   clip_model: str | None = None, run: str | None = None) -> dict:
     """{'real': {'tail', 'test', 'copy_tail', 'copy_test'}, 'by_guidance': [{'guidance', 'tail', 'test', 'spread_tail',
     'spread_test', 'copy_tail', 'copy_test'}], 'n', 'tail_requests', 'tail_requests_augmented' (requests of a
     WordNet-augmented triplet), and the settings}; settings left None: see `run_settings`.
@@ -97,7 +105,7 @@ def fidelity_sweep(store_dir: str, bundle_path: str, guidance: Sequence[float], 
     if not guidance or any(g < 0 for g in guidance):
         raise InputError("guidance", f"{list(guidance)}", "one or more scales >= 0")
     settings = run_settings(bundle_path, {"seed": seed, "text_encoder": text_encoder, "text_tokens": text_tokens,
-                                          "clip_checkpoint": clip_checkpoint, "clip_model": clip_model})
+                                          "clip_checkpoint": clip_checkpoint, "clip_model": clip_model}, run)
     seed = settings["seed"]
     bundle = inference_bundle(load_bundle(bundle_path))  # cast once for the 2 x len(guidance) sampling calls
     store, train, test = load_splits(store_dir)
@@ -152,11 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--text-cache", help="text-embedding cache dir (e.g. the DiffAugment run's text_cache)")
     ap.add_argument("--clip-model", help=f"open_clip model name for --text-encoder openclip ({run} ViT-L-14)")
     ap.add_argument("--clip-checkpoint", help=f"open_clip checkpoint for --text-encoder openclip ({run} none)")
+    ap.add_argument("--run", help="the DiffAugment run that trained the bundle, whose settings to use (default: the "
+                                  "directory above the bundle's diffusion-* directory; give it for full.py's runs, "
+                                  "whose bundles live in runs/.cache/diffaug-artifacts)")
     ap.add_argument("--out", help="also write the JSON here (atomically)")
     args = ap.parse_args(argv)
     try:
         res = fidelity_sweep(args.store, args.bundle, args.guidance, args.n, args.seed, args.text_encoder,
-                             args.text_tokens, args.text_cache, args.clip_checkpoint, args.clip_model)
+                             args.text_tokens, args.text_cache, args.clip_checkpoint, args.clip_model, args.run)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -113,6 +113,8 @@ def test_runs_sharing_an_artifacts_dir_reuse_diffusion_samples_and_caches(store,
     for out in (tmp_path / "a", tmp_path / "b"):
         assert not list(out.glob("diffusion-*")) and not list(out.glob("samples-*")) and not (out / "text_cache").exists()
     assert again["results"]["baseline_ce"] == first["results"]["baseline_ce"]
+    assert again["artifacts"] == first["artifacts"] and set(first["artifacts"]["bundles"]) == {"hard"}
+    assert Path(first["artifacts"]["bundles"]["hard"]).parent.parent == shared  # results.json says where they are
 
 
 def test_config_and_cli_errors(store, tmp_path):

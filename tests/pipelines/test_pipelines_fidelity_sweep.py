@@ -94,6 +94,25 @@ def test_settings_are_the_diffaugment_runs_and_a_mismatch_is_refused(bundle, tmp
     assert not out.exists()
 
 
+def test_a_bundle_among_shared_artifacts_takes_its_runs_settings_from_run(bundle, tmp_path):
+    """full.py's bundles live in a directory shared by its DiffAugment runs, beside no results.json: `run` names
+    the run (its results.json lists the bundles it used); a bundle it does not list is refused."""
+    store, path = bundle
+    shared, run = tmp_path / "artifacts", tmp_path / "run"
+    (shared / "diffusion-0123abcd").mkdir(parents=True)
+    run.mkdir()
+    in_shared = str(shutil.copy(path, shared / "diffusion-0123abcd" / "bundle.safetensors"))
+    with pytest.raises(InputError, match="no results.json.*give --run"):
+        fidelity_sweep(store, in_shared, [1.0], n=20, text_encoder="glove-roles")
+    cfg = DiffAugConfig(store=store, out=str(run), seed=3, text_encoder="glove-roles", hardness_k=4)
+    write_json(run / "results.json", {"results": {}, "config": to_dict(cfg),
+                                      "artifacts": {"dir": str(shared), "bundles": {"hard": in_shared}}})
+    got = fidelity_sweep(store, in_shared, [1.0], n=20, run=str(run))
+    assert (got["seed"], got["text_encoder"]) == (3, "glove-roles")
+    with pytest.raises(InputError, match="is not a diffusion model of the run"):
+        fidelity_sweep(store, path, [1.0], n=20, run=str(run))
+
+
 def test_tail_requests_are_diffaugments_plan_with_its_augmented_triplets(bundle, tmp_path):
     """The tail set is DiffAugment's own sampling plan (pipelines.diffaug.tail_plan over training + WordNet-
     augmented tail triplets at the run's LCH threshold and synset map), not a plan over training triplets."""
