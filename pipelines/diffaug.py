@@ -375,7 +375,7 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
 
     with _timed(seconds, "triplet augmentation and conditions"):
         aug = augmented_triplets(cfg, train_trip, obj_counts, rel_counts, objects,
-                                 art / f"lch_cache-{config_hash(cfg.synsets)[:12]}.json")  # one per synset map
+                                 art / f"lch_cache-{config_hash(cfg.synsets)}.json")  # one per synset map
         aug_trip = np.stack([aug["subject"], aug["predicate"], aug["object"]], axis=1)
         augmentation = {"train_triplets": len(train_trip), "new_triplets": len(aug_trip),
                         "no_synset": classes_without_synset(objects, cfg.synsets),

@@ -80,8 +80,9 @@ def run_settings(bundle_path: str, given: dict[str, Any], run: str | None = None
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(str(results), f"no readable config.{'/'.join(RUN_SETTINGS)} ({e!r})",
                             "the results.json of a DiffAugment run") from e
+        # a bundle's directory name is its content key: it identifies the model wherever the files were moved
         bundles = json.loads(results.read_text()).get("artifacts", {}).get("bundles", {})
-        if bundles and str(Path(bundle_path).resolve()) not in {str(Path(b).resolve()) for b in bundles.values()}:
+        if bundles and bundle_dir.name not in {Path(b).parent.name for b in bundles.values()}:
             raise InputError("bundle", f"{bundle_path} is not a diffusion model of the run {results.parent}",
                              f"one of {sorted(bundles.values())}")
         for k in (*RUN_SETTINGS, "clip_model"):

@@ -109,6 +109,10 @@ def test_a_bundle_among_shared_artifacts_takes_its_runs_settings_from_run(bundle
                                       "artifacts": {"dir": str(shared), "bundles": {"hard": in_shared}}})
     got = fidelity_sweep(store, in_shared, [1.0], n=20, run=str(run))
     assert (got["seed"], got["text_encoder"]) == (3, "glove-roles")
+    moved = tmp_path / "moved" / "diffusion-0123abcd"  # the model is known by its directory's content key
+    moved.mkdir(parents=True)
+    assert fidelity_sweep(store, str(shutil.copy(path, moved / "bundle.safetensors")), [1.0], n=20,
+                          run=str(run)) == got
     with pytest.raises(InputError, match="is not a diffusion model of the run"):
         fidelity_sweep(store, path, [1.0], n=20, run=str(run))
 
