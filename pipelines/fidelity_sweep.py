@@ -74,14 +74,15 @@ def run_settings(bundle_path: str, given: dict[str, Any], run: str | None = None
         settings |= {k: given.get(k) or getattr(defaults, k) for k in PLAN_SETTINGS}
     else:
         try:
-            config = json.loads(results.read_text())["config"]
+            recorded = json.loads(results.read_text())
+            config = recorded["config"]
             settings = {k: type(d)(config[k]) for k, d in RUN_SETTINGS.items()}
             settings |= {k: type(getattr(defaults, k))(config.get(k, getattr(defaults, k))) for k in PLAN_SETTINGS}
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(str(results), f"no readable config.{'/'.join(RUN_SETTINGS)} ({e!r})",
                             "the results.json of a DiffAugment run") from e
         # a bundle's directory name is its content key: it identifies the model wherever the files were moved
-        bundles = json.loads(results.read_text()).get("artifacts", {}).get("bundles", {})
+        bundles = recorded.get("artifacts", {}).get("bundles", {})
         if bundles and bundle_dir.name not in {Path(b).parent.name for b in bundles.values()}:
             raise InputError("bundle", f"{bundle_path} is not a diffusion model of the run {results.parent}",
                              f"one of {sorted(bundles.values())}")

@@ -224,7 +224,7 @@ def run_phases(cfg: FullConfig, tracker: Any, parent: str, run_root: Path) -> di
         def diffaug_phase(stage_dir: Path) -> dict:
             # artifacts (diffusion models, samples, text embeddings, WordNet similarities) are content-addressed:
             # one directory for every DiffAugment phase, so a changed fine-tuning setting trains no diffusion again
-            shared = cfg.diffaug.artifacts_dir or str(Path(cfg.run_dir).resolve() / ".cache" / "diffaug-artifacts")
+            shared = cfg.diffaug.artifacts_dir or str(cache.root.resolve() / "diffaug-artifacts")
             da_cfg = dataclasses.replace(cfg.diffaug, store=data.result["store"], out=str(stage_dir),
                                          artifacts_dir=shared, experiment=cfg.experiment,
                                          ray_address=cfg.ray_address or "")
