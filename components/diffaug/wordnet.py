@@ -5,6 +5,9 @@ unless an override map names the synset (first senses can be wrong, e.g. "plate"
 -log((d + 1) / (2 D)) with D = 19 for nouns; the paper's threshold 2.26 means "at most 2 edges apart".
 Names without a noun synset, or pairs without a path, give None. WordNet's first access costs ~10 s, so
 results are cached per process and, with `cache_path`, on disk as JSON (keyed by the override map and the source fingerprint).
+D itself is what NLTK computes by walking every noun synset (~17 s, once per process); `noun_max_depth`
+memoises it beside the WordNet files (`max_depth.json`, keyed by data.noun's size and mtime and NLTK's
+version), so only the first process on a machine pays it (`make setup` does).
 """
 from __future__ import annotations
 
@@ -32,7 +35,61 @@ def _wordnet():
     except LookupError as e:
         raise InputError("WordNet", "NLTK cannot find WordNet 3.0",
                          "`python components/diffaug/wordnet_data.py` or NLTK_DATA pointing at a wordnet corpus") from e
+    _prefill_max_depth(wn)
     return wn
+
+
+MAX_DEPTH_MEMO = "max_depth.json"
+
+
+def _memo_key(wn) -> dict | None:
+    """What the noun max depth depends on: data.noun's size and mtime and NLTK's version (None when the
+    corpus is not a plain directory, e.g. read from a zip: then nothing is memoised)."""
+    import nltk
+
+    path = getattr(getattr(wn, "root", None), "path", None)
+    data = Path(path) / "data.noun" if path else None
+    if data is None or not data.is_file():
+        return None
+    st = data.stat()
+    return {"data.noun": str(data.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "nltk": nltk.__version__}
+
+
+def _noun_depth_key(wn) -> tuple:
+    """NLTK's key of the noun entry in its max-depth table ((pos, needs_root), as lch_similarity looks it up)."""
+    return ("n", wn.synset("entity.n.01")._needs_root())
+
+
+def _prefill_max_depth(wn) -> None:
+    """Give NLTK the memoised noun max depth so its first lch_similarity skips the walk over all synsets.
+    A missing, stale or unreadable memo changes nothing: NLTK then computes the depth itself."""
+    key = _memo_key(wn)
+    table = getattr(wn, "_max_depth", None)
+    if key is None or not isinstance(table, dict):
+        return
+    try:
+        memo = json.loads((Path(key["data.noun"]).parent / MAX_DEPTH_MEMO).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(memo, dict) and memo.get("key") == key and isinstance(memo.get("depth"), int):
+        table.setdefault(_noun_depth_key(wn), memo["depth"])
+
+
+@lru_cache(maxsize=1)
+def noun_max_depth() -> int:
+    """D of the LCH formula for nouns (19 in WordNet 3.0): the memoised value, else NLTK's walk over all
+    noun synsets, whose result is then memoised beside the WordNet files (when that directory is writable)."""
+    wn = _wordnet()
+    nkey = _noun_depth_key(wn)
+    memoised = nkey in wn._max_depth  # prefilled from a valid memo by _wordnet()
+    depth = int(wn._compute_max_depth(*nkey))
+    key = _memo_key(wn)
+    if not memoised and key is not None:
+        try:
+            write_json(Path(key["data.noun"]).parent / MAX_DEPTH_MEMO, {"key": key, "depth": depth})
+        except (OSError, InputError):
+            pass  # a read-only corpus directory: every process computes D, as without the memo
+    return depth
 
 
 def synset_name(name: str, overrides: Mapping[str, str] | None = None) -> str | None:
@@ -72,6 +129,7 @@ class LCHSimilarity:
             value = None
             if sa and sb:
                 wn = _wordnet()
+                noun_max_depth()  # memoised for later processes
                 value = wn.synset(sa).lch_similarity(wn.synset(sb))
             self._pairs[key] = None if value is None else float(value)
             self._dirty = True

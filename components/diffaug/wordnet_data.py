@@ -1,6 +1,7 @@
 """Make WordNet 3.0 available to NLTK offline: copy Debian's `wordnet-base` files into a project-local
 NLTK data dir (`<dir>/corpora/wordnet/`, plain files, not group-writable, plus the `lexnames` index
-that Debian does not ship). Online machines may use `nltk.download('wordnet')` instead."""
+that Debian does not ship), then memoise the noun hierarchy's depth that LCH needs (components/diffaug/wordnet.py).
+Online machines may use `nltk.download('wordnet')` instead."""
 from __future__ import annotations
 
 import argparse
@@ -73,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    ensure_nltk_path(args.target)
+    from components.diffaug.wordnet import noun_max_depth
+
+    print(f"WordNet noun max depth (LCH's D, memoised for later processes): {noun_max_depth()}")
     return 0
 
 
