@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,10 @@ class HMLConfig:
     ray_address: str | None = None
     num_cpus: int | None = None
     threads_per_worker: int = field(default=1, metadata={"range": (1, 256)})
+    # Methods trained at once (each in its own driver thread; a method's stages stay in order). A stage's
+    # start-up on Ray Train (~20 s of new processes) dominates short stages, so 2 overlaps them; each needs
+    # num_workers x cpus_per_worker CPUs and one CPU stays free for Ray Data's read tasks. Numbers do not change.
+    concurrent_methods: int = field(default=1, metadata={"range": (1, 16)})
     # Test-split prediction: 0 = in the driver process; N = a Ray Data pool of N actors, each with
     # cpus_per_worker CPUs (and one GPU with use_gpu), e.g. on a cluster whose driver has no GPU
     predict_actors: int = field(default=0, metadata={"range": (0, 1024)})
@@ -412,6 +417,11 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
     gpu = 1.0 if cfg.use_gpu else 0.0
     asks = {"a stage's Ray Train workers (num_workers x cpus_per_worker, 1 GPU each with use_gpu)":
             {"CPU": cfg.num_workers * cfg.cpus_per_worker, "GPU": cfg.num_workers * gpu}}
+    concurrent = min(cfg.concurrent_methods, len(cfg.methods))
+    if concurrent > 1:  # all at once, and a CPU left for the read tasks that feed them (else they wait forever)
+        asks["concurrent_methods stages' Ray Train workers (x num_workers x cpus_per_worker, 1 GPU each with "
+             "use_gpu) and one CPU for Ray Data's read tasks"] = \
+            {"CPU": concurrent * cfg.num_workers * cfg.cpus_per_worker + 1.0, "GPU": concurrent * cfg.num_workers * gpu}
     if cfg.predict_actors:
         asks["the prediction actors (predict_actors x cpus_per_worker, 1 GPU each with use_gpu)"] = \
             {"CPU": cfg.predict_actors * cfg.cpus_per_worker, "GPU": cfg.predict_actors * gpu}
@@ -449,12 +459,25 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
     cache = StageCache(out / "stages")
     results: dict[str, Any] = {"tree": tree.to_json(), "methods": {}}
     loop_extra = {"freq_bias_path": str(fb_path.resolve()) if fb_path else None, **(loop_extra or {})}
-    for method in cfg.methods:
+
+    def train_and_evaluate(method: str) -> dict:
         final = train_method(method, cfg, tree, counts, base_cfg, cache, train_data, loop_extra)
-        results["methods"][method] = {"checkpoint": str(stage_checkpoint(final)), "stage_dir": str(final.path),
-                                      "train_summary": final.result["summary"]}
-        results["methods"][method].update(evaluate_method(method, stage_checkpoint(final), cfg, store, tree,
-                                                          model_cfg, fb_path, out))
+        return {"checkpoint": str(stage_checkpoint(final)), "stage_dir": str(final.path),
+                "train_summary": final.result["summary"],
+                **evaluate_method(method, stage_checkpoint(final), cfg, store, tree, model_cfg, fb_path, out)}
+
+    if concurrent > 1:
+        with ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="hml-method") as pool:
+            futures = {m: pool.submit(train_and_evaluate, m) for m in cfg.methods}
+            try:
+                for method in cfg.methods:
+                    results["methods"][method] = futures[method].result()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)  # methods not started yet do not start
+                raise
+    else:
+        for method in cfg.methods:
+            results["methods"][method] = train_and_evaluate(method)
     write_json(out / "results.json", results)
     log_results(cfg, results, out)
     return results

@@ -219,3 +219,42 @@ def test_sgcls_two_stage_run_predicts_and_scores_object_labels(ray_local, store,
     for (_, p), saved in zip(predict_images(reloaded, graphs), preds):
         np.testing.assert_array_equal(p["obj_labels"], saved["pred_labels"])
         np.testing.assert_allclose(p["obj_scores"], saved["pred_scores"], rtol=1e-6)
+
+
+def _stage_spans(out: Path) -> dict[str, tuple[float, float]]:
+    """(start, end) wall-clock time of each trained stage under `out` (its marker's mtime minus its seconds)."""
+    spans = {}
+    for done in (out / "stages").glob("*/_DONE.json"):
+        end = done.stat().st_mtime
+        spans[done.parent.name.rsplit("-", 1)[0]] = (end - json.loads(done.read_text())["seconds"], end)
+    return spans
+
+
+def test_concurrent_methods_overlap_and_train_what_one_at_a_time_trains(ray_local, store, tmp_path):
+    """concurrent_methods=2 trains two methods' stages at the same time (their Ray Train runs overlap) and
+    gives exactly what training one method after the other gives: the same models and metrics."""
+    cfg = HMLConfig(store=str(store), output_dir=str(tmp_path / "both"), methods=["ce", "cb"], hidden_dim=8,
+                    steps_per_stage=3, checkpoint_every=3, batch_size=4, max_bg_per_image=16, track=False,
+                    progress=False, ks=[20], concurrent_methods=2)
+    both = run(cfg)
+    spans = _stage_spans(tmp_path / "both")
+    assert set(spans) == {"ce-stage1", "cb-stage1"}
+    assert max(s for s, _ in spans.values()) < min(e for _, e in spans.values())  # both were training at once
+    one = run(replace(cfg, output_dir=str(tmp_path / "one"), concurrent_methods=1))
+    one_spans = _stage_spans(tmp_path / "one")
+    assert one_spans["ce-stage1"][1] <= one_spans["cb-stage1"][0]  # one after the other
+    for method in ("ce", "cb"):
+        assert both["methods"][method]["metrics"] == one["methods"][method]["metrics"]
+        (_, s_both), (_, s_one) = (load_checkpoint(r["methods"][method]["checkpoint"]) for r in (both, one))
+        assert s_both["model"].keys() == s_one["model"].keys()
+        assert all(torch.equal(s_both["model"][k], s_one["model"][k]) for k in s_one["model"]), method
+
+
+def test_concurrent_methods_must_leave_a_cpu_for_reading(ray_local, store, tmp_path):
+    """Three 0.5-CPU stages at once plus a CPU for Ray Data's read tasks do not fit the 2-CPU local Ray: a
+    ConfigError naming the key, before anything is written (rather than read tasks that wait forever)."""
+    cfg = HMLConfig(store=str(store), output_dir=str(tmp_path / "out"), methods=["hml", "ce", "cb"],
+                    cpus_per_worker=0.5, concurrent_methods=3, track=False, progress=False)
+    with pytest.raises(ConfigError, match="concurrent_methods"):
+        run(cfg)
+    assert not (tmp_path / "out").exists()
