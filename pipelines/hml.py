@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from pipelines.hml_predict import (
     predict_on_ray,
     predict_store,
 )
+from pipelines.threads import run_concurrently
 
 METHODS = ("hml", "ce", "cb")
 STATE_FILE = "state.pt"
@@ -467,14 +467,8 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
                 **evaluate_method(method, stage_checkpoint(final), cfg, store, tree, model_cfg, fb_path, out)}
 
     if concurrent > 1:
-        with ThreadPoolExecutor(max_workers=concurrent, thread_name_prefix="hml-method") as pool:
-            futures = {m: pool.submit(train_and_evaluate, m) for m in cfg.methods}
-            try:
-                for method in cfg.methods:
-                    results["methods"][method] = futures[method].result()
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)  # methods not started yet do not start
-                raise
+        results["methods"] = run_concurrently({m: lambda m=m: train_and_evaluate(m) for m in cfg.methods},
+                                               concurrent)
     else:
         for method in cfg.methods:
             results["methods"][method] = train_and_evaluate(method)
