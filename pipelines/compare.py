@@ -157,6 +157,8 @@ def compare(args: argparse.Namespace) -> None:
     if metric:
         numeric = [p for p in shown if pd.api.types.is_numeric_dtype(df[p])]
         plots = [plot_metric(df, metric, p, out) for p in (params or numeric)]
+    elif params:
+        print("no plots: give --metric to plot it against each --param", file=sys.stderr)
     print(f"{len(df)} runs; wrote {out / 'compare.csv'}, {out / 'compare.md'}"
           + "".join(f", {p}" for p in plots))
 

@@ -46,7 +46,7 @@ def _state_lines(path: Path) -> dict[str, str]:
 
 def _recorded(dashboard: str) -> tuple[list[Path], Path | None, str]:
     """(state files searched, the one recording `dashboard` or None, its GCS address or "")."""
-    candidates = [Path(p) for p in (os.environ.get(STATE_ENV), DEFAULT_STATE) if p]
+    candidates = list(dict.fromkeys(Path(p).resolve() for p in (os.environ.get(STATE_ENV), DEFAULT_STATE) if p))
     for path in candidates:
         state = _state_lines(path)
         recorded = state.get("dashboard")

@@ -65,12 +65,14 @@ def test_runs_of_other_code_show_their_code_version(store):
     assert [(r["run_name"], r["code"]) for r in rows] == [("old", "0123456789ab"), ("lr0.1", code_fingerprint())]
 
 
-def test_forced_param_is_shown(store):
+def test_forced_param_is_shown(store, capsys):
+    """A --param is a column even where it does not differ; without --metric nothing is plotted, and it says so."""
     tmp, uri, ids, _ = store
     out = tmp / "cmp2"
     assert compare.main(["--tracking-uri", uri, "--runs", ids[0.1], "--param", "seed", "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert len(rows) == 1 and rows[0]["seed"] == "0.0"
+    assert not list(out.glob("*.png")) and "give --metric" in capsys.readouterr().err
 
 
 def test_sweep_keeps_latest_attempt_per_trial(store):
