@@ -174,6 +174,6 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    import json
+    from benchmarks.single import main
 
-    print(json.dumps(run(quick=True), indent=1))
+    main(run, __doc__)

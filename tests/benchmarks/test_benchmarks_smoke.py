@@ -4,10 +4,12 @@ records provenance and other processes' CPU use. No timing is asserted (speed cl
 benchmarks/results.json, measured side by side)."""
 import json
 import math
+import os
 import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,3 +182,12 @@ def test_other_cpu_counts_ray_workers_as_own(ray_local):
     with run_all.OtherCpu() as meter:
         ray_local.get(burn.remote())
     assert meter.own_seconds >= 1.5 - run_all.POLL_SECONDS
+
+
+@pytest.mark.parametrize("module", ["bench_classifier", "bench_hml_step", "bench_stream", "bench_sampling", "bench_eval"])
+def test_every_benchmark_module_shows_help_without_running(module):
+    """`python benchmarks/<module>.py --help` prints its usage and exits 0 at once (three used to run their benchmark)."""
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / f"{module}.py"), "--help"], capture_output=True,
+                       text=True, timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0 and r.stdout.startswith("usage:"), r.stderr[-500:]
