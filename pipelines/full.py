@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +101,8 @@ class FullConfig:
     def validate(self) -> None:
         bad = [p for p in self.phases if p not in PHASES]
         if bad:
-            raise ConfigError("phases", f"unknown phases {bad}", f"a subset of {list(PHASES)}")
+            raise ConfigError("phases", f"unknown phases {bad}",
+                              f"a subset of {list(PHASES)} (each prepares its data store, data-sgg / data-vrr, itself)")
 
 
 def chosen_preset(flag: str | None, user: dict, overrides: list[str]) -> str:
@@ -136,10 +138,12 @@ def prepare_stage(cache: StageCache, dataset: str, planted: Any, given: str | No
     if given:
         from components.data.store import FeatureStore
 
+        t0 = time.perf_counter()
         store = FeatureStore(given)
         store.validate()
         digest = config_hash(store.manifest.splits)
-        return StageResult(f"data-{key}", digest, Path(given), {"store": str(Path(given).resolve())}, True, 0.0)
+        return StageResult(f"data-{key}", digest, Path(given), {"store": str(Path(given).resolve()), "given": True},
+                           False, time.perf_counter() - t0)
 
     def fn(stage_dir: Path) -> dict:
         cfg = PrepareDataConfig(dataset=dataset, out=str(stage_dir / "store"), **{key: planted})
@@ -150,7 +154,7 @@ def prepare_stage(cache: StageCache, dataset: str, planted: Any, given: str | No
 
 # Fields that say where or how to run, not what to compute: left out of a phase's content key.
 NOT_CONTENT = ("store", "output_dir", "out", "artifacts_dir", "ray_address", "experiment", "progress", "track", "plots",
-               "num_cpus")
+               "num_cpus", "concurrent_methods")
 
 
 # Fields added after phases were first cached, with the value every earlier run had: left out of the key at
@@ -167,7 +171,8 @@ def phase_key(cfg: Any) -> dict:
 def timed(timings: dict[str, float], stage: StageResult) -> StageResult:
     """Record a stage's wall time (0 when cached) and say what happened."""
     timings[stage.name] = 0.0 if stage.cached else stage.seconds
-    state = "cached" if stage.cached else f"done in {stage.seconds:.1f} s"
+    state = "cached" if stage.cached else \
+        f"{'given store validated' if stage.result.get('given') else 'done'} in {stage.seconds:.1f} s"
     print(f"[full] {stage.name}: {state} ({stage.path})", flush=True)
     return stage
 

@@ -72,3 +72,26 @@ def test_diffaug_phase_key_leaves_out_the_shared_artifacts_dir():
     """Where DiffAugment's content-addressed artifacts live does not change its results: not in the phase key."""
     here = phase_key(load("default", None, []).diffaug)
     assert "artifacts_dir" not in here and phase_key(load("default", None, ["diffaug.artifacts_dir=/x"]).diffaug) == here
+
+
+def test_hml_phase_key_leaves_out_how_many_methods_train_at_once():
+    """concurrent_methods changes when stages run, not what they compute (test_pipelines_hml.py checks that
+    the models are equal): not in the phase key."""
+    here = phase_key(load("default", None, []).hml)
+    assert "concurrent_methods" not in here
+    assert phase_key(load("default", None, ["hml.concurrent_methods=1"]).hml) == here
+
+
+def test_a_given_store_is_validated_not_cached(tmp_path, capsys):
+    """A store given by path is checked on every run and reported as such (it is not a cached phase)."""
+    from sgg_stores import write_tiny_store
+
+    from components.stages import StageCache
+    from pipelines.full import prepare_stage, timed
+    store = write_tiny_store(tmp_path / "store", shard_size=24)
+    timings = {}
+    stage = timed(timings, prepare_stage(StageCache(tmp_path / "cache"), "sgg-planted", None, str(store)))
+    assert not stage.cached and stage.result["store"] == str(store.resolve()) and timings["data-sgg"] > 0
+    assert "[full] data-sgg: given store validated in" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="data-sgg / data-vrr"):
+        load("default", None, ["phases=[data-sgg,hml]"])
