@@ -20,7 +20,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,10 +104,12 @@ class HMLConfig:
     ray_address: str | None = None
     num_cpus: int | None = None
     threads_per_worker: int = field(default=1, metadata={"range": (1, 256)})
-    # Methods trained at once (each in its own driver thread; a method's stages stay in order). A stage's
-    # start-up on Ray Train (~20 s of new processes) dominates short stages, so 2 overlaps them; each needs
-    # num_workers x cpus_per_worker CPUs and one CPU stays free for Ray Data's read tasks. Numbers do not change.
-    concurrent_methods: int = field(default=1, metadata={"range": (1, 16)})
+    # Methods trained at once, at most (each in its own driver thread; a method's stages stay in order). A
+    # stage's start-up on Ray Train (~20 s of new processes) dominates short stages, which two at a time
+    # overlap (make run's HML: 93-104 s against 111-127 s). Each needs num_workers x cpus_per_worker CPUs
+    # (and GPUs) and one CPU stays free for Ray Data's read tasks: a local Ray runs as many as fit.
+    # Results do not change.
+    concurrent_methods: int = field(default=2, metadata={"range": (1, 16)})
     # Test-split prediction: 0 = in the driver process; N = a Ray Data pool of N actors, each with
     # cpus_per_worker CPUs (and one GPU with use_gpu), e.g. on a cluster whose driver has no GPU
     predict_actors: int = field(default=0, metadata={"range": (0, 1024)})
@@ -403,6 +405,23 @@ def train_method(method: str, cfg: HMLConfig, tree: PredicateTree, counts: np.nd
     return prev
 
 
+def methods_at_once(cfg: HMLConfig, resources: Mapping[str, float]) -> int:
+    """How many methods train at once on a Ray of fixed `resources`: at most `concurrent_methods` and the
+    number of methods, as many stages as fit beside one CPU kept for Ray Data's read tasks (which would
+    otherwise wait forever for a CPU), at least 1. Says so when it runs fewer than asked."""
+    want = min(cfg.concurrent_methods, len(cfg.methods))
+    stage_cpus = cfg.num_workers * cfg.cpus_per_worker
+    fit = int((float(resources.get("CPU", 0.0)) - 1.0 + 1e-9) // stage_cpus)
+    if cfg.use_gpu:
+        fit = min(fit, int(float(resources.get("GPU", 0.0)) + 1e-9) // cfg.num_workers)
+    at_once = max(1, min(want, fit))
+    if at_once < want:
+        print(f"[hml] concurrent_methods={cfg.concurrent_methods}: {at_once} method(s) at a time, as many as this "
+              f"Ray's {resources.get('CPU', 0):g} CPUs hold ({stage_cpus:g} CPUs per stage, 1 kept for reading data)",
+              flush=True)
+    return at_once
+
+
 def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
     """Tree, training of every method, predictions and evaluation; returns and writes results.json."""
     import ray
@@ -417,16 +436,13 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
     gpu = 1.0 if cfg.use_gpu else 0.0
     asks = {"a stage's Ray Train workers (num_workers x cpus_per_worker, 1 GPU each with use_gpu)":
             {"CPU": cfg.num_workers * cfg.cpus_per_worker, "GPU": cfg.num_workers * gpu}}
-    concurrent = min(cfg.concurrent_methods, len(cfg.methods))
-    if concurrent > 1:  # all at once, and a CPU left for the read tasks that feed them (else they wait forever)
-        asks["concurrent_methods stages' Ray Train workers (x num_workers x cpus_per_worker, 1 GPU each with "
-             "use_gpu) and one CPU for Ray Data's read tasks"] = \
-            {"CPU": concurrent * cfg.num_workers * cfg.cpus_per_worker + 1.0, "GPU": concurrent * cfg.num_workers * gpu}
     if cfg.predict_actors:
         asks["the prediction actors (predict_actors x cpus_per_worker, 1 GPU each with use_gpu)"] = \
             {"CPU": cfg.predict_actors * cfg.cpus_per_worker, "GPU": cfg.predict_actors * gpu}
-    check_requests("num_workers / predict_actors / cpus_per_worker / use_gpu", asks,
-                   init_ray(cfg.ray_address, cfg.num_cpus), fixed=not joins_cluster(cfg.ray_address))
+    resources, fixed = init_ray(cfg.ray_address, cfg.num_cpus), not joins_cluster(cfg.ray_address)
+    check_requests("num_workers / predict_actors / cpus_per_worker / use_gpu", asks, resources, fixed)
+    # a joined cluster may grow (autoscaler): there the requested number runs
+    concurrent = methods_at_once(cfg, resources) if fixed else min(cfg.concurrent_methods, len(cfg.methods))
     out = ensure_writable_dir(cfg.output_dir)  # created only once the inputs have been read and checked
     tree.save(out / "tree.json")
     tree.draw(out / "tree.png")

@@ -23,6 +23,7 @@ from pipelines.hml import (
     StageSpec,
     label_map,
     main,
+    methods_at_once,
     run,
     stage_plan,
     stage_steps,
@@ -250,11 +251,19 @@ def test_concurrent_methods_overlap_and_train_what_one_at_a_time_trains(ray_loca
         assert all(torch.equal(s_both["model"][k], s_one["model"][k]) for k in s_one["model"]), method
 
 
-def test_concurrent_methods_must_leave_a_cpu_for_reading(ray_local, store, tmp_path):
-    """Three 0.5-CPU stages at once plus a CPU for Ray Data's read tasks do not fit the 2-CPU local Ray: a
-    ConfigError naming the key, before anything is written (rather than read tasks that wait forever)."""
-    cfg = HMLConfig(store=str(store), output_dir=str(tmp_path / "out"), methods=["hml", "ce", "cb"],
-                    cpus_per_worker=0.5, concurrent_methods=3, track=False, progress=False)
-    with pytest.raises(ConfigError, match="concurrent_methods"):
-        run(cfg)
-    assert not (tmp_path / "out").exists()
+def test_methods_at_once_keeps_a_cpu_for_reading(capsys):
+    """As many stages as fit beside one CPU for Ray Data's read tasks (which would otherwise wait forever), at
+    most concurrent_methods and the number of methods, at least 1; GPUs bound it with use_gpu; a note when
+    fewer than asked run at once."""
+    cfg = HMLConfig(store="s", cpus_per_worker=0.5, concurrent_methods=3)
+    assert methods_at_once(cfg, {"CPU": 2.0}) == 2  # 3 x 0.5 + 1 > 2
+    assert "2 method(s) at a time" in capsys.readouterr().out
+    assert methods_at_once(cfg, {"CPU": 8.0}) == 3
+    assert methods_at_once(replace(cfg, methods=["hml", "ce"]), {"CPU": 8.0}) == 2
+    assert methods_at_once(replace(cfg, concurrent_methods=1), {"CPU": 8.0}) == 1
+    assert capsys.readouterr().out == ""  # as many as asked (or as there are methods): nothing to say
+    assert methods_at_once(replace(cfg, cpus_per_worker=1.0), {"CPU": 2.0}) == 1
+    assert methods_at_once(replace(cfg, cpus_per_worker=4.0), {"CPU": 2.0}) == 1  # never 0
+    gpus = replace(cfg, use_gpu=True, num_workers=2, cpus_per_worker=1.0)
+    assert methods_at_once(gpus, {"CPU": 16.0, "GPU": 4.0}) == 2
+    assert methods_at_once(gpus, {"CPU": 16.0}) == 1
