@@ -48,6 +48,7 @@ mkdir -p "$TMPD" "$LOGS"
 import socket, sys
 for p in sys.argv[1:]:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Ray binds: TIME-WAIT leftovers of a stopped cluster are not "in use"
         s.bind(("0.0.0.0", int(p)))
 PYEOF
 read -r -a FREE <<<"$("$PY" -c '
@@ -137,7 +138,10 @@ wait_nodes 1 || fail "the head node did not come up"
 wait_agent "${FREE[1]}" || fail "the head's dashboard agent did not come up"
 
 for ((i = 1; i <= WORKERS; i++)); do
-  start_node "worker$i" --address "127.0.0.1:$PORT" --num-cpus "$WORKER_CPUS" \
+  # Each node its own temp dir: nodes sharing one unpack a job's working_dir package into the same directory,
+  # and the second unpacking removed files under a driver already running from it (FileNotFoundError).
+  mkdir -p "$TMPD/w$i"
+  start_node "worker$i" --address "127.0.0.1:$PORT" --num-cpus "$WORKER_CPUS" --temp-dir "$TMPD/w$i" \
     --dashboard-agent-listen-port "${FREE[$((1 + i))]}" ${NUM_GPUS:+--num-gpus "$NUM_GPUS"} \
     ${OSM_MB:+--object-store-memory $((OSM_MB * 1024 * 1024))}
 done
@@ -157,7 +161,7 @@ cat <<MSG
 Ray cluster up: 1 head + $WORKERS worker node(s), dashboard http://127.0.0.1:$DASH_PORT, GCS 127.0.0.1:$PORT
   processes recorded in $STATE (stop with: bash cluster/down.sh --dir $DIR)
   token auth: RAY_AUTH_MODE=token, token file $RAY_AUTH_TOKEN_PATH
-Submit a job:
+Submit a job (from $ROOT; the job runs from a copy of --working-dir, so give run_dir as an absolute path):
   source $DIR/cluster.env
-  ray job submit -- python pipelines/full.py ...
+  ray job submit --working-dir . -- python pipelines/full.py run_dir=$ROOT/runs ...
 MSG

@@ -246,8 +246,10 @@ def train_loop_per_worker(cfg: dict) -> None:
 
     from components.models.pairs import sample_pairs
     from components.optim import adam
+    from pipelines.ray_runtime import quiet_checkpoint_reports
     from pipelines.streaming import iter_scene_graph_batches
 
+    quiet_checkpoint_reports()
     torch.set_num_threads(cfg["threads"])
     rank = ray.train.get_context().get_world_rank()
     device = get_device()

@@ -103,6 +103,21 @@ def quiet_placement_group_cleaner() -> None:
     logging.getLogger(_CLEANER_LOGGER).addFilter(_not_cleaner_noise)
 
 
+def quiet_checkpoint_reports() -> None:
+    """In a Ray Train worker: drop Ray's two INFO lines per checkpoint ("Checkpoint successfully created at ...",
+    "Reporting training result N: TrainingReport(... every metric ...)"), hundreds of long lines in a long stage;
+    the stage's metrics are in its metrics.jsonl and MLflow, its checkpoints in its run directory. Warnings
+    and errors of those loggers still show. (Ray 2.60's module loggers; a Ray without them changes nothing.)"""
+    try:
+        from ray.train.v2._internal.execution import context, storage
+    except ImportError:
+        return
+    for module in (context, storage):
+        log = getattr(module, "logger", None)
+        if isinstance(log, logging.Logger):
+            log.setLevel(logging.WARNING)
+
+
 def check_requests(keys: str, asks: Mapping[str, Mapping[str, float]], resources: Mapping[str, float],
                    fixed: bool) -> None:
     """Each request of `asks` ({what: {resource: amount}}) must fit the Ray cluster's `resources`, or Ray queues

@@ -70,6 +70,16 @@ req = dict(sample_id=np.arange(n), subject=np.zeros(n, int), object=np.zeros(n, 
            text=rng.normal(size=(n, 4)).astype(np.float32))
 sample_on_ray(res["bundle"], req, "{out}", num_actors=2, shard_size=2, cpus_per_actor=1.0, batch_size=2,
               progress=False)
+# Where each node runs the job's working_dir copy from (a task pinned to each node): one directory per node,
+# or the second node's unpacking would replace files under the running driver.
+import json, os
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+@ray.remote(num_cpus=1)
+def cwd():
+    return os.getcwd()
+nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+print("CWDS", json.dumps({{"driver": os.getcwd(), "nodes": ray.get([
+    cwd.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes])}}))
 """
 
 
@@ -246,11 +256,17 @@ def test_two_node_cluster_runs_an_authenticated_job_and_stops_cleanly(short_dir)
     assert processes_with(f"HMLDIFF_RAY_CLUSTER={cluster_id}")
 
     # Diffusion sampling scales out: two 1-CPU actors land on the two nodes, each writing shards.
-    script = short_dir / "sample_job.py"
-    script.write_text(SAMPLE_JOB.format(out=str(short_dir / "samples")))
-    r = subprocess.run(check=False, args=[RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--", "python",
-                                          str(script)], capture_output=True, text=True, env=env, timeout=400)
+    # The job runs from a --working-dir copy, as the README submits full.py.
+    (short_dir / "job").mkdir()
+    (short_dir / "job" / "sample_job.py").write_text(SAMPLE_JOB.format(out=str(short_dir / "samples")))
+    r = subprocess.run(check=False, args=[RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+                                          "--working-dir", str(short_dir / "job"), "--", "python", "sample_job.py"],
+                       capture_output=True, text=True, env=env, timeout=400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    cwds = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("CWDS")).split(" ", 1)[1])
+    assert len(cwds["nodes"]) == 2 and cwds["driver"] in cwds["nodes"]
+    assert len(set(cwds["nodes"])) == 2  # each node its own unpacked copy (up.sh: a temp dir per node)
+    assert len({Path(c).name for c in cwds["nodes"]}) == 1  # of the same package
     manifest = json.loads((short_dir / "samples" / "manifest.json").read_text())
     nodes = {s["node"] for s in manifest["shards"]}
     assert len(nodes) == 2 and None not in nodes, manifest["shards"]

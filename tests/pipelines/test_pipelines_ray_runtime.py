@@ -140,13 +140,20 @@ def test_a_driver_joins_the_cluster_after_sourcing_cluster_env():
 
 
 TRAIN = """
-import time
+import os, tempfile, time
 import ray.train
 from ray.train.torch import TorchTrainer
-from pipelines.ray_runtime import init_ray
+from pipelines.ray_runtime import init_ray, quiet_checkpoint_reports
 
 init_ray(num_cpus=2)
 def loop(config):
+    def checkpoint(i):
+        d = tempfile.mkdtemp()
+        open(os.path.join(d, "state"), "w").write(str(i))
+        ray.train.report({"i": i}, checkpoint=ray.train.Checkpoint.from_directory(d))
+    checkpoint(1)  # Ray's INFO lines about it show
+    quiet_checkpoint_reports()
+    checkpoint(2)  # these do not
     time.sleep(6)  # the cleaner checks once a second while this runs
 result = TorchTrainer(loop, scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
                       run_config=ray.train.RunConfig(storage_path=%r, name="quiet")).fit()
@@ -158,12 +165,17 @@ print("RESULT", result.error is None)
 @pytest.mark.slow
 def test_a_local_instance_drops_the_placement_group_cleaners_state_api_warning(tmp_path):
     """Without a dashboard Ray Train's PlacementGroupCleaner warned once a second that the State API was
-    unavailable (54 lines in a 2-minute HML run); a local init_ray's workers drop that warning only."""
+    unavailable (54 lines in a 2-minute HML run); a local init_ray's workers drop that warning only. And
+    quiet_checkpoint_reports drops a train worker's two INFO lines per checkpoint."""
     proc = subprocess.run([sys.executable, "-c", TRAIN % str(tmp_path)], capture_output=True, text=True,
                           env={**clean_env(), "PYTHONPATH": str(ROOT)}, cwd=tmp_path, timeout=300, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "RESULT True" in out, out[-3000:]
     assert ray_runtime._CLEANER_NOISE not in out
+    # A Ray Train worker after quiet_checkpoint_reports() (as every HML stage's loop calls it): no more
+    # per-checkpoint INFO lines, two per checkpoint before it
+    assert "Reporting training result 1" in out and "Reporting training result 2" not in out
+    assert out.count("Checkpoint successfully created at") == 1
 
 
 def test_the_cleaner_filter_drops_only_the_state_api_warning():
