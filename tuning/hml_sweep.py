@@ -97,7 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cpus-per-trial", type=float, default=0.25, help="the trial driver's share (Train "
                     "workers ask for their own cpus_per_worker; leave room for Ray Data's reads); --resume keeps "
                     "the share the sweep was started with")
-    ap.add_argument("--metric", default="mR@50")
+    ap.add_argument("--metric", default="Mean@100",
+                    help="the evaluation metric maximised (default Mean@100, mean of R@100 and mR@100: mR@K alone "
+                         "rewards a trial that gives up the head classes)")
     ap.add_argument("--search", default=",".join(DEFAULT_SWEPT),
                     help=f"comma-separated HML fields to search, from {','.join(SEARCHABLE)}")
     ap.add_argument("--experiment", default="hml-sweep")
