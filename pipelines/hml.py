@@ -407,11 +407,14 @@ def train_method(method: str, cfg: HMLConfig, tree: PredicateTree, counts: np.nd
     return prev
 
 
-def methods_at_once(cfg: HMLConfig, resources: Mapping[str, float]) -> int:
-    """How many methods train at once on a Ray of fixed `resources`: at most `concurrent_methods` and the
-    number of methods, as many stages as fit beside one CPU kept for Ray Data's read tasks (which would
-    otherwise wait forever for a CPU), at least 1. Says so when it runs fewer than asked."""
+def methods_at_once(cfg: HMLConfig, resources: Mapping[str, float], fixed: bool = True) -> int:
+    """How many methods train at once: at most `concurrent_methods` and the number of methods; on a Ray of
+    `fixed` resources (a local one), as many stages as fit beside one CPU kept for Ray Data's read tasks (which
+    would otherwise wait forever for a CPU), at least 1, saying so when that is fewer than asked (a joined
+    cluster may grow: there the number asked runs)."""
     want = min(cfg.concurrent_methods, len(cfg.methods))
+    if not fixed:
+        return want
     stage_cpus = cfg.num_workers * cfg.cpus_per_worker
     fit = int((float(resources.get("CPU", 0.0)) - 1.0 + 1e-9) // stage_cpus)
     if cfg.use_gpu:
@@ -443,8 +446,7 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
             {"CPU": cfg.predict_actors * cfg.cpus_per_worker, "GPU": cfg.predict_actors * gpu}
     resources, fixed = init_ray(cfg.ray_address, cfg.num_cpus), not joins_cluster(cfg.ray_address)
     check_requests("num_workers / predict_actors / cpus_per_worker / use_gpu", asks, resources, fixed)
-    # a joined cluster may grow (autoscaler): there the requested number runs
-    concurrent = methods_at_once(cfg, resources) if fixed else min(cfg.concurrent_methods, len(cfg.methods))
+    concurrent = methods_at_once(cfg, resources, fixed)
     out = ensure_writable_dir(cfg.output_dir)  # created only once the inputs have been read and checked
     tree.save(out / "tree.json")
     tree.draw(out / "tree.png")
@@ -484,12 +486,7 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
                 "train_summary": final.result["summary"],
                 **evaluate_method(method, stage_checkpoint(final), cfg, store, tree, model_cfg, fb_path, out)}
 
-    if concurrent > 1:
-        results["methods"] = run_concurrently({m: lambda m=m: train_and_evaluate(m) for m in cfg.methods},
-                                               concurrent)
-    else:
-        for method in cfg.methods:
-            results["methods"][method] = train_and_evaluate(method)
+    results["methods"] = run_concurrently({m: lambda m=m: train_and_evaluate(m) for m in cfg.methods}, concurrent)
     write_json(out / "results.json", results)
     log_results(cfg, results, out)
     return results

@@ -13,9 +13,12 @@ def run_concurrently(calls: Mapping[str, Callable[[], T]], limit: int) -> dict[s
     """Call each function in its own daemon thread, at most `limit` at once, in the mapping's order; results
     by key in that order. The first error is raised at once, without waiting for calls still running: daemon
     threads do not hold up the process's exit, so an interrupted or failed driver stops as a sequential one
-    does (what the running calls write is atomic, and a rerun resumes them)."""
+    does (what the running calls write is atomic, and a rerun resumes them). `limit` 1 calls them one after
+    the other in the caller's thread, where signal handlers (e.g. Ray Train's for Ctrl-C) can be installed."""
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    if limit == 1:
+        return {k: f() for k, f in calls.items()}
     done: queue.Queue[tuple[str, bool, object]] = queue.Queue()
 
     def call(key: str) -> None:

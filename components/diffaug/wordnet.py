@@ -35,7 +35,6 @@ def _wordnet():
     except LookupError as e:
         raise InputError("WordNet", "NLTK cannot find WordNet 3.0",
                          "`python components/diffaug/wordnet_data.py` or NLTK_DATA pointing at a wordnet corpus") from e
-    _prefill_max_depth(wn)
     return wn
 
 
@@ -60,33 +59,33 @@ def _noun_depth_key(wn) -> tuple:
     return ("n", wn.synset("entity.n.01")._needs_root())
 
 
-def _prefill_max_depth(wn) -> None:
-    """Give NLTK the memoised noun max depth so its first lch_similarity skips the walk over all synsets.
-    A missing, stale or unreadable memo changes nothing: NLTK then computes the depth itself."""
-    key = _memo_key(wn)
-    table = getattr(wn, "_max_depth", None)
-    if key is None or not isinstance(table, dict):
-        return
+def _read_memo(path: Path, key: dict) -> int | None:
+    """The depth recorded in the memo at `path` for `key`; None when missing, unreadable or of other files."""
     try:
-        memo = json.loads((Path(key["data.noun"]).parent / MAX_DEPTH_MEMO).read_text())
+        memo = json.loads(path.read_text())
     except (OSError, ValueError):
-        return
-    if isinstance(memo, dict) and memo.get("key") == key and isinstance(memo.get("depth"), int):
-        table.setdefault(_noun_depth_key(wn), memo["depth"])
+        return None
+    ok = isinstance(memo, dict) and memo.get("key") == key and isinstance(memo.get("depth"), int)
+    return memo["depth"] if ok else None
 
 
 @lru_cache(maxsize=1)
 def noun_max_depth() -> int:
-    """D of the LCH formula for nouns (19 in WordNet 3.0): the memoised value, else NLTK's walk over all
-    noun synsets, whose result is then memoised beside the WordNet files (when that directory is writable)."""
+    """D of the LCH formula for nouns (19 in WordNet 3.0), handed to NLTK's own table so that its
+    lch_similarity skips the walk over all noun synsets: the memoised value, else NLTK's walk, whose result is
+    then memoised beside the WordNet files (when that directory is writable)."""
     wn = _wordnet()
-    nkey = _noun_depth_key(wn)
-    memoised = nkey in wn._max_depth  # prefilled from a valid memo by _wordnet()
+    nkey, key = _noun_depth_key(wn), _memo_key(wn)
+    memo = Path(key["data.noun"]).parent / MAX_DEPTH_MEMO if key is not None else None
+    known = _read_memo(memo, key) if memo is not None else None
+    table = getattr(wn, "_max_depth", None)
+    if known is not None and isinstance(table, dict):
+        table.setdefault(nkey, known)
+        return int(table[nkey])
     depth = int(wn._compute_max_depth(*nkey))
-    key = _memo_key(wn)
-    if not memoised and key is not None:
+    if memo is not None:
         try:
-            write_json(Path(key["data.noun"]).parent / MAX_DEPTH_MEMO, {"key": key, "depth": depth})
+            write_json(memo, {"key": key, "depth": depth})
         except (OSError, InputError):
             pass  # a read-only corpus directory: every process computes D, as without the memo
     return depth
@@ -129,7 +128,7 @@ class LCHSimilarity:
             value = None
             if sa and sb:
                 wn = _wordnet()
-                noun_max_depth()  # memoised for later processes
+                noun_max_depth()  # D from the memo, or NLTK's walk once (then memoised)
                 value = wn.synset(sa).lch_similarity(wn.synset(sb))
             self._pairs[key] = None if value is None else float(value)
             self._dirty = True
