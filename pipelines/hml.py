@@ -54,7 +54,7 @@ STATE_FILE = "state.pt"
 
 @dataclass
 class HMLConfig:
-    """HML and its baselines on one scene-graph feature store (PredCls)."""
+    """HML and its baselines on one scene-graph feature store (PredCls, SGCls or SGDet)."""
 
     store: str = ""
     output_dir: str = "runs/hml"
@@ -62,6 +62,8 @@ class HMLConfig:
     predictor: str = field(default="mlp", metadata={"choices": PREDICTORS})
     # PredCls: GT boxes and labels given. SGCls: GT boxes given, object labels predicted by the model (trained
     # with an object CE in every stage) and scored by the evaluator (triplet score x both objects' scores).
+    # SGDet: as SGCls over the store's detections (a store written with detections, e.g. sgg-planted-det),
+    # trained on targets assigned by IoU >= 0.5, evaluated by IoU matching against the GT boxes.
     mode: str = field(default="predcls", metadata={"choices": MODES})
     hidden_dim: int = field(default=128, metadata={"range": (1, 8192)})
     freq_bias: bool = True
@@ -244,6 +246,7 @@ def train_loop_per_worker(cfg: dict) -> None:
     from ray.train import Checkpoint
     from ray.train.torch import get_device, prepare_model
 
+    from components.data.detections import detection_graph
     from components.models.pairs import sample_pairs
     from components.optim import adam
     from pipelines.ray_runtime import quiet_checkpoint_reports
@@ -316,6 +319,8 @@ def train_loop_per_worker(cfg: dict) -> None:
                     continue
                 seeds = [cfg["seed"], cfg["stage"], rank, step]
                 torch.manual_seed(int(np.random.SeedSequence(seeds).generate_state(1)[0]))  # step's dropout
+                if cfg.get("mode") == "sgdet":  # the detections, with targets assigned from the GT
+                    images = [detection_graph(im) for im in images]
                 pairs = sample_pairs(images, np.random.default_rng(seeds), cfg["max_fg"], cfg["max_bg"], lm)
                 yield pairs.to(device)
             if n == 0:
@@ -436,6 +441,10 @@ def run(cfg: HMLConfig, loop_extra: dict | None = None) -> dict:
 
     store = FeatureStore(cfg.store, kind=SCENE_GRAPH)
     man = store.manifest
+    if cfg.mode == "sgdet" and not man.detections:
+        raise ConfigError("mode=sgdet", f"store {cfg.store} holds no detections",
+                          "a store written with detections (prepare_data.py --dataset sgg-planted-det), "
+                          "or mode=predcls / mode=sgcls")
     counts, fb = train_statistics(store, cfg.freq_bias)
     tree = build_tree(cfg, man.predicates, counts)
     gpu = 1.0 if cfg.use_gpu else 0.0
@@ -525,7 +534,9 @@ def evaluate_predictions(predicted: Iterable[tuple[dict, dict]], tree: Predicate
                          mdir: Path) -> dict:
     """Save predictions (pipelines/evaluate.py format); R@K, mR@K, Mean@K, hR@K/hmR@K (parent = the HML tree's
     coarse parent) against the annotated labels, and the same against the true fine labels where the store
-    has them (sgg-planted); SGCls also `object_accuracy` (percent of objects given their GT label). One pass over (image, prediction) pairs: nothing is kept per image."""
+    has them (sgg-planted); SGCls also `object_accuracy` (percent of objects given their GT label; SGDet: of the
+    detections assigned to a GT object). One pass over (image, prediction) pairs: nothing is kept per image."""
+    from components.data.detections import assign_detections
     from components.evaluation.predictions import SGGPredictionWriter
     from components.evaluation.sgg import SGGEvaluator
 
@@ -536,14 +547,18 @@ def evaluate_predictions(predicted: Iterable[tuple[dict, dict]], tree: Predicate
     objects = [0, 0]  # SGCls: objects labelled correctly, objects
     with SGGPredictionWriter(mdir / "predictions", n) as writer:
         for img, pred in predicted:
-            inputs = sgg_inputs(img, pred)
+            inputs = sgg_inputs(img, pred, cfg.mode)
             writer.add(inputs)
             annotated.process(inputs)
-            fine.process(sgg_inputs(img, pred, fine=True))
+            fine.process(sgg_inputs(img, pred, cfg.mode, fine=True))
             has_fine = has_fine or not np.array_equal(img["rels"][:, 2], img["rel_fine"])
             if "obj_labels" in pred:
-                objects[0] += int((pred["obj_labels"] == img["labels"]).sum())
-                objects[1] += len(img["labels"])
+                gt = img["labels"]
+                if cfg.mode == "sgdet":
+                    match = assign_detections(img["det_boxes"], img["boxes"])
+                    gt = np.where(match >= 0, img["labels"][np.maximum(match, 0)], -1)
+                objects[0] += int((pred["obj_labels"] == gt).sum())
+                objects[1] += int((gt >= 0).sum())
     metrics = annotated.evaluate()
     if objects[1]:
         metrics["object_accuracy"] = 100.0 * objects[0] / objects[1]  # percent, like the recalls
@@ -553,15 +568,17 @@ def evaluate_predictions(predicted: Iterable[tuple[dict, dict]], tree: Predicate
     return {"metrics": metrics}
 
 
-def sgg_inputs(img: dict, pred: dict, fine: bool = False) -> dict:
-    """Evaluator input of one image: GT boxes as predicted boxes; the predicted object labels and scores of an
-    SGCls prediction, else (PredCls) the GT labels with object scores 1."""
+def sgg_inputs(img: dict, pred: dict, mode: str = "predcls", fine: bool = False) -> dict:
+    """Evaluator input of one image: the GT boxes as predicted boxes (SGDet: the detections' boxes); the
+    predicted object labels and scores of an SGCls/SGDet prediction, else (PredCls) the GT labels with object
+    scores 1."""
     rels = img["rels"].copy()
     if fine:
         rels[:, 2] = img["rel_fine"]
     labels = pred.get("obj_labels", img["labels"])
     scores = pred.get("obj_scores", np.ones(len(img["labels"]), np.float32))
-    return {"gt_boxes": img["boxes"], "gt_labels": img["labels"], "gt_rels": rels, "pred_boxes": img["boxes"],
+    boxes = img["det_boxes"] if mode == "sgdet" else img["boxes"]
+    return {"gt_boxes": img["boxes"], "gt_labels": img["labels"], "gt_rels": rels, "pred_boxes": boxes,
             "pred_labels": labels, "pred_scores": scores, "rel_pairs": pred["pairs"], "rel_scores": pred["rel_scores"]}
 
 

@@ -56,15 +56,19 @@ def load_stage_model(path: str | Path, model_cfg: dict, fb_path: str | Path | No
 def predict_images(model, images: Iterable[dict], batch_images: int = 8) -> Iterator[tuple[dict, dict]]:
     """(image, prediction) per image, streamed `batch_images` at a time: all ordered pairs with their softmax
     scores over 0..C (0 = background); for an SGCls model also each object's predicted label (argmax over the
-    classes 1..C) and its softmax probability. Computes on the model's device, returns numpy."""
+    classes 1..C) and its softmax probability. An SGDet model sees the image's detections in place of its
+    objects (pairs and object predictions then index `det_boxes`). Computes on the model's device, returns numpy."""
     import torch
 
+    from components.data.detections import detection_graph
     from components.models.pairs import all_pairs
 
     device = next(model.parameters()).device
+    sgdet = getattr(model, "mode", "predcls") == "sgdet"
     it = iter(images)
     while chunk := list(itertools.islice(it, batch_images)):
-        batch = all_pairs(chunk)
+        seen = [detection_graph(im) for im in chunk] if sgdet else chunk
+        batch = all_pairs(seen)
         with torch.no_grad():
             scores = torch.softmax(model(batch.to(device)), dim=1).cpu().numpy()
             objects = getattr(model, "object_logits", None)  # None unless the model predicts objects (SGCls)
@@ -72,7 +76,7 @@ def predict_images(model, images: Iterable[dict], batch_images: int = 8) -> Iter
                 probs = torch.softmax(objects, dim=1)[:, 1:]
                 obj_scores, obj_labels = (t.cpu().numpy() for t in probs.max(1))
         owner = batch.pair_to_img.numpy()
-        offsets = np.cumsum([0] + [len(im["labels"]) for im in chunk])
+        offsets = np.cumsum([0] + [len(im["labels"]) for im in seen])
         for k, img in enumerate(chunk):
             sel = owner == k
             pred = {"image_id": img["image_id"], "pairs": batch.pairs.numpy()[sel] - offsets[k],

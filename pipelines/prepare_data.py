@@ -3,6 +3,9 @@
     python pipelines/prepare_data.py --dataset sgg-planted --out data/sgg [--seed S] [--scale X]
         [--config cfg.yaml] [key=value ...]     (keys of PrepareDataConfig, e.g. sgg.shard_size=250)
 
+`sgg-planted-det` writes sgg-planted's images (the same GT) plus a simulated detector's boxes and features
+(components/data/planted_detections.py), the store HML's `mode=sgdet` trains and evaluates on.
+
 The store is built in a temporary directory beside `--out` and renamed onto it when complete, so a
 crash never leaves a half-written store under `--out`. The benchmark parameters are the calibrated,
 fixed defaults of components/data/planted_{sgg,vrr}.py; changing them makes a different benchmark
@@ -23,6 +26,7 @@ from tqdm import tqdm
 from components.atomic import atomic_dir
 from components.config import config_hash, load_config, to_dict
 from components.data import planted_sgg, planted_vrr
+from components.data.planted_detections import PlantedDetectionConfig, simulate_detections
 from components.data.planted_sgg import PlantedSGGConfig
 from components.data.planted_vrr import PlantedVRRConfig
 from components.data.schema import RELATION_SAMPLE, SCENE_GRAPH
@@ -30,7 +34,7 @@ from components.data.store import FeatureStore, StoreWriter, relation_arrays, sc
 from components.errors import ConfigError
 from pipelines.cli import exit_code
 
-DATASETS = ("sgg-planted", "vrr-planted")
+DATASETS = ("sgg-planted", "sgg-planted-det", "vrr-planted")
 SPLITS = ("train", "val", "test")
 
 
@@ -43,6 +47,7 @@ class PrepareDataConfig:
     dtype: str = field(default="float32", metadata={"choices": ("float16", "float32")})
     sgg: PlantedSGGConfig = field(default_factory=PlantedSGGConfig)
     vrr: PlantedVRRConfig = field(default_factory=PlantedVRRConfig)
+    det: PlantedDetectionConfig = field(default_factory=PlantedDetectionConfig)  # sgg-planted-det's detector
 
     def validate(self) -> None:
         if not self.out:
@@ -50,16 +55,20 @@ class PrepareDataConfig:
 
     def benchmark(self) -> PlantedSGGConfig | PlantedVRRConfig:
         """The chosen dataset's parameters."""
-        return self.sgg if self.dataset == "sgg-planted" else self.vrr
+        return self.vrr if self.dataset == "vrr-planted" else self.sgg
 
 
 def write_store(cfg: PrepareDataConfig) -> Path:
     """Generate every split of the chosen benchmark into `cfg.out` (atomic directory swap); return the path."""
     bench = cfg.benchmark()
-    if cfg.dataset == "sgg-planted":
+    detections = cfg.dataset == "sgg-planted-det"
+    if cfg.dataset != "vrr-planted":
         world = planted_sgg.build_world(cfg.sgg)
         kind, objects, predicates, gen = SCENE_GRAPH, world.objects, world.predicates, planted_sgg.generate_split
         extra = {"parents": planted_sgg.PLANTED_PARENTS}
+        if detections:
+            gen = _with_detections(cfg.det)
+            extra.update(detector=to_dict(cfg.det), detector_hash=config_hash(cfg.det))
     else:
         world = planted_vrr.build_vrr_world(cfg.vrr)
         kind, objects, predicates, gen = RELATION_SAMPLE, world.objects, world.predicates, planted_vrr.generate_split
@@ -67,7 +76,8 @@ def write_store(cfg: PrepareDataConfig) -> Path:
     meta = {"dataset": cfg.dataset, "config": to_dict(bench), "config_hash": config_hash(bench), **extra}
     sizes = bench.split_sizes()
     with atomic_dir(cfg.out) as tmp:
-        writer = StoreWriter(tmp, kind, bench.feature_dim, objects, predicates, dtype=cfg.dtype, meta=meta)
+        writer = StoreWriter(tmp, kind, bench.feature_dim, objects, predicates, dtype=cfg.dtype, meta=meta,
+                             detections=detections)
         for split in SPLITS:
             with tqdm(total=sizes[split], desc=f"{cfg.dataset} {split}", unit="row") as bar:
                 for rows in gen(bench, split, world):
@@ -75,6 +85,17 @@ def write_store(cfg: PrepareDataConfig) -> Path:
                     bar.update(len(rows))
         writer.close()
     return Path(cfg.out)
+
+
+def _with_detections(det: PlantedDetectionConfig):
+    """A `generate_split` of sgg-planted whose images also carry the simulated detector's output."""
+    def gen(bench: PlantedSGGConfig, split: str, world: planted_sgg.World):
+        start = 0
+        for rows in planted_sgg.generate_split(bench, split, world):
+            yield [simulate_detections(img, world, det, bench.object_noise, bench.seed, start + i)
+                   for i, img in enumerate(rows)]
+            start += len(rows)
+    return gen
 
 
 def summarize(root: Path) -> dict:
@@ -93,12 +114,29 @@ def summarize(root: Path) -> dict:
                 "relations_per_image": round(len(rels) / len(graphs), 2),
                 "annotated_coarse_of_fine": round(float(np.mean(rels[:, 2] != fine)), 3),
                 "predicates_present": len(np.unique(rels[:, 2]))}
+            if store.manifest.detections:
+                out["splits"][split].update(detection_summary(graphs))
         else:
             arr = relation_arrays(table)
             counts = np.bincount(arr["predicate"], minlength=len(store.manifest.predicates))
             out["splits"][split] = {"samples": int(table.num_rows), "predicates_present": int((counts > 0).sum()),
                                     "max_over_min_predicate_count": round(float(counts.max() / max(counts[counts > 0].min(), 1)), 1)}
     return out
+
+
+def detection_summary(graphs: list[dict]) -> dict:
+    """Detections per image, the share of GT objects some detection overlaps at IoU >= 0.5 (as evaluation
+    matches them) and the share of GT triplets with both objects so overlapped (SGDet's recall ceiling)."""
+    from components.evaluation.sgg import box_iou
+
+    hit, objects, triplets, kept = 0, 0, 0, 0
+    for g in graphs:
+        found = (box_iou(g["boxes"], g["det_boxes"]) >= 0.5).any(1) if len(g["det_boxes"]) else np.zeros(len(g["boxes"]), bool)
+        hit, objects = hit + int(found.sum()), objects + len(found)
+        triplets += len(g["rels"])
+        kept += int((found[g["rels"][:, 0]] & found[g["rels"][:, 1]]).sum())
+    return {"detections_per_image": round(float(np.mean([len(g["det_boxes"]) for g in graphs])), 2),
+            "objects_detected": round(hit / max(objects, 1), 3), "triplets_detectable": round(kept / max(triplets, 1), 3)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--config", help="YAML with PrepareDataConfig fields")
     ap.add_argument("overrides", nargs="*", help="key=value, e.g. sgg.shard_size=250 dtype=float16")
     args = ap.parse_args(argv)
-    key = "sgg" if args.dataset == "sgg-planted" else "vrr"
+    key = "vrr" if args.dataset == "vrr-planted" else "sgg"
     overrides = [f"dataset={args.dataset}", f"out={args.out}", *args.overrides]
     overrides += [f"{key}.seed={args.seed}"] if args.seed is not None else []
     overrides += [f"{key}.scale={args.scale}"] if args.scale is not None else []

@@ -54,6 +54,9 @@ def scene_graph_rows(batch: Batch) -> list[dict[str, Any]]:
                     "obj_features": _matrix(batch["obj_features"][i], None, np.float32),
                     "rels": _matrix(batch["rels"][i], 3, np.int64),
                     "rel_fine": np.asarray(batch["rel_fine"][i], dtype=np.int64)})
+        if "det_boxes" in batch:  # a store with detections (SGDet)
+            out[-1].update(det_boxes=_matrix(batch["det_boxes"][i], 4, np.float32),
+                           det_features=_matrix(batch["det_features"][i], out[-1]["obj_features"].shape[1], np.float32))
     return out
 
 

@@ -4,7 +4,9 @@ Two record kinds:
 - `scene_graph` (one row per image, SGG): boxes xyxy in image pixels, object labels 1..C_obj
   (0 = background, never stored), per-object features, GT relations (subject index, object index,
   predicate 1..C_pred) with indices local to the image, and the true fine predicate where known
-  (planted data; equals the annotated predicate for real data).
+  (planted data; equals the annotated predicate for real data). A store for SGDet also holds each image's
+  detections (`det_boxes`, `det_features`: a detector's boxes and their RoI features), which SGDet models
+  see in place of the GT objects; the GT columns stay for training targets and evaluation.
 - `relation_sample` (one row per relation, LTVRR): 0-based subject/object/predicate labels, boxes
   and subject/object/union features.
 Feature dims and dtype are recorded in the schema metadata.
@@ -27,6 +29,7 @@ META_VERSION = b"hmldiff.schema_version"
 META_DIMS = b"hmldiff.dims"
 META_DTYPE = b"hmldiff.feature_dtype"
 
+DETECTION_COLUMNS = ("det_boxes", "det_features")
 # Columns that hold features (checked for NaN/inf) and labels (checked for range) per kind.
 FEATURE_COLUMNS = {SCENE_GRAPH: ("obj_features",),
                    RELATION_SAMPLE: ("subject_feature", "object_feature", "union_feature")}
@@ -44,8 +47,9 @@ def _ftype(dtype: str) -> pa.DataType:
     raise ValueError(f"feature dtype {dtype!r} not supported (expected float16 or float32)")
 
 
-def scene_graph_schema(feature_dim: int, dtype: FeatureDType = "float32") -> pa.Schema:
-    """Schema of per-image scene graphs with `feature_dim`-d object features."""
+def scene_graph_schema(feature_dim: int, dtype: FeatureDType = "float32", detections: bool = False) -> pa.Schema:
+    """Schema of per-image scene graphs with `feature_dim`-d object features (and, with `detections`, the
+    image's detected boxes and their features of the same dim)."""
     f = _ftype(dtype)
     fields = [
         pa.field("image_id", pa.string(), nullable=False),
@@ -58,6 +62,9 @@ def scene_graph_schema(feature_dim: int, dtype: FeatureDType = "float32") -> pa.
         pa.field("rels", pa.list_(pa.list_(pa.int32(), 3)), nullable=False),
         pa.field("rel_fine", pa.list_(pa.int32()), nullable=False),
     ]
+    if detections:
+        fields += [pa.field("det_boxes", pa.list_(pa.list_(pa.float32(), 4)), nullable=False),
+                   pa.field("det_features", pa.list_(pa.list_(f, feature_dim)), nullable=False)]
     return _with_meta(pa.schema(fields), SCENE_GRAPH, {"feature": feature_dim}, dtype)
 
 
@@ -80,10 +87,12 @@ def relation_sample_schema(feature_dim: int, dtype: FeatureDType = "float32") ->
     return _with_meta(pa.schema(fields), RELATION_SAMPLE, {"feature": feature_dim}, dtype)
 
 
-def schema_for(kind: str, feature_dim: int, dtype: FeatureDType = "float32") -> pa.Schema:
-    """Schema of record `kind` (one of KINDS)."""
+def schema_for(kind: str, feature_dim: int, dtype: FeatureDType = "float32", detections: bool = False) -> pa.Schema:
+    """Schema of record `kind` (one of KINDS); `detections` adds the detection columns of a scene-graph store."""
     if kind == SCENE_GRAPH:
-        return scene_graph_schema(feature_dim, dtype)
+        return scene_graph_schema(feature_dim, dtype, detections)
+    if detections:
+        raise ValueError(f"detections are columns of {SCENE_GRAPH!r} stores, not of {kind!r}")
     if kind == RELATION_SAMPLE:
         return relation_sample_schema(feature_dim, dtype)
     raise ValueError(f"unknown record kind {kind!r} (expected one of {KINDS})")

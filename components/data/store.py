@@ -45,6 +45,17 @@ class Manifest:
     splits: dict[str, list[dict]] = field(default_factory=dict)
     version: int = S.SCHEMA_VERSION
     meta: dict[str, Any] = field(default_factory=dict)
+    detections: bool = False  # scene graphs with each image's detected boxes and features (SGDet)
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The declared schema of this store's shards."""
+        return S.schema_for(self.kind, self.feature_dim, self.dtype, self.detections)  # type: ignore[arg-type]
+
+    @property
+    def feature_columns(self) -> tuple[str, ...]:
+        """Columns holding features (checked for dims and finiteness)."""
+        return S.FEATURE_COLUMNS[self.kind] + (("det_features",) if self.detections else ())
 
     def rows(self, split: str) -> int:
         return sum(int(f["rows"]) for f in self.splits.get(split, []))
@@ -53,7 +64,7 @@ class Manifest:
         return {"kind": self.kind, "version": self.version, "feature_dim": self.feature_dim,
                 "dtype": self.dtype, "objects": self.objects, "predicates": self.predicates,
                 "splits": {k: {"rows": self.rows(k), "files": v} for k, v in self.splits.items()},
-                "meta": self.meta}
+                "meta": self.meta, **({"detections": True} if self.detections else {})}
 
     @classmethod
     def from_json(cls, where: str, d: dict) -> Manifest:
@@ -70,9 +81,14 @@ class Manifest:
             raise DataError(where, f"feature_dim {fdim!r}", "a positive integer")
         if d["dtype"] not in ("float16", "float32"):
             raise DataError(where, f"dtype {d['dtype']!r}", "'float16' or 'float32'")
+        detections = d.get("detections", False)
+        if not isinstance(detections, bool) or (detections and d["kind"] != S.SCENE_GRAPH):
+            raise DataError(where, f"detections {detections!r} in a {d['kind']!r} store",
+                            f"true or false, true only in a {S.SCENE_GRAPH!r} store")
         return cls(kind=d["kind"], feature_dim=fdim, dtype=d["dtype"],
                    objects=list(d["objects"]), predicates=list(d["predicates"]),
-                   splits=_split_files(where, d["splits"]), version=d["version"], meta=dict(d.get("meta", {})))
+                   splits=_split_files(where, d["splits"]), version=d["version"], meta=dict(d.get("meta", {})),
+                   detections=detections)
 
 
 def _split_files(where: str, splits: Any) -> dict[str, list[dict]]:
@@ -95,11 +111,12 @@ class StoreWriter:
     """Writes validated shards of one record kind; `close()` writes the manifest (the store's commit)."""
 
     def __init__(self, root: str | Path, kind: str, feature_dim: int, objects: list[str],
-                 predicates: list[str], dtype: S.FeatureDType = "float32", meta: dict | None = None) -> None:
+                 predicates: list[str], dtype: S.FeatureDType = "float32", meta: dict | None = None,
+                 detections: bool = False) -> None:
         self.root = ensure_writable_dir(root)
-        self.schema = S.schema_for(kind, feature_dim, dtype)
+        self.schema = S.schema_for(kind, feature_dim, dtype, detections)
         self.manifest = Manifest(kind=kind, feature_dim=feature_dim, dtype=dtype, objects=list(objects),
-                                 predicates=list(predicates), meta=dict(meta or {}))
+                                 predicates=list(predicates), meta=dict(meta or {}), detections=detections)
         (self.root / MANIFEST).unlink(missing_ok=True)  # the store is incomplete until close()
 
     def write(self, split: str, rows: Iterable[dict] | pa.Table) -> Path:
@@ -156,11 +173,11 @@ def _has_nulls(col: pa.ChunkedArray) -> bool:
 def validate_table(table: pa.Table, manifest: Manifest, where: str) -> None:
     """Check columns and their declared types, nulls, feature dims, finiteness and label ranges; raise
     DataError naming `where`."""
-    expected = S.schema_for(manifest.kind, manifest.feature_dim, manifest.dtype)  # type: ignore[arg-type]
+    expected = manifest.schema
     missing = [n for n in expected.names if n not in table.column_names]
     if missing:
         raise DataError(where, f"missing columns {missing}", f"columns {expected.names}")
-    for name in S.FEATURE_COLUMNS[manifest.kind]:
+    for name in manifest.feature_columns:
         t = table.schema.field(name).type
         inner = t.value_type if manifest.kind == S.SCENE_GRAPH and pa.types.is_list(t) else t
         if not pa.types.is_fixed_size_list(inner) or inner.list_size != manifest.feature_dim:
@@ -174,7 +191,7 @@ def validate_table(table: pa.Table, manifest: Manifest, where: str) -> None:
     nulls = [n for n in expected.names if _has_nulls(table.column(n))]
     if nulls:
         raise DataError(where, f"null values in columns {nulls}", "no nulls at any nesting level")
-    for name in S.FEATURE_COLUMNS[manifest.kind]:
+    for name in manifest.feature_columns:
         vals = _flat_values(table.column(name))
         if vals.size and not np.isfinite(vals.astype(np.float32)).all():
             raise DataError(where, f"column {name!r} holds NaN or inf", "finite features")
@@ -217,6 +234,10 @@ def _validate_scene_graph_rels(table: pa.Table, manifest: Manifest, where: str) 
         raise DataError(where, "boxes, labels and obj_features differ in length", "one of each per object")
     if not np.array_equal(n_fine, n_rel):
         raise DataError(where, "rel_fine and rels differ in length", "one fine label per relation")
+    if manifest.detections:
+        n_det = np.asarray(table.column("det_boxes").combine_chunks().value_lengths())
+        if not np.array_equal(np.asarray(table.column("det_features").combine_chunks().value_lengths()), n_det):
+            raise DataError(where, "det_boxes and det_features differ in length", "one feature per detected box")
 
 
 class FeatureStore:
@@ -315,8 +336,10 @@ class FeatureStore:
 
 
 def scene_graphs(table: pa.Table) -> Iterator[dict[str, Any]]:
-    """Rows of a scene-graph table as dicts of numpy arrays (boxes (N,4), labels (N,), obj_features (N,D), rels (M,3))."""
+    """Rows of a scene-graph table as dicts of numpy arrays (boxes (N,4), labels (N,), obj_features (N,D), rels (M,3),
+    and in a store with detections det_boxes (K,4), det_features (K,D))."""
     d = table.to_pydict()
+    det_dim = table.schema.field("det_features").type.value_type.list_size if "det_features" in d else 0
     for i in range(table.num_rows):
         n = len(d["labels"][i])
         feats = np.asarray(d["obj_features"][i], dtype=np.float32)
@@ -328,6 +351,9 @@ def scene_graphs(table: pa.Table) -> Iterator[dict[str, Any]]:
             "obj_features": feats.reshape(n, -1),
             "rels": np.asarray(d["rels"][i], dtype=np.int64).reshape(-1, 3),
             "rel_fine": np.asarray(d["rel_fine"][i], dtype=np.int64),
+            **({"det_boxes": np.asarray(d["det_boxes"][i], dtype=np.float32).reshape(-1, 4),
+                "det_features": np.asarray(d["det_features"][i], dtype=np.float32).reshape(-1, det_dim)}
+               if "det_boxes" in d else {}),
         }
 
 

@@ -138,8 +138,9 @@ def span_index(span: Sequence[int]) -> slice | list[int]:
 
 
 class ObjectClassification(Plugin):
-    """SGCls: cross-entropy of the model's object logits (set by its forward) against the GT object labels,
-    in every stage (objects are not staged; only predicates are). Weight 1, as MOTIFS adds its object loss."""
+    """SGCls/SGDet: cross-entropy of the model's object logits (set by its forward) against the GT object labels
+    (SGDet: the labels assigned to the detections, 0 = background), in every stage (objects are not staged;
+    only predicates are). Weight 1, as MOTIFS adds its object loss."""
 
     name = "obj"
 
@@ -150,8 +151,8 @@ class ObjectClassification(Plugin):
         logits = getattr(ctx.model, "object_logits", None)
         if logits is None:
             raise InputError("ObjectClassification", "the model set no object_logits in its forward",
-                             "a predictor built with mode='sgcls'")
-        check_object_labels(ctx.batch.labels, logits.shape[1] - 1)
+                             "a predictor built with mode='sgcls' or 'sgdet'")
+        check_object_labels(ctx.batch.labels, logits.shape[1] - 1, background=getattr(ctx.model, "mode", "") == "sgdet")
         return [LossTerm(self.name, F.cross_entropy(logits, ctx.batch.labels), self.weight)]
 
 

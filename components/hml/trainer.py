@@ -22,6 +22,7 @@ from components.hml.plugins import (
     StepContext,
 )
 from components.models.base import SGBatch
+from components.models.common import OBJECT_MODES
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -119,7 +120,7 @@ def stage_plugins(model: nn.Module, counts: Mapping[int, int], seen: Sequence[in
     if cr_span not in ("stage", "old"):
         raise InputError("cr_span", f"{cr_span!r}", "'stage' or 'old'")
     plugins: list[Plugin] = [ClassBalancedCE(counts, gamma, seen=seen, background=background)]
-    if getattr(unwrap(model), "mode", "predcls") == "sgcls":
+    if getattr(unwrap(model), "mode", "predcls") in OBJECT_MODES:
         plugins.append(ObjectClassification())
     if previous is not None:
         if cr_weight > 0:

@@ -11,13 +11,16 @@ from components.models.base import RelationPredictor, SGBatch
 from components.models.frequency import FrequencyBias
 from components.models.geometry import OBJECT_GEOMETRY_DIM, PAIR_GEOMETRY_DIM, object_geometry, pair_geometry
 
-MODES = ("predcls", "sgcls")
+MODES = ("predcls", "sgcls", "sgdet")
+OBJECT_MODES = ("sgcls", "sgdet")  # modes whose model predicts object labels
 
 
-def check_object_labels(labels: torch.Tensor, num_objects: int) -> None:
-    """InputError unless every object label is in 1..num_objects."""
-    if len(labels) and (int(labels.min()) < 1 or int(labels.max()) > num_objects):
-        raise InputError("SGBatch.labels", "object label out of range", f"labels in [1, {num_objects}]")
+def check_object_labels(labels: torch.Tensor, num_objects: int, background: bool = False) -> None:
+    """InputError unless every object label is in 1..num_objects (0..num_objects with `background`: SGDet's
+    detections that match no GT object)."""
+    low = 0 if background else 1
+    if len(labels) and (int(labels.min()) < low or int(labels.max()) > num_objects):
+        raise InputError("SGBatch.labels", "object label out of range", f"labels in [{low}, {num_objects}]")
 
 
 class ObjectEncoder(nn.Module):
@@ -123,6 +126,8 @@ class PairPredictor(RelationPredictor):
     object context (MOTIFS decodes labels from its object LSTM; the encoding beside it is a skip path) gives
     `object_logits` (N, num_objects + 1; column 0 unused), set by every forward, whose argmax labels
     (`predicted_labels`) take the GT labels' place in the edge context and the frequency bias.
+    `mode="sgdet"`: as SGCls, over a detector's boxes (components/data/detections.py); the object classifier
+    also learns background (label 0) for detections that match no GT object.
     `object_context_dim`: width of the object context (0: the subclass has none, the classifier reads the
     encoding alone)."""
 
@@ -145,7 +150,7 @@ class PairPredictor(RelationPredictor):
                                      use_labels=mode == "predcls")
         self.has_object_context = object_context_dim > 0
         self.object_classifier = (nn.Linear(hidden_dim + object_context_dim, num_objects + 1)
-                                  if mode == "sgcls" else None)
+                                  if mode in OBJECT_MODES else None)
         self.object_logits: torch.Tensor | None = None
         self.geometry = nn.Sequential(nn.Linear(PAIR_GEOMETRY_DIM, hidden_dim), nn.ReLU())
         self.classifier = nn.Linear(hidden_dim, num_predicates + 1)

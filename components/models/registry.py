@@ -43,7 +43,7 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
 def build_predictor(name: str, num_objects: int, num_predicates: int, feature_dim: int,
                     freq_bias: np.ndarray | None = None, hidden_dim: int = 128, mode: str = "predcls",
                     **kw: Any) -> RelationPredictor:
-    """A fresh predictor `name` (one of PREDICTORS) for `mode` "predcls" or "sgcls"; `model.build_spec` holds
+    """A fresh predictor `name` (one of PREDICTORS) for `mode` "predcls", "sgcls" or "sgdet"; `model.build_spec` holds
     what rebuilds it (`mode_fields`)."""
     if name not in _BUILDERS:
         raise ConfigError("predictor name", f"unknown predictor {name!r}", f"one of {PREDICTORS}")

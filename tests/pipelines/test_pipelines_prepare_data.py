@@ -36,6 +36,27 @@ def test_sgg_store_round_trip_and_byte_determinism(tmp_path, capsys):
     assert shard_hashes(a)["train"] != shard_hashes(c)["train"]
 
 
+def test_sgg_det_store_is_sgg_planted_plus_detections(tmp_path, capsys):
+    """sgg-planted-det: the GT columns equal sgg-planted's byte for byte; each image adds detections; the summary
+    gives the share of GT triplets a detection could recall (the detector's calibration target)."""
+    plain, det = tmp_path / "sgg", tmp_path / "det"
+    assert main(["--dataset", "sgg-planted", "--out", str(plain), *SGG_SMALL]) == 0
+    capsys.readouterr()
+    assert main(["--dataset", "sgg-planted-det", "--out", str(det), *SGG_SMALL, "det.false_positives=0.25"]) == 0
+    train = json.loads(capsys.readouterr().out)["splits"]["train"]
+    assert 0.5 < train["triplets_detectable"] <= train["objects_detected"] <= 1.0
+    store = FeatureStore(det)
+    assert store.manifest.detections and not FeatureStore(plain).manifest.detections
+    assert store.manifest.meta["detector"]["false_positives"] == 0.25
+    for split in ("train", "test"):
+        a, b = store.read(split), FeatureStore(plain).read(split)
+        assert a.drop_columns(["det_boxes", "det_features"]).equals(b)
+        n_det = np.asarray(a.column("det_boxes").combine_chunks().value_lengths())
+        assert (n_det > 0).all()
+        if split == "train":
+            assert round(float(n_det.mean()), 2) == train["detections_per_image"]
+
+
 def test_vrr_store_scale_and_replacement(tmp_path, capsys):
     out = tmp_path / "vrr"
     (out / "train").mkdir(parents=True)

@@ -54,6 +54,20 @@ def test_scene_graph_rows_from_numpy_and_arrow(tmp_path):
     assert scene_graph_rows(numpy_batch)[1]["rels"].shape == (0, 3)
 
 
+def test_scene_graph_rows_carry_detections(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [{**sg(i, 2, [(0, 1, 1)]), "det_boxes": rng.uniform(0, 9, (k, 4)), "det_features": rng.normal(size=(k, 5))}
+            for i, k in enumerate((3, 0))]
+    w = StoreWriter(tmp_path / "det", "scene_graph", 5, OBJ, PRED, detections=True)
+    w.write("s", rows)
+    w.close()
+    t = FeatureStore(tmp_path / "det").read("s")
+    want = list(scene_graphs(t))
+    assert want[0]["det_features"].shape == (3, 5) and want[1]["det_boxes"].shape == (0, 4)
+    assert_same_graphs(scene_graph_rows(BlockAccessor.for_block(t).to_batch_format("numpy")), want)
+    assert_same_graphs(scene_graph_rows(t), want)
+
+
 def test_relation_tensors_from_numpy_and_arrow(tmp_path):
     t = table(tmp_path, "relation_sample", [rel(i) for i in range(4)])
     want = relation_arrays(t)

@@ -180,3 +180,39 @@ def test_predicate_counts_read_the_label_column_only(tmp_path):
         store.predicate_counts("train")
     with pytest.raises(DataError, match="not in store"):
         store.predicate_counts("val")
+
+
+def det_row(i, k=2, d=4):
+    rng = np.random.default_rng(100 + i)
+    return {**sg_row(i, d=d), "det_boxes": rng.uniform(0, 50, (k, 4)).astype(np.float32),
+            "det_features": rng.normal(size=(k, d))}
+
+
+def test_store_with_detections_round_trips_and_checks_them(tmp_path):
+    w = StoreWriter(tmp_path / "d", "scene_graph", 4, OBJ, PRED, detections=True)
+    w.write("test", [det_row(0), det_row(1, k=0)])
+    w.close()
+    store = FeatureStore(tmp_path / "d")
+    assert store.manifest.detections and json.loads((tmp_path / "d" / "manifest.json").read_text())["detections"]
+    got = list(scene_graphs(store.read("test")))
+    np.testing.assert_allclose(got[0]["det_features"], det_row(0)["det_features"], rtol=1e-6)
+    assert got[0]["det_boxes"].shape == (2, 4) and got[1]["det_boxes"].shape == (0, 4)
+    assert got[1]["det_features"].shape == (0, 4)
+    assert "det_boxes" not in next(scene_graphs(FeatureStore(make_store(tmp_path)).read("train")))
+    w = StoreWriter(tmp_path / "bad", "scene_graph", 4, OBJ, PRED, detections=True)
+    with pytest.raises(DataError, match="det_boxes and det_features differ"):
+        w.write("test", [{**det_row(0), "det_features": np.zeros((3, 4))}])
+    with pytest.raises(DataError, match="det_features.*NaN"):
+        w.write("test", [{**det_row(0), "det_features": np.full((2, 4), np.nan)}])
+    with pytest.raises(DataError, match="missing field 'det_boxes'"):
+        w.write("test", [sg_row(0)])
+
+
+def test_a_store_without_detections_refuses_a_detection_manifest_of_another_kind(tmp_path):
+    w = StoreWriter(tmp_path / "r", "relation_sample", 4, OBJ, PRED)
+    w.write("test", [rel_row(0)])
+    w.close()
+    path = tmp_path / "r" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "detections": True}))
+    with pytest.raises(DataError, match="detections True in a 'relation_sample' store"):
+        FeatureStore(tmp_path / "r")

@@ -1,6 +1,7 @@
 """Stage plugins and trainer on a real predictor: CB weights, CE span, CR on identical pairs,
 Fisher/importance bookkeeping against hand computation, stage-2 loss terms, checkpoints."""
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -230,3 +231,21 @@ def test_sgcls_stage_trains_the_object_classifier_beside_the_predicates():
     assert all("loss_obj" in h for h in hist) and hist[-1]["loss_obj"] < 0.5 * hist[0]["loss_obj"]
     with pytest.raises(InputError, match="object_logits"):
         ObjectClassification().loss_terms(StepContext(batch=batch, logits=_model()(batch), model=_model(), step=1))
+
+
+def test_sgdet_object_loss_learns_background_detections():
+    """SGDet: detections assigned to no GT object carry label 0, which the object CE takes as a target (the
+    classifier's background column); the same labels in an SGCls batch are refused as out of range."""
+    torch.manual_seed(0)
+    batch = next(_batches(np.array([0, 1, 2, -1, -1])))
+    batch = dataclasses.replace(batch, labels=torch.where(torch.arange(len(batch.labels)) % 3 == 0, 0, batch.labels))
+    assert (batch.labels == 0).any()
+    det = build_predictor("mlp", C_OBJ, C_PRED, DIM, hidden_dim=8, dropout=0.0, mode="sgdet")
+    plugins, _ = stage_plugins(det, {1: 5, 2: 3}, [1, 2], 0.9)
+    assert [type(p) for p in plugins].count(ObjectClassification) == 1
+    logits = det(batch)
+    (term,) = ObjectClassification().loss_terms(StepContext(batch=batch, logits=logits, model=det, step=1))
+    assert term.value.item() == pytest.approx(F.cross_entropy(det.object_logits, batch.labels).item())
+    cls = build_predictor("mlp", C_OBJ, C_PRED, DIM, hidden_dim=8, dropout=0.0, mode="sgcls")
+    with pytest.raises(InputError, match=r"labels in \[1, "):
+        ObjectClassification().loss_terms(StepContext(batch=batch, logits=cls(batch), model=cls, step=1))

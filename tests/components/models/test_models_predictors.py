@@ -247,7 +247,7 @@ def test_sgcls_object_head_learns_and_the_mode_is_checked():
         model(batch)
     assert torch.equal(model.object_logits[:, 1:].argmax(1) + 1, batch.labels)
     with pytest.raises(ConfigError, match="mode"):
-        build_predictor("mlp", N_OBJ, N_PRED, DIM, mode="sgdet")
+        build_predictor("mlp", N_OBJ, N_PRED, DIM, mode="detcls")
 
 
 def paired_images(n: int, seed: int) -> list[dict]:
