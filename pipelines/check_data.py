@@ -84,6 +84,8 @@ def check_store(root: Path) -> dict:
             labels = np.concatenate([g["labels"] - 1 for g in graphs])
             preds = np.concatenate([g["rels"][:, 2] - 1 for g in graphs])
             out["splits"][split] = {"images": len(graphs), "objects": len(labels), "relations": len(preds)}
+            if m.detections:  # SGDet store: the detector's boxes per split
+                out["splits"][split]["detections"] = int(sum(len(g["det_boxes"]) for g in graphs))
         else:
             arr = relation_arrays(table)
             labels = np.concatenate([arr["subject"], arr["object"]]).astype(int)
@@ -136,8 +138,11 @@ def plot_long_tail(summary: dict, out: str | Path) -> Path:
 
 def format_summary(s: dict) -> str:
     """Human-readable summary: per-split sizes, head and tail of the predicate counts."""
-    lines = [f"{s['kind']} at {s['path']}", f"{'split':<8}{'images':>10}{'objects':>12}{'relations':>12}"]
-    lines += [f"{k:<8}{v['images']:>10}{v['objects']:>12}{v['relations']:>12}" for k, v in s["splits"].items()]
+    det = all("detections" in v for v in s["splits"].values())
+    lines = [f"{s['kind']} at {s['path']}",
+             f"{'split':<8}{'images':>10}{'objects':>12}{'relations':>12}" + (f"{'detections':>12}" if det else "")]
+    lines += [f"{k:<8}{v['images']:>10}{v['objects']:>12}{v['relations']:>12}" + (f"{v['detections']:>12}" if det else "")
+              for k, v in s["splits"].items()]
     counts = sorted(s["predicate_counts"].items(), key=lambda kv: -kv[1])
     total = sum(c for _, c in counts) or 1
     lines.append(f"predicates ({len(counts)}, counts from {s['counts_from']}); head:")

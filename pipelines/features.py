@@ -9,6 +9,11 @@ subject, object and union box (GQA-LT: `relation_sample` rows). The driver write
 `shard_rows` rows per split into a temporary directory renamed onto `--out` when complete. The
 manifest's meta records the detector config, which parts of it came from the checkpoint, and per split what
 the reader dropped (`reader`: VG-150's relations of a box to itself).
+
+For SGDet, `detections=FILE` names a detector's output on the same images in the COCO detection-results
+format (components/data/coco_detections.py); the store then also holds each image's detected boxes (the
+`max_detections` best with score >= `min_detection_score`) and their RoI features, computed in the same
+backbone pass as the GT boxes' (VG-150 only).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from tqdm import tqdm
 from components.atomic import atomic_dir
 from components.config import config_hash, from_dict, load_config, to_dict
 from components.data import gqa_lt, vg150
+from components.data.coco_detections import read_coco_detections
 from components.data.detector import BoxFeatureExtractor, DetectorConfig
 from components.data.schema import RELATION_SAMPLE, SCENE_GRAPH, schema_for
 from components.data.store import StoreWriter, rows_to_table
@@ -69,11 +75,17 @@ class FeaturesConfig:
     gpus_per_actor: float = field(default=0.0, metadata={"range": (0.0, 16)})  # > 0: the detector runs on a GPU
     images_per_call: int = field(default=4, metadata={"range": (1, 4096)})
     shard_rows: int = field(default=1000, metadata={"range": (1, 10**7)})
+    detections: str = ""  # SGDet: a COCO detection-results JSON of the same images ("" = none)
+    max_detections: int = field(default=80, metadata={"range": (1, 10**4)})
+    min_detection_score: float = field(default=0.0, metadata={"range": (0.0, 1.0)})
 
     def validate(self) -> None:
         for name in ("data", "images", "out"):
             if not getattr(self, name):
                 raise ConfigError(name, "not given", f"--{name} DIR")
+        if self.detections and self.dataset != "vg150":
+            raise ConfigError("detections", f"given for dataset {self.dataset!r}",
+                              "detections only with --dataset vg150 (scene graphs, SGDet)")
         self.detector.validate()
 
 
@@ -116,12 +128,13 @@ def gqa_inputs(cfg: FeaturesConfig, split: str) -> tuple[pa.Table, list[str], li
 class FeatureActor:
     """Ray Data actor: holds one extractor; turns a batch of input rows into store rows (Arrow)."""
 
-    def __init__(self, detector: dict, kind: str, dtype: str, threads: int = 1, device: str = "cpu") -> None:
+    def __init__(self, detector: dict, kind: str, dtype: str, threads: int = 1, device: str = "cpu",
+                 detections: bool = False) -> None:
         import torch
         torch.set_num_threads(threads)
         self.model = BoxFeatureExtractor(from_dict(DetectorConfig, detector)).to(device)
         self.kind = kind
-        self.schema = schema_for(kind, self.model.cfg.feature_dim, dtype)  # type: ignore[arg-type]
+        self.schema = schema_for(kind, self.model.cfg.feature_dim, dtype, detections)  # type: ignore[arg-type]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows: list[dict] = []
@@ -132,12 +145,17 @@ class FeatureActor:
             return rows_to_table(rows, self.schema)
 
     def _scene_graph(self, r: dict, image: np.ndarray) -> list[dict]:
-        """One scene-graph row: boxes (annotation pixels) rescaled to the real image size for pooling."""
+        """One scene-graph row: boxes (annotation pixels; GT, then any detections) rescaled to the real image
+        size for pooling, in one pass."""
         boxes = np.asarray(r["boxes"], dtype=np.float32).reshape(-1, 4)
+        dets = np.asarray(r.get("det_boxes") or [], dtype=np.float32).reshape(-1, 4)
         sx, sy = image.shape[1] / r["width"], image.shape[0] / r["height"]
-        feats, _ = self.model.extract(image, boxes * np.array([sx, sy, sx, sy], dtype=np.float32))
-        return [{**{k: r[k] for k in ("image_id", "split", "width", "height", "boxes", "labels", "rels", "rel_fine")},
-                 "obj_features": feats}]
+        feats, _ = self.model.extract(image, np.concatenate([boxes, dets]) * np.array([sx, sy, sx, sy], dtype=np.float32))
+        row = {**{k: r[k] for k in ("image_id", "split", "width", "height", "boxes", "labels", "rels", "rel_fine")},
+               "obj_features": feats[:len(boxes)]}
+        if "det_boxes" in r:
+            row.update(det_boxes=dets, det_features=feats[len(boxes):])
+        return [row]
 
     def _relations(self, r: dict, image: np.ndarray) -> list[dict]:
         """One relation-sample row per relation of the image: subject, object and union features."""
@@ -158,7 +176,8 @@ def feature_dataset(cfg: FeaturesConfig, inputs: pa.Table, kind: str) -> ray.dat
     ds.context.execution_options.preserve_order = True
     return ds.map_batches(FeatureActor, fn_constructor_kwargs={"detector": to_dict(cfg.detector), "kind": kind,
                                                                "dtype": cfg.dtype, "threads": actor_threads(cfg.cpus_per_actor),
-                                                               "device": actor_device(cfg.gpus_per_actor)},
+                                                               "device": actor_device(cfg.gpus_per_actor),
+                                                               "detections": bool(cfg.detections)},
                           compute=ray.data.ActorPoolStrategy(size=cfg.actors), num_cpus=cfg.cpus_per_actor,
                           num_gpus=cfg.gpus_per_actor, batch_size=k, batch_format="pyarrow")
 
@@ -182,13 +201,16 @@ def write_features(cfg: FeaturesConfig) -> Path:
             raise DataError(f"{cfg.data} split {split!r}", "no images", "at least one annotated image")
         tables.append(table)
     inputs = pa.concat_tables(tables)
+    if cfg.detections:
+        inputs = with_detections(cfg, inputs, reader)
     _check_images(inputs)
     probe = BoxFeatureExtractor(cfg.detector)  # fails fast on a bad checkpoint, records what it filled
     meta = {"dataset": cfg.dataset, "source": str(cfg.data), "detector": to_dict(cfg.detector),
             "detector_loaded_parts": probe.loaded_parts, "config_hash": config_hash(cfg), "reader": reader}
     buffers: dict[str, list[pa.Table]] = defaultdict(list)
     with atomic_dir(cfg.out) as tmp:
-        writer = StoreWriter(tmp, kind, cfg.detector.feature_dim, objects, predicates, dtype=cfg.dtype, meta=meta)  # type: ignore[arg-type]
+        writer = StoreWriter(tmp, kind, cfg.detector.feature_dim, objects, predicates, dtype=cfg.dtype, meta=meta,  # type: ignore[arg-type]
+                             detections=bool(cfg.detections))
         with input_errors_raised(), tqdm(total=inputs.num_rows, desc=f"features {cfg.dataset}", unit="img") as bar:
             for out in feature_dataset(cfg, inputs, kind).iter_batches(batch_size=None, batch_format="pyarrow"):
                 bar.update(len(set(out.column("image_id").to_pylist())))
@@ -199,6 +221,19 @@ def write_features(cfg: FeaturesConfig) -> Path:
             _flush(writer, split, buffers[split], cfg.shard_rows, final=True)
         writer.close()
     return Path(cfg.out)
+
+
+def with_detections(cfg: FeaturesConfig, inputs: pa.Table, reader: dict) -> pa.Table:
+    """`inputs` with each image's detected boxes (`det_boxes`, from `cfg.detections`); counts per split the
+    images the detector left without a box into `reader`."""
+    ids = inputs.column("image_id").to_pylist()
+    dets = read_coco_detections(cfg.detections, set(ids), cfg.max_detections, cfg.min_detection_score)
+    empty = np.zeros((0, 4), np.float32)
+    column = pa.array([dets.get(i, empty).tolist() for i in ids], pa.list_(BOX))
+    for split in cfg.splits:
+        rows = [i for i, s in zip(ids, inputs.column("split").to_pylist()) if s == split]
+        reader[split]["images_without_detections"] = sum(i not in dets for i in rows)
+    return inputs.append_column("det_boxes", column)
 
 
 def _flush(writer: StoreWriter, split: str, buffer: list[pa.Table], shard_rows: int, final: bool = False) -> None:

@@ -66,6 +66,18 @@ def test_feature_store(tmp_path):
     assert s["predicate_counts"] == {"on": 0, "has": 3, "near": 0}
 
 
+def test_feature_store_with_detections(tmp_path):
+    w = StoreWriter(tmp_path / "d", "scene_graph", 2, ["a", "b"], ["on", "has", "near"], detections=True)
+    w.write("test", [{"image_id": str(i), "split": "test", "width": 10, "height": 10, "boxes": np.zeros((2, 4)),
+                      "labels": [1, 2], "obj_features": np.zeros((2, 2)), "rels": [[0, 1, 2]], "rel_fine": [2],
+                      "det_boxes": np.zeros((i, 4)), "det_features": np.zeros((i, 2))} for i in range(4)])
+    w.close()
+    assert json.loads(run(tmp_path / "d", "--json").stdout)["splits"]["test"]["detections"] == 6
+    text = run(tmp_path / "d").stdout.splitlines()
+    assert text[1].split() == ["split", "images", "objects", "relations", "detections"]
+    assert text[2].split() == ["test", "4", "8", "4", "6"]
+
+
 @pytest.mark.parametrize("breaker, message", [
     (lambda p: (p / "VG-SGG-with-attri.h5").write_bytes(b"\x89HDF\r\n"), "unreadable HDF5"),
     (lambda p: (p / "image_data.json").write_text("[{"), "image_data.json: corrupt JSON"),

@@ -70,6 +70,37 @@ def test_vg150_scene_graph_store(ray_local, tmp_path, checkpoint):
             np.testing.assert_allclose(g["obj_features"], direct, rtol=1e-4, atol=1e-5)
 
 
+def test_vg150_store_with_detections(ray_local, tmp_path, checkpoint):
+    """detections=FILE (COCO results): each image's best boxes above the score floor, best first, with RoI
+    features equal to a direct extraction; images the detector missed hold none and are counted per split."""
+    import json
+
+    data = write_vg(tmp_path / "vg")
+    (tmp_path / "img").mkdir()
+    for i, (w, h) in enumerate(SIZES):
+        png(tmp_path / "img" / f"{i + 10}.jpg", w, h, i)
+    results = [{"image_id": 10, "category_id": 1, "bbox": [10, 20, 100, 50], "score": 0.3},
+               {"image_id": 10, "category_id": 2, "bbox": [200, 100, 40, 40], "score": 0.9},
+               {"image_id": 10, "category_id": 2, "bbox": [0, 0, 30, 30], "score": 0.01},  # below the floor
+               *({"image_id": 11, "category_id": 3, "bbox": [5 * k, 5, 50, 60], "score": 0.5 - 0.01 * k} for k in range(5)),
+               {"image_id": 999, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9}]  # not in the data
+    (tmp_path / "dets.json").write_text(json.dumps(results))
+    c = cfg(tmp_path, "vg150", data, tmp_path / "img", checkpoint, detections=str(tmp_path / "dets.json"),
+            max_detections=3, min_detection_score=0.05)
+    store = FeatureStore(write_features(c))
+    assert store.manifest.detections
+    got = {g["image_id"]: g for split in ("train", "val", "test") for g in scene_graphs(store.read(split))}
+    np.testing.assert_array_equal(got["10"]["det_boxes"], [[200, 100, 240, 140], [10, 20, 110, 70]])
+    np.testing.assert_array_equal(got["11"]["det_boxes"], [[0, 5, 50, 65], [5, 5, 55, 65], [10, 5, 60, 65]])
+    assert got["14"]["det_boxes"].shape == (0, 4) and got["14"]["det_features"].shape == (0, 8)
+    assert store.manifest.meta["reader"]["test"]["images_without_detections"] == 1
+    model = BoxFeatureExtractor(DetectorConfig(**DET, checkpoint=checkpoint))
+    img = np.asarray(Image.open(tmp_path / "img" / "10.jpg").convert("RGB"))
+    direct, _ = model.extract(img, np.concatenate([got["10"]["boxes"], got["10"]["det_boxes"]]))
+    np.testing.assert_allclose(got["10"]["det_features"], direct[len(got["10"]["boxes"]):], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["10"]["obj_features"], direct[:len(got["10"]["boxes"])], rtol=1e-4, atol=1e-5)
+
+
 def test_gqa_relation_store_and_missing_image(ray_local, tmp_path, checkpoint):
     data = write_gqa(tmp_path / "gqa")
     (tmp_path / "img").mkdir()
@@ -112,3 +143,10 @@ def test_feature_actor_uses_its_cpu_share_as_threads(checkpoint):
         assert torch.get_num_threads() == 2 and actor.model.mean.device.type == "cpu"
     finally:
         torch.set_num_threads(before)
+
+
+def test_detections_are_refused_for_relation_samples():
+    from components.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="detections only with --dataset vg150"):
+        from_dict(FeaturesConfig, {"dataset": "gqa_lt", "data": "d", "images": "i", "out": "o", "detections": "x.json"})
