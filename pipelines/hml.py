@@ -414,20 +414,22 @@ def train_method(method: str, cfg: HMLConfig, tree: PredicateTree, counts: np.nd
 
 def methods_at_once(cfg: HMLConfig, resources: Mapping[str, float], fixed: bool = True) -> int:
     """How many methods train at once: at most `concurrent_methods` and the number of methods; on a Ray of
-    `fixed` resources (a local one), as many stages as fit beside one CPU kept for Ray Data's read tasks (which
+    `fixed` resources (a local one), as many methods as fit beside one CPU kept for Ray Data's read tasks (which
     would otherwise wait forever for a CPU), at least 1, saying so when that is fewer than asked (a joined
-    cluster may grow: there the number asked runs)."""
+    cluster may grow: there the number asked runs). A method holds a stage's workers while it trains and its
+    prediction pool (`predict_actors`) while it predicts, so it needs room for the larger of the two."""
     want = min(cfg.concurrent_methods, len(cfg.methods))
     if not fixed:
         return want
-    stage_cpus = cfg.num_workers * cfg.cpus_per_worker
+    width = max(cfg.num_workers, cfg.predict_actors)  # workers or actors one method holds at a time
+    stage_cpus = width * cfg.cpus_per_worker
     fit = int((float(resources.get("CPU", 0.0)) - 1.0 + 1e-9) // stage_cpus)
     if cfg.use_gpu:
-        fit = min(fit, int(float(resources.get("GPU", 0.0)) + 1e-9) // cfg.num_workers)
+        fit = min(fit, int(float(resources.get("GPU", 0.0)) + 1e-9) // width)
     at_once = max(1, min(want, fit))
     if at_once < want:
         print(f"[hml] concurrent_methods={cfg.concurrent_methods}: {at_once} method(s) at a time, as many as this "
-              f"Ray's {resources.get('CPU', 0):g} CPUs hold ({stage_cpus:g} CPUs per stage, 1 kept for reading data)",
+              f"Ray's {resources.get('CPU', 0):g} CPUs hold ({stage_cpus:g} CPUs per method, 1 kept for reading data)",
               flush=True)
     return at_once
 

@@ -267,6 +267,10 @@ def test_methods_at_once_keeps_a_cpu_for_reading(capsys):
     gpus = replace(cfg, use_gpu=True, num_workers=2, cpus_per_worker=1.0)
     assert methods_at_once(gpus, {"CPU": 16.0, "GPU": 4.0}) == 2
     assert methods_at_once(gpus, {"CPU": 16.0}) == 1
+    # a method's prediction pool is as wide as its widest moment: 3 actors x 0.5 CPU + 1 leaves room for one
+    assert methods_at_once(replace(cfg, predict_actors=3), {"CPU": 3.0}) == 1
+    assert methods_at_once(replace(cfg, predict_actors=3), {"CPU": 4.0}) == 2
+    assert methods_at_once(replace(gpus, predict_actors=4), {"CPU": 16.0, "GPU": 4.0}) == 1
 
 
 @pytest.fixture(scope="module")
