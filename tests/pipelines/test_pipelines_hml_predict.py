@@ -1,5 +1,5 @@
 """HML test-split prediction: the Ray Data actor pool yields exactly what the driver path yields (same images in
-store order, same pairs and scores, SGCls object labels), and the prediction columns round-trip."""
+store order, same pairs and scores, SGCls/SGDet object labels), and the prediction columns round-trip."""
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -24,7 +24,8 @@ from pipelines.hml_predict import (
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    return write_tiny_store(tmp_path_factory.mktemp("predict") / "store", shard_size=2)  # 3 test shards
+    # 3 test shards, with detections (SGDet; the other modes ignore them)
+    return write_tiny_store(tmp_path_factory.mktemp("predict") / "store", shard_size=2, detections=True)
 
 
 def _checkpoint(store, tmp_path, mode: str):
@@ -43,7 +44,7 @@ def _checkpoint(store, tmp_path, mode: str):
     return path, model_cfg, fb_path
 
 
-@pytest.mark.parametrize("mode", ["predcls", "sgcls"])
+@pytest.mark.parametrize("mode", ["predcls", "sgcls", "sgdet"])
 def test_ray_actor_pool_predicts_what_the_driver_predicts(ray_local, store, tmp_path, mode, monkeypatch):
     path, model_cfg, fb_path = _checkpoint(store, tmp_path, mode)
     model = load_stage_model(path, model_cfg, fb_path)
@@ -62,9 +63,11 @@ def test_ray_actor_pool_predicts_what_the_driver_predicts(ray_local, store, tmp_
         assert set(gp) == set(wp) | {"actor"}
         for k in wp:
             np.testing.assert_array_equal(gp[k], wp[k])
-        for k in ("boxes", "labels", "rels", "rel_fine"):
+        for k in ("boxes", "labels", "rels", "rel_fine", "det_boxes", "det_features"):
             np.testing.assert_array_equal(gi[k], wi[k])
-    assert ("obj_labels" in got[0][1]) == (mode == "sgcls")
+        objects = len(gi["det_boxes"] if mode == "sgdet" else gi["boxes"])  # SGDet predicts on the detections
+        assert gp["pairs"].max() < objects and len(gp["pairs"]) == objects * (objects - 1)
+    assert ("obj_labels" in got[0][1]) == (mode != "predcls")
     assert got[0][1]["rel_scores"].shape[1] == model_cfg["num_predicates"] + 1
 
 
