@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a script (also under `ray job submit`): 
 
 from components.atomic import ensure_writable_dir, write_json
 from components.config import apply_overrides, config_hash, load_config, load_yaml, merge, to_dict
+from components.data.planted_detections import PlantedDetectionConfig
 from components.data.planted_sgg import PlantedSGGConfig
 from components.data.planted_vrr import PlantedVRRConfig
 from components.errors import ConfigError
@@ -94,6 +95,7 @@ class FullConfig:
     sgg_store: str | None = None  # an existing scene-graph feature store instead of sgg-planted
     vrr_store: str | None = None  # an existing relation-sample feature store instead of vrr-planted
     sgg: PlantedSGGConfig = field(default_factory=PlantedSGGConfig)
+    det: PlantedDetectionConfig = field(default_factory=PlantedDetectionConfig)  # sgg-planted-det (hml.mode=sgdet)
     vrr: PlantedVRRConfig = field(default_factory=PlantedVRRConfig)
     hml: HMLConfig = field(default_factory=lambda: HMLConfig(store=PLACEHOLDER))
     diffaug: DiffAugConfig = field(default_factory=lambda: DiffAugConfig(store=PLACEHOLDER, out=PLACEHOLDER))
@@ -131,10 +133,11 @@ def load(preset: str | None, path: str | None, overrides: list[str]) -> FullConf
     return load_config(FullConfig, None, overrides, base=merge(base, user))
 
 
-def prepare_stage(cache: StageCache, dataset: str, planted: Any, given: str | None) -> StageResult:
+def prepare_stage(cache: StageCache, dataset: str, planted: Any, given: str | None,
+                  det: PlantedDetectionConfig | None = None) -> StageResult:
     """The feature store of one method: a given path (validated; keyed by its shards' checksums) or the
-    planted benchmark, written once."""
-    key = "sgg" if dataset == "sgg-planted" else "vrr"
+    planted benchmark (with `det`, sgg-planted-det: its simulated detections too), written once."""
+    key = "vrr" if dataset == "vrr-planted" else "sgg"
     if given:
         from components.data.store import FeatureStore
 
@@ -146,10 +149,11 @@ def prepare_stage(cache: StageCache, dataset: str, planted: Any, given: str | No
                            False, time.perf_counter() - t0)
 
     def fn(stage_dir: Path) -> dict:
-        cfg = PrepareDataConfig(dataset=dataset, out=str(stage_dir / "store"), **{key: planted})
+        extra = {"det": det} if det is not None else {}
+        cfg = PrepareDataConfig(dataset=dataset, out=str(stage_dir / "store"), **{key: planted}, **extra)
         return {"store": str(write_store(cfg).resolve())}
 
-    return cache.run(f"data-{key}", to_dict(planted), fn)
+    return cache.run(f"data-{key}", {**to_dict(planted), **({"detections": to_dict(det)} if det else {})}, fn)
 
 
 # Fields that say where or how to run, not what to compute: left out of a phase's content key.
@@ -208,7 +212,9 @@ def run_phases(cfg: FullConfig, tracker: Any, parent: str, run_root: Path) -> di
     summary: dict[str, Any] = {"run_name": cfg.run_name, "preset": cfg.preset, "sgg": {}, "ltvrr": {}, "outputs": {}}
 
     if "hml" in cfg.phases:
-        data = timed(timings, prepare_stage(cache, "sgg-planted", cfg.sgg, cfg.sgg_store))
+        sgdet = cfg.hml.mode == "sgdet"  # SGDet trains on sgg-planted-det: sgg-planted plus detections
+        data = timed(timings, prepare_stage(cache, "sgg-planted-det" if sgdet else "sgg-planted", cfg.sgg,
+                                            cfg.sgg_store, cfg.det if sgdet else None))
 
         def hml_phase(stage_dir: Path) -> dict:
             hml_cfg = dataclasses.replace(cfg.hml, store=data.result["store"], output_dir=str(stage_dir),

@@ -95,3 +95,23 @@ def test_a_given_store_is_validated_not_cached(tmp_path, capsys):
     assert "[full] data-sgg: given store validated in" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="data-sgg / data-vrr"):
         load("default", None, ["phases=[data-sgg,hml]"])
+
+
+def test_sgdet_prepares_sgg_planted_with_detections_in_its_own_cache_entry(tmp_path):
+    """hml.mode=sgdet makes data-sgg write sgg-planted-det (the detector's config in its key): the same GT as
+    sgg-planted's entry, plus detections; both entries live side by side."""
+    from components.data.planted_detections import PlantedDetectionConfig
+    from components.data.planted_sgg import PlantedSGGConfig
+    from components.data.store import FeatureStore
+    from components.stages import StageCache
+    from pipelines.full import prepare_stage
+
+    cache, sgg = StageCache(tmp_path / "cache"), PlantedSGGConfig(n_train=6, n_val=2, n_test=3, feature_dim=8)
+    plain = prepare_stage(cache, "sgg-planted", sgg, None)
+    det = prepare_stage(cache, "sgg-planted-det", sgg, None, PlantedDetectionConfig())
+    assert plain.path != det.path
+    a, b = FeatureStore(det.result["store"]), FeatureStore(plain.result["store"])
+    assert a.manifest.detections and not b.manifest.detections
+    assert a.read("test").drop_columns(["det_boxes", "det_features"]).equals(b.read("test"))
+    assert prepare_stage(cache, "sgg-planted-det", sgg, None, PlantedDetectionConfig()).cached
+    assert load("default", None, ["hml.mode=sgdet", "det.recall=0.5"]).det.recall == 0.5
