@@ -212,11 +212,17 @@ def test_sgcls_two_stage_run_predicts_and_scores_object_labels(ray_local, store,
     assert all(0.0 < p["pred_scores"].min() and p["pred_scores"].max() < 1.0 for p in preds)  # softmax maxima
     correct = sum(int((p["pred_labels"] == g["labels"]).sum()) for p, g in zip(preds, graphs))
     assert metrics["object_accuracy"] == pytest.approx(100.0 * correct / sum(len(g["labels"]) for g in graphs))
-    tree = json.loads((tmp_path / "out" / "tree.json").read_text())["parent"]
+    _check_rescored_and_reloaded(tmp_path / "out", preds, graphs, metrics, "sgcls")
+
+
+def _check_rescored_and_reloaded(out: Path, preds: list[dict], graphs: list[dict], metrics: dict, mode: str) -> None:
+    """Re-scoring the saved predictions gives the run's metrics; the saved model reloads in `mode` and predicts
+    the saved object labels and scores."""
+    tree = json.loads((out / "tree.json").read_text())["parent"]
     again = evaluate_sgg(preds, 50, [20], tree=tree)
     assert again["R@20"] == metrics["R@20"] and again["mR@20"] == metrics["mR@20"]
-    reloaded = load_predictor(tmp_path / "out" / "hml" / "model.safetensors").eval()
-    assert reloaded.mode == "sgcls"
+    reloaded = load_predictor(out / "hml" / "model.safetensors").eval()
+    assert reloaded.mode == mode
     for (_, p), saved in zip(predict_images(reloaded, graphs), preds):
         np.testing.assert_array_equal(p["obj_labels"], saved["pred_labels"])
         np.testing.assert_allclose(p["obj_scores"], saved["pred_scores"], rtol=1e-6)
@@ -306,15 +312,10 @@ def test_sgdet_two_stage_run_predicts_on_detections(ray_local, det_store, tmp_pa
         np.testing.assert_array_equal(p["pred_boxes"], g["det_boxes"])
         np.testing.assert_array_equal(p["gt_boxes"], g["boxes"])
         assert len(p["pred_labels"]) == len(g["det_boxes"])
-        assert p["rel_pairs"].max() < len(g["det_boxes"]) and len(p["rel_pairs"]) == len(g["det_boxes"]) * (len(g["det_boxes"]) - 1)
+        n = len(g["det_boxes"])
+        assert p["rel_pairs"].max() < n and len(p["rel_pairs"]) == n * (n - 1)
         match = assign_detections(g["det_boxes"], g["boxes"])
         correct += int((p["pred_labels"][match >= 0] == g["labels"][match[match >= 0]]).sum())
         total += int((match >= 0).sum())
     assert metrics["object_accuracy"] == pytest.approx(100.0 * correct / total)
-    tree = json.loads((tmp_path / "out" / "tree.json").read_text())["parent"]
-    again = evaluate_sgg(preds, 50, [20], tree=tree)
-    assert again["R@20"] == metrics["R@20"] and again["mR@20"] == metrics["mR@20"]
-    reloaded = load_predictor(tmp_path / "out" / "hml" / "model.safetensors").eval()
-    assert reloaded.mode == "sgdet"
-    for (_, p), saved in zip(predict_images(reloaded, graphs), preds):
-        np.testing.assert_array_equal(p["obj_labels"], saved["pred_labels"])
+    _check_rescored_and_reloaded(tmp_path / "out", preds, graphs, metrics, "sgdet")
