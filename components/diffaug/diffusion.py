@@ -174,6 +174,33 @@ def sampling_weights(groups: np.ndarray | None, balance: float, n: int) -> torch
     return torch.from_numpy(counts[groups].astype(np.float64) ** -balance)
 
 
+def optimizer_step(model: torch.nn.Module, sched: DDPMScheduler, opt: torch.optim.Optimizer,
+                   lr_sched: torch.optim.lr_scheduler.LRScheduler | None, x0: torch.Tensor, text: torch.Tensor,
+                   text_mask: torch.Tensor | None, hardness: torch.Tensor | None, gen: torch.Generator,
+                   device: torch.device, dtype: torch.dtype, cfg_dropout: float) -> torch.Tensor:
+    """One training step on a minibatch of standardised features `x0` and their conditions: noise, timesteps and
+    classifier-free-guidance drops (probability `cfg_dropout`) drawn from `gen` (in that order, on the CPU), the
+    denoising loss under autocast to `dtype`, backward, gradient clipping at 1, the optimiser and lr-schedule
+    steps. Works on a DDP-wrapped model. Returns the (detached) loss."""
+    n = len(x0)
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, sched.config.num_train_timesteps, (n,), generator=gen)
+    drop = torch.rand(n, generator=gen) < cfg_dropout
+    x0, noise, t, drop = (a.to(device) for a in (x0, noise, t, drop))
+    xt = sched.add_noise(x0, noise, t)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        out = model(xt, t, text.to(device), None if text_mask is None else text_mask.to(device),
+                    None if hardness is None else hardness.to(device), drop)
+    loss = torch.nn.functional.mse_loss(out.float(), train_target(sched, x0, noise, t))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    if lr_sched is not None:
+        lr_sched.step()
+    return loss.detach()
+
+
 def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray | None,
                    hardness: np.ndarray | None, cfg: DiffusionConfig,
                    on_step: Callable[[int, float, DiffusionBundle], None] | None = None,
@@ -215,22 +242,9 @@ def train_denoiser(features: np.ndarray, text: np.ndarray, text_mask: np.ndarray
             idx = torch.randint(0, len(x_all), (min(cfg.batch_size, len(x_all)),), generator=gen)
         else:
             idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=gen)
-        x0 = x_all[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, cfg.num_train_timesteps, (len(idx),), generator=gen)
-        drop = torch.rand(len(idx), generator=gen) < cfg.cfg_dropout
-        x0, noise, t, drop = (a.to(dev) for a in (x0, noise, t, drop))
-        xt = sched.add_noise(x0, noise, t)
-        with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = model(xt, t, txt_all[idx].to(dev), None if msk_all is None else msk_all[idx].to(dev),
-                        None if hard_all is None else hard_all[idx].to(dev), drop)
-        loss = torch.nn.functional.mse_loss(out.float(), train_target(sched, x0, noise, t))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if lr_sched is not None:
-            lr_sched.step()
+        loss = optimizer_step(model, sched, opt, lr_sched, x_all[idx], txt_all[idx],
+                              None if msk_all is None else msk_all[idx], None if hard_all is None else hard_all[idx],
+                              gen, dev, dtype, cfg.cfg_dropout)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if on_step is not None:
