@@ -121,6 +121,10 @@ class DiffAugConfig:
     cpus_per_actor: float = field(default=1.0, metadata={"range": (0.05, 64.0)})
     # GPUs of each sampling actor and of the diffusion training actor (0: they compute on their CPUs)
     gpus_per_actor: float = field(default=0.0, metadata={"range": (0.0, 16.0)})
+    # diffusion training: 0 = one actor holding the training rows (2 x cpus_per_actor CPUs; bit-reproducible with
+    # train_denoiser); N >= 1 = Ray Train with N DDP workers (cpus_per_actor, gpus_per_actor each) streaming the
+    # store's train split (pipelines/diffusion_train.py: shuffled epochs, so another model for the same seed)
+    diffusion_workers: int = field(default=0, metadata={"range": (0, 1024)})
     shard_size: int = field(default=1024, metadata={"range": (1, None)})
     # rows a sampling actor denoises at once (x2 with guidance): 256 was 14% faster than 512 on one CPU thread
     # here (cache), with bit-identical samples; on a GPU use thousands
@@ -136,6 +140,9 @@ class DiffAugConfig:
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad or not self.variants:
             raise ConfigError("variants", f"unknown {bad}" if bad else "empty", f"a subset of {list(VARIANTS)}")
+        if self.diffusion_workers and self.diffusion.balance > 0:
+            raise ConfigError("diffusion.balance", f"{self.diffusion.balance} with diffusion_workers="
+                              f"{self.diffusion_workers}", "0, or diffusion_workers=0 (the single training actor)")
         if self.text_encoder == "openclip" and not self.clip_checkpoint:
             raise ConfigError("clip_checkpoint", "openclip needs a local checkpoint (no network weights here)",
                               "a path to an open_clip checkpoint file")
@@ -207,34 +214,46 @@ def _counts(train: RelationSet, n_obj: int, n_pred: int) -> tuple[np.ndarray, np
 
 
 def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationSet, cond: _Conditions,
-                     out: Path) -> str:
+                     out: Path, progress: bool) -> str:
     """Bundle path, trained in a Ray actor unless a bundle of the same config and data already exists."""
     from pipelines.diffusion import train_diffusion_on_ray
+    from pipelines.diffusion_train import ConditionTable, train_diffusion_on_ray_train
     from pipelines.ray_runtime import actor_device
 
     text, mask, hard = cond.of(_triplets(train))
     # keyed by the config, the training arrays themselves (features, text embeddings, K-means hardness), the
-    # source code and the device type: another seed, text encoder, store, code version or device never reuses it
+    # source code, the device type and the Ray Train workers: another seed, text encoder, store, code version,
+    # device or worker count never reuses it
     inputs = arrays_hash({"features": train.union_feature, "text": text, "mask": mask,
                           "hardness": hard if dcfg.use_hardness else None, "groups": train.predicate})
     key = config_hash({"cfg": to_dict(dcfg), "inputs": inputs, "code": code_fingerprint(),
-                       "device": actor_device(cfg.gpus_per_actor)})
+                       "device": actor_device(cfg.gpus_per_actor), "workers": cfg.diffusion_workers})
     run_dir = out / f"diffusion-{key}"
     bundle = run_dir / "bundle.safetensors"
     if bundle.is_file():
         load_bundle(bundle, expected=dcfg)
         return str(bundle)
+    every = max(dcfg.steps // 4, 1)
+    if cfg.diffusion_workers:
+        trip = np.unique(_triplets(train), axis=0)
+        t_text, t_mask, t_hard = cond.of(trip)
+        table = ConditionTable.build(trip, t_text, t_mask, t_hard if dcfg.use_hardness else None,
+                                     len(cond.objects), len(cond.predicates))
+        train_diffusion_on_ray_train(cfg.store, table, dcfg, run_dir, num_workers=cfg.diffusion_workers,
+                                     cpus_per_worker=cfg.cpus_per_actor, use_gpu=cfg.gpus_per_actor > 0,
+                                     checkpoint_every=every, progress=progress)
+        return str(bundle)
     train_diffusion_on_ray(train.union_feature, text, mask, hard, dcfg, run_dir, cpus=cfg.cpus_per_actor * 2,
-                           gpus=cfg.gpus_per_actor,
-                           checkpoint_every=max(dcfg.steps // 4, 1), groups=train.predicate)
+                           gpus=cfg.gpus_per_actor, checkpoint_every=every, groups=train.predicate)
     return str(bundle)
 
 
 def check_actor_requests(cfg: DiffAugConfig, resources: Mapping[str, float], fixed: bool,
                          sampling: bool = True) -> None:
     """A classifier training task (cpus_per_actor, gpus_per_actor) and, with `sampling`, the diffusion training
-    actor (2 x cpus_per_actor, gpus_per_actor) and the sampler pool (num_actors x each) must each fit the Ray
-    cluster (`check_requests`: an error on a local Ray, a warning on a joined one)."""
+    (one actor of 2 x cpus_per_actor, or diffusion_workers x cpus_per_actor plus a CPU for Ray Data's reads, which
+    would starve without it) and the sampler pool (num_actors x each) must each fit the Ray cluster
+    (`check_requests`: an error on a local Ray, a warning on a joined one)."""
     from pipelines.ray_runtime import check_requests
 
     def ask(n: int, cpus: float) -> dict[str, float]:
@@ -242,9 +261,13 @@ def check_actor_requests(cfg: DiffAugConfig, resources: Mapping[str, float], fix
 
     asks = {"a classifier training task (cpus_per_actor)": ask(1, cfg.cpus_per_actor)}
     if sampling:
-        asks.update({"the diffusion training actor (2 x cpus_per_actor)": ask(1, 2 * cfg.cpus_per_actor),
-                     "the sampler pool (num_actors x cpus_per_actor)":
-                         ask(cfg.num_actors, cfg.num_actors * cfg.cpus_per_actor)})
+        n = cfg.diffusion_workers
+        if n:
+            asks["the diffusion Ray Train workers (diffusion_workers x cpus_per_actor) and a CPU for Ray Data"] = \
+                ask(n, n * cfg.cpus_per_actor + 1)
+        else:
+            asks["the diffusion training actor (2 x cpus_per_actor)"] = ask(1, 2 * cfg.cpus_per_actor)
+        asks["the sampler pool (num_actors x cpus_per_actor)"] = ask(cfg.num_actors, cfg.num_actors * cfg.cpus_per_actor)
     check_requests("cpus_per_actor / gpus_per_actor / num_actors", asks, resources, fixed)
 
 
@@ -414,12 +437,12 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
         hard_cfg = copy.deepcopy(cfg.diffusion)
         hard_cfg.use_hardness = True
         with _timed(seconds, "diffusion training"):
-            bundles["hard"] = _train_diffusion(cfg, hard_cfg, train, cond, art)
+            bundles["hard"] = _train_diffusion(cfg, hard_cfg, train, cond, art, progress)
         if "diffaug_so_nohardness" in gen_variants:
             no_cfg = copy.deepcopy(hard_cfg)
             no_cfg.use_hardness = False
             with _timed(seconds, "diffusion training (no hardness)"):
-                bundles["nohard"] = _train_diffusion(cfg, no_cfg, train, cond, art)
+                bundles["nohard"] = _train_diffusion(cfg, no_cfg, train, cond, art, progress)
         _, _, plan_hard = cond.of(np.stack([plan["subject"], plan["predicate"], plan["object"]], axis=1))
         runs = {"diffaug_random": ("hard", 1.0), "diffaug_so": ("hard", cfg.strength),
                 "diffaug_so_nohardness": ("nohard", cfg.strength)}

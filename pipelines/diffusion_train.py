@@ -122,6 +122,7 @@ def train_loop_per_worker(c: dict) -> None:
     from tqdm.auto import tqdm
 
     from pipelines.ray_runtime import quiet_checkpoint_reports
+    from pipelines.train_faults import kill_after_checkpoint
 
     quiet_checkpoint_reports()
     torch.set_num_threads(c["threads"])
@@ -136,7 +137,7 @@ def train_loop_per_worker(c: dict) -> None:
     model = prepare_model(net)
     opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay)
     lr_sched = one_cycle(opt, cfg.lr, cfg.steps)
-    start, losses = 0, []
+    start, losses, restarts = 0, [], []  # restarts: the checkpoint steps this run resumed from
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
@@ -147,7 +148,7 @@ def train_loop_per_worker(c: dict) -> None:
         opt.load_state_dict(state["optimizer"])
         if lr_sched is not None:
             lr_sched.load_state_dict(state["lr_schedule"])
-        start, losses = int(state["step"]), list(state["losses"])
+        start, losses, restarts = int(state["step"]), list(state["losses"]), [*state["restarts"], int(state["step"])]
     sched = make_scheduler(cfg)
     dtype = getattr(torch, c["dtype"])
     gen = torch.Generator().manual_seed(_seed(cfg.seed, rank, start))  # noise, timesteps, CFG drops
@@ -179,7 +180,7 @@ def train_loop_per_worker(c: dict) -> None:
         live = net if device.type == "cpu" else copy.deepcopy(net).cpu()
         with tempfile.TemporaryDirectory() as d:
             save_bundle(DiffusionBundle(live, mean, std, cfg), Path(d) / BUNDLE_FILE)
-            torch.save({"config_hash": config_hash(cfg), "step": step, "losses": losses,
+            torch.save({"config_hash": config_hash(cfg), "step": step, "losses": losses, "restarts": restarts,
                         "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                         "optimizer": opt.state_dict(),
                         "lr_schedule": None if lr_sched is None else lr_sched.state_dict()}, Path(d) / STATE_FILE)
@@ -201,6 +202,9 @@ def train_loop_per_worker(c: dict) -> None:
             torch.distributed.all_reduce(loss)
             loss = loss / world
         losses.append(float(loss.item()))
+        fault = c.get("fault_injection")  # test hook: fail once (guarded by a marker file) at a step
+        if fault and step + 1 == fault["at_step"] and not Path(fault["marker"]).exists():
+            kill_after_checkpoint(fault, c["ray_run_dir"], c["checkpoint_every"])
         if (step + 1) % c["checkpoint_every"] == 0 or step + 1 == cfg.steps:
             report(step + 1)
 
@@ -208,10 +212,12 @@ def train_loop_per_worker(c: dict) -> None:
 def train_diffusion_on_ray_train(store_root: str | Path, conditions: ConditionTable, cfg: DiffusionConfig,
                                  out_dir: str | Path, num_workers: int = 2, cpus_per_worker: float = 0.5,
                                  use_gpu: bool = False, checkpoint_every: int = 500, max_failures: int = 1,
-                                 progress: bool = False) -> dict:
+                                 progress: bool = False, loop_extra: dict | None = None) -> dict:
     """Train with `num_workers` Ray Train workers streaming `store_root`'s train split; writes
     out_dir/{bundle.safetensors, metrics.json} (Ray Train's run and checkpoints under out_dir/ray) and returns
-    the paths + per-step losses (mean over ranks), as `train_diffusion_on_ray` does."""
+    the paths + per-step losses (mean over ranks), as `train_diffusion_on_ray` does. `max_failures`: worker
+    failures survived, each resumed from the last registered checkpoint. `loop_extra`: added to the loop's
+    config (tests: `fault_injection`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -226,6 +232,7 @@ def train_diffusion_on_ray_train(store_root: str | Path, conditions: ConditionTa
                          f"{cpus_per_worker}, checkpoint_every={checkpoint_every}", "positive values")
     out = ensure_writable_dir(out_dir)
     data = dataset_from_store(store_root, "train").select_columns(COLUMNS)
+    data.context.enable_progress_bars = False  # a set of Ray Data bars per epoch; rank 0's tqdm shows the steps
     mean, std = streamed_standardizer(data)
     dtype = str(autocast_dtype(cfg, "cuda" if use_gpu else "cpu")).removeprefix("torch.")  # one for every rank
     t0 = time.perf_counter()
@@ -233,7 +240,8 @@ def train_diffusion_on_ray_train(store_root: str | Path, conditions: ConditionTa
         train_loop_per_worker, datasets={"train": data},
         train_loop_config={"cfg": to_dict(cfg), "conditions": ray.put(conditions), "mean": mean, "std": std,
                            "dtype": dtype, "threads": actor_threads(cpus_per_worker),
-                           "checkpoint_every": checkpoint_every, "progress": progress},
+                           "checkpoint_every": checkpoint_every, "progress": progress,
+                           "ray_run_dir": str((out / "ray" / "train").resolve()), **(loop_extra or {})},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cpus_per_worker}),
         run_config=RunConfig(storage_path=str((out / "ray").resolve()), name="train",
@@ -248,6 +256,7 @@ def train_diffusion_on_ray_train(store_root: str | Path, conditions: ConditionTa
     if state["step"] != cfg.steps:
         raise InputError(str(out), f"diffusion training stopped at step {state['step']}", f"{cfg.steps} steps")
     metrics = {"config": to_dict(cfg), "config_hash": config_hash(cfg), "loss": state["losses"],
-               "seconds": round(time.perf_counter() - t0, 2), "workers": num_workers, "dtype": dtype}
+               "seconds": round(time.perf_counter() - t0, 2), "workers": num_workers, "dtype": dtype,
+               "restarts": state["restarts"]}
     write_json(out / "metrics.json", metrics)
     return {"bundle": str(bundle), "metrics": str(out / "metrics.json"), "loss": state["losses"]}

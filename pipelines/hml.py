@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +45,7 @@ from pipelines.hml_predict import (
     predict_store,
 )
 from pipelines.threads import run_concurrently
+from pipelines.train_faults import kill_after_checkpoint
 
 METHODS = ("hml", "ce", "cb")
 STATE_FILE = "state.pt"
@@ -213,32 +212,6 @@ def _previous_stage(cfg: dict, device) -> PreviousStage | None:
     return PreviousStage(old, list(meta["seen"]), state["anchors"], state["fisher"], state["importance"])
 
 
-def registered_checkpoint_steps(run_dir: str | Path) -> list[int]:
-    """Steps of the checkpoints Ray Train has registered for the TorchTrainer run in `run_dir`
-    (`storage_path/name`). A reported checkpoint's directory appears before its registration, and only a
-    registered checkpoint is restored after a failure. [] while the snapshot is missing or being written."""
-    try:
-        snapshot = json.loads((Path(run_dir) / "checkpoint_manager_snapshot.json").read_text())
-        return [int(r["metrics"]["step"]) for r in snapshot["checkpoint_results"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-
-
-def _kill_after_checkpoint(fault: dict, run_dir: str, checkpoint_every: int) -> None:
-    """Test hook: SIGKILL this worker process, as on a lost node, once Ray Train has registered the last
-    checkpoint reported before step `fault["at_step"]` (or after `fault["timeout_s"]`, default 300 s). The
-    marker file, written first, keeps a restarted worker from failing again; it ends up naming the
-    checkpoint steps registered at the kill."""
-    marker = Path(fault["marker"])
-    marker.write_text("killed once\n")
-    want = (fault["at_step"] - 1) // checkpoint_every * checkpoint_every  # 0: no checkpoint to wait for
-    deadline = time.monotonic() + fault.get("timeout_s", 300.0)
-    while want and want not in registered_checkpoint_steps(run_dir) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    marker.write_text(json.dumps({"registered_steps": registered_checkpoint_steps(run_dir)}) + "\n")
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def train_loop_per_worker(cfg: dict) -> None:
     """Ray Train loop of one stage: DDP model, streamed batches, CE/CR/MR plugins, checkpoints, resume."""
     import ray.train
@@ -298,7 +271,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         history.append(m)
         fault = cfg.get("fault_injection")  # test hook: fail once (guarded by a marker file) at a step
         if fault and m["step"] == fault["at_step"] and not os.path.exists(fault["marker"]):
-            _kill_after_checkpoint(fault, cfg["ray_run_dir"], cfg["checkpoint_every"])
+            kill_after_checkpoint(fault, cfg["ray_run_dir"], cfg["checkpoint_every"])
         if m["step"] % cfg["checkpoint_every"] == 0 or m["step"] == cfg["steps"]:
             report({**summarize(history, cfg["checkpoint_every"]), "step": m["step"], "stage": cfg["stage"]})
 

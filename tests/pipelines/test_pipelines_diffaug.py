@@ -122,6 +122,9 @@ def test_config_and_cli_errors(store, tmp_path):
         from_dict(DiffAugConfig, {"store": str(store), "out": str(tmp_path), "variants": ["nope"]})
     with pytest.raises(ConfigError):
         from_dict(DiffAugConfig, {"store": str(store), "out": str(tmp_path), "text_encoder": "openclip"})
+    with pytest.raises(ConfigError, match="diffusion.balance: 0.5 with diffusion_workers=2"):
+        from_dict(DiffAugConfig, {"store": str(store), "out": str(tmp_path), "diffusion_workers": 2,
+                                  "diffusion": {"balance": 0.5}})
     assert main(["--store", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
 
 
@@ -143,6 +146,11 @@ def test_actor_requests_beyond_the_cluster_fail_on_a_local_ray_and_warn_on_a_joi
     check_actor_requests(pool, {"CPU": 2.0}, fixed=True, sampling=False)  # baselines only: no pool, no actor
     with pytest.raises(ConfigError, match=r"a classifier training task \(cpus_per_actor\) asks 3 CPUs"):
         check_actor_requests(DiffAugConfig(cpus_per_actor=3.0), {"CPU": 2.0}, fixed=True, sampling=False)
+    workers = DiffAugConfig(num_actors=1, cpus_per_actor=0.5, diffusion_workers=2)  # 2 x 0.5 + 1 for Ray Data
+    check_actor_requests(workers, {"CPU": 2.0}, fixed=True)
+    with pytest.raises(ConfigError, match=r"diffusion Ray Train workers .* asks 3 CPUs"):
+        check_actor_requests(DiffAugConfig(num_actors=1, cpus_per_actor=0.5, diffusion_workers=4), {"CPU": 2.0},
+                             fixed=True)
     assert capsys.readouterr().err == ""
     check_actor_requests(pool, {"CPU": 2.0}, fixed=False)
     assert capsys.readouterr().err.startswith("warning: the sampler pool")
@@ -176,3 +184,21 @@ def test_fidelity_probe_stops_at_its_cap_with_one_line_not_sklearns_warning(caps
     got = scores(x[:10])
     assert got.shape == (10, 7) and np.isinf(got[:, 5:]).all()
     np.testing.assert_allclose(got[:, :5], ref.decision_function(x[:10]), rtol=1e-6)
+
+
+def test_diffusion_trained_on_ray_train_workers_feeds_the_phase(store, tmp_path, ray_local):
+    """diffusion_workers=2: the bundle comes from two DDP workers streaming the store (their metrics say so), is
+    keyed apart from the single actor's, and its samples fine-tune a variant that is scored like any other."""
+    cfg = from_dict(DiffAugConfig, {
+        "store": str(store), "out": str(tmp_path / "run"), "variants": ["baseline_ce", "diffaug_so"],
+        "text_encoder": "glove-roles", "hardness_k": 8, "embed_dim": 32, "hidden": 64, "plots": False,
+        "train": {"epochs": 1, "batch_size": 128}, "finetune_epochs": 1, "n_generated": 40,
+        "diffusion": {"steps": 6, "num_inference_steps": 2, "hidden": 32, "layers": 1, "heads": 2, "tokens": 4,
+                      "batch_size": 64},
+        "num_actors": 1, "cpus_per_actor": 0.5, "shard_size": 16, "diffusion_workers": 2})
+    out = run_diffaug(cfg, progress=False)
+    bundle = Path(out["artifacts"]["bundles"]["hard"])
+    metrics = json.loads((bundle.parent / "metrics.json").read_text())
+    assert metrics["workers"] == 2 and len(metrics["loss"]) == 6
+    assert [p for p in (bundle.parent / "ray" / "train").glob("checkpoint_*") if p.is_dir()]
+    assert 0.0 <= out["results"]["diffaug_so"]["rel"]["all"] <= 100.0 and out["fidelity"]["diffaug_so"]["probe"]["n_generated"] == 40

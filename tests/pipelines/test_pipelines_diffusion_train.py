@@ -77,7 +77,7 @@ def test_two_workers_write_a_bundle_metrics_and_checkpoints(trained, train_rows)
     np.testing.assert_allclose(bundle.mean, ref_mean, rtol=1e-5, atol=1e-6)  # standardised on every row
     np.testing.assert_allclose(bundle.std, ref_std, rtol=1e-5, atol=1e-6)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["workers"] == 2 and metrics["dtype"] == "float32"
+    assert metrics["workers"] == 2 and metrics["dtype"] == "float32" and metrics["restarts"] == []
     assert len(res["loss"]) == STEPS == len(metrics["loss"]) and np.isfinite(res["loss"]).all()
     kept = [p for p in (out / "ray" / "train").glob("checkpoint_*") if p.is_dir()]
     assert len(kept) == 2  # steps 5, 10, 12 reported; num_to_keep=2
@@ -90,3 +90,18 @@ def test_balanced_minibatches_are_refused_before_any_worker_starts(store, train_
     with pytest.raises(ConfigError, match="diffusion.balance"):
         train_diffusion_on_ray_train(store, table, DiffusionConfig(balance=0.5), tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_killed_worker_resumes_from_the_last_registered_checkpoint(store, train_rows, ray_local, tmp_path):
+    """SIGKILL of rank 0 at step 8 (checkpoints every 5): Ray Train restarts both workers from step 5's
+    checkpoint (weights, optimiser, lr schedule, losses) and the run still ends with every step's loss."""
+    table, _ = _table(train_rows, store)
+    cfg = DiffusionConfig(steps=STEPS, batch_size=64, hidden=16, layers=1, heads=2, tokens=2, dtype="float32")
+    marker = tmp_path / "killed"
+    res = train_diffusion_on_ray_train(store, table, cfg, tmp_path / "o", num_workers=2, cpus_per_worker=0.5,
+                                       checkpoint_every=5, loop_extra={"fault_injection": {"at_step": 8,
+                                                                                           "marker": str(marker)}})
+    assert json.loads(marker.read_text())["registered_steps"] == [5]
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["restarts"] == [5] and len(res["loss"]) == STEPS and np.isfinite(res["loss"]).all()
+    load_bundle(res["bundle"], expected=cfg)

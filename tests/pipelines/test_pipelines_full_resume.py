@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import subprocess_env
 
-from pipelines.hml import registered_checkpoint_steps
+from pipelines.train_faults import registered_checkpoint_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--preset", "tiny", "phases=[hml]", "hml.methods=[hml]", "hml.steps_per_stage=96", "hml.stage1_share=0.5", "hml.checkpoint_every=8",
