@@ -15,7 +15,8 @@ the CE baseline -> LTVRR evaluation on test. Every classifier training and fine-
   diffaug_so_nohardness              a second diffusion model without the hardness condition
 Fidelity: the rate at which generated samples get their intended relation from (a) a union-feature
 logistic-regression probe and (b) the CE baseline, vs the same rate on real test samples of the same tail
-relations. Writes results.json, results.txt, bands.png, projection.png under --out; logs to MLflow.
+relations. Writes results.json, results.txt, bands.png, projection.png, diffusion_loss.png under --out; logs to
+MLflow.
 """
 from __future__ import annotations
 
@@ -52,7 +53,13 @@ from components.diffaug.finetune import (
     predict_logits,
 )
 from components.diffaug.hardness import fit_hardness
-from components.diffaug.report import plot_bands, plot_projection, results_table
+from components.diffaug.report import (
+    plot_bands,
+    plot_loss_curves,
+    plot_projection,
+    results_table,
+    window_means,
+)
 from components.diffaug.requests import (
     class_feature_pools,
     generated_set,
@@ -240,7 +247,7 @@ def _train_diffusion(cfg: DiffAugConfig, dcfg: DiffusionConfig, train: RelationS
         table = ConditionTable.build(trip, t_text, t_mask, t_hard if dcfg.use_hardness else None,
                                      len(cond.objects), len(cond.predicates))
         train_diffusion_on_ray_train(cfg.store, table, dcfg, run_dir, num_workers=cfg.diffusion_workers,
-                                     cpus_per_worker=cfg.cpus_per_actor, use_gpu=cfg.gpus_per_actor > 0,
+                                     cpus_per_worker=cfg.cpus_per_actor, gpus_per_worker=cfg.gpus_per_actor,
                                      checkpoint_every=every, progress=progress)
         return str(bundle)
     train_diffusion_on_ray(train.union_feature, text, mask, hard, dcfg, run_dir, cpus=cfg.cpus_per_actor * 2,
@@ -486,12 +493,19 @@ def run_diffaug(cfg: DiffAugConfig, progress: bool = True) -> dict:
     write_text(out / "results.txt", table + "\n")
     if cfg.plots:
         plot_bands(ordered, out / "bands.png")
+        if bundles:
+            plot_loss_curves(diffusion_losses(bundles), out / "diffusion_loss.png")
         if generated:
             g = generated["diffaug_so"] if "diffaug_so" in generated else next(iter(generated.values()))
             plot_projection(train.union_feature, train.predicate, g.union_feature, g.predicate, predicates,
                             out / "projection.png")
     _track(cfg, out, summary)
     return summary
+
+
+def diffusion_losses(bundles: Mapping[str, str]) -> dict[str, list[float]]:
+    """Per-step training loss of each diffusion model (its bundle's metrics.json), by model name."""
+    return {name: json.loads((Path(b).parent / "metrics.json").read_text())["loss"] for name, b in bundles.items()}
 
 
 def _track(cfg: DiffAugConfig, out: Path, summary: dict) -> None:
@@ -512,7 +526,10 @@ def _track(cfg: DiffAugConfig, out: Path, summary: dict) -> None:
                                 | {f"fidelity_{name}_spread": f["spread"]})
         tracker.log_metrics(parent, {"seconds_" + re.sub(r"[^0-9a-zA-Z]+", "_", k).strip("_"): v
                                      for k, v in summary["seconds"].items()})
-        for art in ("results.json", "results.txt", "bands.png", "projection.png"):
+        for name, losses in diffusion_losses(summary["artifacts"]["bundles"]).items():  # 20-step means
+            for step, loss in zip(*window_means(losses, 20)):
+                tracker.log_metrics(parent, {f"diffusion_loss_{name}": float(loss)}, step=int(step))
+        for art in ("results.json", "results.txt", "bands.png", "projection.png", "diffusion_loss.png"):
             if (out / art).is_file():
                 tracker.log_artifact(parent, out / art)
     tracker.close()

@@ -141,7 +141,7 @@ def train_loop_per_worker(c: dict) -> None:
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
         with resumed.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, weights_only=False)
+            state = torch.load(Path(d) / STATE_FILE, weights_only=True)
         if state["config_hash"] != config_hash(cfg):
             raise InputError("checkpoint", "written for another diffusion config", "this run's config")
         net.load_state_dict(state["model"])
@@ -211,9 +211,10 @@ def train_loop_per_worker(c: dict) -> None:
 
 def train_diffusion_on_ray_train(store_root: str | Path, conditions: ConditionTable, cfg: DiffusionConfig,
                                  out_dir: str | Path, num_workers: int = 2, cpus_per_worker: float = 0.5,
-                                 use_gpu: bool = False, checkpoint_every: int = 500, max_failures: int = 1,
+                                 gpus_per_worker: float = 0.0, checkpoint_every: int = 500, max_failures: int = 1,
                                  progress: bool = False, loop_extra: dict | None = None) -> dict:
-    """Train with `num_workers` Ray Train workers streaming `store_root`'s train split; writes
+    """Train with `num_workers` Ray Train workers (each `cpus_per_worker` CPUs and, when `gpus_per_worker` > 0,
+    that share of a GPU to compute on) streaming `store_root`'s train split; writes
     out_dir/{bundle.safetensors, metrics.json} (Ray Train's run and checkpoints under out_dir/ray) and returns
     the paths + per-step losses (mean over ranks), as `train_diffusion_on_ray` does. `max_failures`: worker
     failures survived, each resumed from the last registered checkpoint. `loop_extra`: added to the loop's
@@ -227,9 +228,11 @@ def train_diffusion_on_ray_train(store_root: str | Path, conditions: ConditionTa
     if cfg.balance > 0:
         raise ConfigError("diffusion.balance", f"{cfg.balance} with Ray Train workers",
                           "0 (balanced minibatches need the single training actor: diffusion_workers=0)")
-    if num_workers < 1 or cpus_per_worker <= 0 or checkpoint_every < 1:
+    if num_workers < 1 or cpus_per_worker <= 0 or gpus_per_worker < 0 or checkpoint_every < 1:
         raise InputError("train_diffusion_on_ray_train", f"num_workers={num_workers}, cpus_per_worker="
-                         f"{cpus_per_worker}, checkpoint_every={checkpoint_every}", "positive values")
+                         f"{cpus_per_worker}, gpus_per_worker={gpus_per_worker}, checkpoint_every={checkpoint_every}",
+                         "positive workers, CPUs and checkpoint interval, GPUs >= 0")
+    use_gpu = gpus_per_worker > 0
     out = ensure_writable_dir(out_dir)
     data = dataset_from_store(store_root, "train").select_columns(COLUMNS)
     data.context.enable_progress_bars = False  # a set of Ray Data bars per epoch; rank 0's tqdm shows the steps
@@ -243,7 +246,8 @@ def train_diffusion_on_ray_train(store_root: str | Path, conditions: ConditionTa
                            "checkpoint_every": checkpoint_every, "progress": progress,
                            "ray_run_dir": str((out / "ray" / "train").resolve()), **(loop_extra or {})},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker}),
+                                     resources_per_worker={"CPU": cpus_per_worker,
+                                                           **({"GPU": gpus_per_worker} if use_gpu else {})}),
         run_config=RunConfig(storage_path=str((out / "ray").resolve()), name="train",
                              failure_config=FailureConfig(max_failures=max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)))
@@ -252,7 +256,7 @@ def train_diffusion_on_ray_train(store_root: str | Path, conditions: ConditionTa
         raise InputError(str(out), "diffusion training finished without a checkpoint", "a reported final checkpoint")
     with result.checkpoint.as_directory() as d:
         bundle = write_bytes(out / BUNDLE_FILE, (Path(d) / BUNDLE_FILE).read_bytes())
-        state = torch.load(Path(d) / STATE_FILE, weights_only=False)
+        state = torch.load(Path(d) / STATE_FILE, weights_only=True)
     if state["step"] != cfg.steps:
         raise InputError(str(out), f"diffusion training stopped at step {state['step']}", f"{cfg.steps} steps")
     metrics = {"config": to_dict(cfg), "config_hash": config_hash(cfg), "loss": state["losses"],

@@ -1,17 +1,19 @@
-"""DiffAugment results: a plain-text table of LTVRR numbers per variant and two PNG plots (matplotlib Agg).
+"""DiffAugment results: a plain-text table of LTVRR numbers per variant and PNG plots (matplotlib Agg).
 
 Table columns (percent, mean per-class top-1): relation many/medium/few/all, subject+object all, combined.
 Plots: per-band relation and S/O accuracy per variant; a 2-D PCA projection of real vs generated union
-features of a few tail relations (same projection for both, fitted on the real features).
+features of a few tail relations (same projection for both, fitted on the real features); the diffusion
+models' training loss curves.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from components.atomic import atomic_path
+from components.errors import InputError
 
 COLUMNS = (("rel", "many"), ("rel", "medium"), ("rel", "few"), ("rel", "all"), ("sbj_obj", "all"))
 
@@ -54,6 +56,33 @@ def plot_bands(results: Mapping[str, Mapping], path: str | Path) -> Path:
     ax.set_xticks(x, groups)
     ax.set_ylabel("mean per-class top-1 accuracy (%)")
     ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def window_means(values: Sequence[float], window: int) -> tuple[np.ndarray, np.ndarray]:
+    """(last step of each window, mean of the window) over consecutive `window`-step windows of a per-step series
+    (steps 1-based; a shorter last window is kept): a loss curve short enough to log and readable when plotted."""
+    v = np.asarray(values, np.float64)
+    if window < 1:
+        raise InputError("window", f"{window}", "at least 1 step")
+    starts = np.arange(0, len(v), window)
+    ends = np.minimum(starts + window, len(v))
+    return ends, np.array([v[a:b].mean() for a, b in zip(starts, ends)])
+
+
+def plot_loss_curves(curves: Mapping[str, Sequence[float]], path: str | Path, window: int = 20) -> Path:
+    """Per-step training losses of each named model as `window`-step means against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, losses in curves.items():
+        ax.plot(*window_means(losses, window), label=name)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel(f"denoising loss ({window}-step mean)")
+    ax.legend(fontsize=8)
     return _save(fig, path)
 
 

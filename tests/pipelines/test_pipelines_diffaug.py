@@ -57,13 +57,28 @@ def test_every_variant_reported(summary):
 def test_outputs_written_and_table(summary):
     cfg, s = summary
     out = Path(cfg.out)
-    for name in ("results.json", "results.txt", "bands.png", "projection.png", "baseline_ce.pt"):
+    for name in ("results.json", "results.txt", "bands.png", "projection.png", "diffusion_loss.png", "baseline_ce.pt"):
         assert (out / name).is_file(), name
     assert json.loads((out / "results.json").read_text())["results"].keys() == s["results"].keys()
     for variant, rep in s["results"].items():  # saved test predictions re-score to the reported numbers
         rescored = evaluate.ltvrr_report(**evaluate.load_ltvrr_predictions(out / "predictions" / f"{variant}.npz"))
         assert rescored["combined"] == pytest.approx(rep["combined"]) and rescored["rel"] == pytest.approx(rep["rel"], nan_ok=True)
     assert s["table"].splitlines()[2].startswith("baseline_ce")
+
+
+def test_diffusion_losses_are_logged_to_mlflow_as_window_means(summary):
+    """Each diffusion model's per-step loss reaches the phase's MLflow run as 20-step means (4 steps: one
+    point, at step 4, the mean of the four losses in its bundle's metrics.json)."""
+    from mlflow import MlflowClient
+
+    cfg, s = summary
+    client = MlflowClient(f"sqlite:///{Path(cfg.out) / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name(cfg.experiment).experiment_id],
+                                f"attributes.run_name = 'diffaug-{Path(cfg.out).name}'")
+    for name, bundle in s["artifacts"]["bundles"].items():
+        losses = json.loads((Path(bundle).parent / "metrics.json").read_text())["loss"]
+        (point,) = client.get_metric_history(run.info.run_id, f"diffusion_loss_{name}")
+        assert point.step == 4 and point.value == pytest.approx(sum(losses) / 4)
 
 
 def test_rerun_reuses_artifacts_and_reproduces(summary, monkeypatch, tmp_path):
