@@ -1,5 +1,6 @@
 """Shared test set-up: few threads (2-core CI), offline assets, no Ray cluster or MLflow server of the
-caller's environment, one local Ray per module on demand, an MLflow address where nothing listens."""
+caller's environment, one local Ray per module on demand, an MLflow address where nothing listens, a tiny
+vrr-planted store."""
 from __future__ import annotations
 
 import os
@@ -17,6 +18,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def vrr_store(tmp_path_factory) -> Path:
+    """A tiny vrr-planted relation-sample store (3% of the default train split, 2,000 test samples)."""
+    from components.config import from_dict
+    from pipelines.prepare_data import PrepareDataConfig, write_store
+
+    root = tmp_path_factory.mktemp("vrr") / "store"
+    write_store(from_dict(PrepareDataConfig, {"dataset": "vrr-planted", "out": str(root),
+                                              "vrr": {"scale": 0.03, "n_test": 2000}}))
+    return root
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,11 @@ from components.errors import ConfigError
 from components.stages import arrays_hash
 from pipelines import diffusion, evaluate
 from pipelines.diffaug import VARIANTS, DiffAugConfig, main, run_diffaug
-from pipelines.prepare_data import PrepareDataConfig, write_store
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vrr") / "store"
-    write_store(from_dict(PrepareDataConfig, {"dataset": "vrr-planted", "out": str(root),
-                                              "vrr": {"scale": 0.03, "n_test": 2000}}))
-    return root
+def store(vrr_store):
+    return vrr_store
 
 
 @pytest.fixture(scope="module")

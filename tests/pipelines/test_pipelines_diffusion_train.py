@@ -6,24 +6,19 @@ import json
 import numpy as np
 import pytest
 
-from components.config import from_dict
 from components.data.store import FeatureStore, relation_arrays
 from components.diffaug.diffusion import DiffusionConfig, fit_standardizer, load_bundle
 from components.diffaug.sampling import sample_features
 from components.errors import ConfigError, DataError, InputError
 from pipelines.diffusion_train import ConditionTable, streamed_standardizer, train_diffusion_on_ray_train
-from pipelines.prepare_data import PrepareDataConfig, write_store
 from pipelines.streaming import dataset_from_store
 
 E, K, STEPS = 6, 4, 12
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vrr") / "store"
-    write_store(from_dict(PrepareDataConfig, {"dataset": "vrr-planted", "out": str(root),
-                                              "vrr": {"scale": 0.03, "n_test": 2000}}))
-    return root
+def store(vrr_store):
+    return vrr_store
 
 
 @pytest.fixture(scope="module")
