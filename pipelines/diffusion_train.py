@@ -46,6 +46,12 @@ STATE_FILE = "train_state.pt"
 BUNDLE_FILE = "bundle.safetensors"
 
 
+def _codes(subject: np.ndarray, predicate: np.ndarray, obj: np.ndarray, num_objects: int,
+           num_predicates: int) -> np.ndarray:
+    """One int64 code per (subject, predicate, object) triplet: (s * P + p) * O + o."""
+    return (np.asarray(subject, np.int64) * num_predicates + np.asarray(predicate, np.int64)) * num_objects + obj
+
+
 @dataclass
 class ConditionTable:
     """Text (and mask) and hardness condition of each distinct (subject, predicate, object) triplet, looked up
@@ -65,7 +71,7 @@ class ConditionTable:
         trip = np.asarray(triplets, np.int64)
         if trip.ndim != 2 or trip.shape[1] != 3 or len(trip) == 0:
             raise InputError("triplets", f"shape {trip.shape}", "(M >= 1, 3) subject, predicate, object indices")
-        codes = (trip[:, 0] * num_predicates + trip[:, 1]) * num_objects + trip[:, 2]
+        codes = _codes(trip[:, 0], trip[:, 1], trip[:, 2], num_objects, num_predicates)
         if len(np.unique(codes)) != len(codes):
             raise InputError("triplets", "contain duplicates", "each triplet once")
         for name, a in (("text", text), ("mask", mask), ("hardness", hardness)):
@@ -78,7 +84,7 @@ class ConditionTable:
 
     def rows(self, subject: np.ndarray, predicate: np.ndarray, obj: np.ndarray) -> np.ndarray:
         """Table rows of the rows' triplets; a triplet without a condition is a DataError naming it."""
-        codes = (np.asarray(subject, np.int64) * self.num_predicates + predicate) * self.num_objects + obj
+        codes = _codes(subject, predicate, obj, self.num_objects, self.num_predicates)
         at = np.minimum(np.searchsorted(self.codes, codes), len(self.codes) - 1)
         missing = self.codes[at] != codes
         if missing.any():
